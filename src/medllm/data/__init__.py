@@ -1,0 +1,1 @@
+"""Reasoning SFT data: read, validate, format in the R1 chat format, tokenize, mask, batch."""

@@ -1,0 +1,111 @@
+"""Batching: pad rows to the longest in the batch, or pack rows into fixed-length sequences.
+
+Padding is masked by position (attention mask, labels -100 past each row's end), never by token id:
+R1 tokenizers may pad with their EOS, and masking every EOS id would teach the model never to stop.
+Each batch also carries ``num_tokens``, the row tokens in it (no padding), for throughput.
+Packed sequences carry per-row ``position_ids`` that restart at 0; transformers (and flash attention's
+variable-length kernels) read the restarts as row boundaries, so no row attends to another.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from medllm.data.chat_format import IGNORE_INDEX
+
+
+@dataclass
+class PadCollator:
+    """Right-pads ``input_ids`` / ``labels`` to the longest row (rounded up to ``pad_to_multiple_of``)."""
+
+    pad_token_id: int
+    pad_to_multiple_of: int = 1
+
+    def _length(self, longest: int) -> int:
+        m = self.pad_to_multiple_of
+        return -(-longest // m) * m
+
+    def __call__(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
+        length = self._length(max(len(r["input_ids"]) for r in rows))
+        input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for i, row in enumerate(rows):
+            n = len(row["input_ids"])
+            input_ids[i, :n] = torch.as_tensor(row["input_ids"])
+            labels[i, :n] = torch.as_tensor(row["labels"])
+            attention_mask[i, :n] = 1
+        num_tokens = attention_mask.sum()
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "num_tokens": num_tokens}
+
+
+@dataclass
+class PackCollator(PadCollator):
+    """Collates packed items (each a list of rows) into sequences with restarting ``position_ids``.
+
+    The padding at the end of a sequence is one more segment of its own (positions restart there
+    too), so it is attended by nothing real and trains nothing.
+    """
+
+    def __call__(self, bins: Sequence[Sequence[dict]]) -> dict[str, torch.Tensor]:
+        length = self._length(max(sum(len(r["input_ids"]) for r in rows) for rows in bins))
+        input_ids = torch.full((len(bins), length), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(bins), length), IGNORE_INDEX, dtype=torch.long)
+        position_ids = torch.zeros((len(bins), length), dtype=torch.long)
+        num_tokens = 0
+        for i, rows in enumerate(bins):
+            start = 0
+            for row in rows:
+                n = len(row["input_ids"])
+                input_ids[i, start : start + n] = torch.as_tensor(row["input_ids"])
+                labels[i, start : start + n] = torch.as_tensor(row["labels"])
+                position_ids[i, start : start + n] = torch.arange(n)
+                start += n
+            position_ids[i, start:] = torch.arange(length - start)
+            num_tokens += start
+        return {
+            "input_ids": input_ids,
+            "labels": labels,
+            "position_ids": position_ids,
+            "num_tokens": torch.tensor(num_tokens),
+        }
+
+
+def pack(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Best-fit-decreasing bin packing: row indices grouped so each group's total length <= capacity.
+
+    Each row goes into the fullest bin that still has room for it, which leaves few, full bins.
+    """
+    if any(n > capacity for n in lengths):
+        raise ValueError(f"a row of {max(lengths)} tokens can't be packed into sequences of {capacity}")
+    bins: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # (space left, bin index), sorted
+    for idx in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        n = lengths[idx]
+        pos = bisect.bisect_left(free, (n, -1))
+        if pos == len(free):
+            bins.append([idx])
+            bisect.insort(free, (capacity - n, len(bins) - 1))
+        else:
+            space, b = free.pop(pos)
+            bins[b].append(idx)
+            bisect.insort(free, (space - n, b))
+    return bins
+
+
+class PackedDataset(torch.utils.data.Dataset):
+    """Items are bins of rows of ``rows`` (a map-style dataset), packed once by ``pack``."""
+
+    def __init__(self, rows, bins: list[list[int]]):
+        self.rows = rows
+        self.bins = bins
+
+    def __len__(self) -> int:
+        return len(self.bins)
+
+    def __getitem__(self, i: int) -> list[dict]:
+        return [self.rows[j] for j in self.bins[i]]

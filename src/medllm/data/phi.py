@@ -1,0 +1,51 @@
+"""A scan of local training rows for obvious personal identifiers.
+
+It reports counts by kind and the row numbers where each kind was found, never the values. It is a
+tripwire for data that was meant to be de-identified, not a de-identification tool.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+PhiPolicy = Literal["warn", "error", "off"]
+
+PATTERNS: dict[str, re.Pattern[str]] = {
+    "email": re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b"),
+    "phone": re.compile(r"(?<![\w/-])(?:\+?1[\s.-]?)?\(?\d{3}\)?[\s.-]\d{3}[\s.-]\d{4}(?![\w/-])"),
+    "ssn": re.compile(r"\b\d{3}-\d{2}-\d{4}\b"),
+    "record_number": re.compile(r"\b(?:MRN|medical record(?: number| no\.?)?|patient id|record #)\s*[:#]?\s*[A-Z0-9-]{5,}\b", re.I),
+    "date_of_birth": re.compile(
+        r"\b(?:DOB|D\.O\.B\.|date of birth|born on)\s*[:\-]?\s*\d{1,4}[/.-]\d{1,2}[/.-]\d{1,4}\b", re.I
+    ),
+}
+MAX_LISTED_ROWS = 10
+
+
+@dataclass
+class PhiFinding:
+    rows: dict[str, list[int]] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.rows)
+
+    def describe(self, source: str) -> str:
+        parts = []
+        for kind, rows in sorted(self.rows.items()):
+            listed = ", ".join(map(str, rows[:MAX_LISTED_ROWS])) + (" ..." if len(rows) > MAX_LISTED_ROWS else "")
+            parts.append(f"{kind}: {len(rows)} row(s) ({listed})")
+        return f"{source}: possible personal identifiers found; " + "; ".join(parts)
+
+
+def scan(columns: Sequence[Sequence[str]]) -> PhiFinding:
+    """Rows (1-based) in which each kind of identifier appears, across all given text columns."""
+    finding = PhiFinding()
+    for i, texts in enumerate(zip(*columns), start=1):
+        joined = "\n".join(texts)
+        for kind, pattern in PATTERNS.items():
+            if pattern.search(joined):
+                finding.rows.setdefault(kind, []).append(i)
+    return finding

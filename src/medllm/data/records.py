@@ -1,0 +1,139 @@
+"""Reading reasoning SFT rows from the hub, local files or the packaged sample, and validating them.
+
+Every row leaves this module as three clean strings (``question``, ``reasoning``, ``response``):
+Unicode NFC, whitespace trimmed, never lowercased. A bad row is reported with its source, its
+1-based row number and the field at fault, before any tokenizer or model is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import datasets
+
+FIELDS = ("question", "reasoning", "response")
+LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+MAX_LISTED_ERRORS = 5
+
+BadRowPolicy = Literal["error", "skip"]
+
+
+class DataError(ValueError):
+    """Input data that can't be used as it is; the message says where and what to change."""
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Which source column holds each field (medical-o1's names by default)."""
+
+    question: str = "Question"
+    reasoning: str = "Complex_CoT"
+    response: str = "Response"
+
+    def items(self) -> list[tuple[str, str]]:
+        return [(f, getattr(self, f)) for f in FIELDS]
+
+
+@dataclass
+class CleanReport:
+    """What validation kept and dropped, per reason."""
+
+    source: str
+    rows_read: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    bad_rows: list[str] = field(default_factory=list)
+
+
+def sample_rows() -> list[dict[str, str]]:
+    """The synthetic medical reasoning rows shipped with the package (medical-o1 schema)."""
+    text = resources.files("medllm.data").joinpath("sample/medical_reasoning_sample.jsonl").read_text("utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def read_local(path: str | Path, cache_dir: str | None = None) -> datasets.Dataset:
+    """A .json / .jsonl / .parquet / .csv file as a Dataset, or a DataError naming the file."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"data.path={str(path)!r}: no such file. Point data.path at a .json, .jsonl, .parquet or .csv file.")
+    builder = LOCAL_FORMATS.get(path.suffix.lower())
+    if builder is None:
+        raise DataError(f"{path}: unsupported file type {path.suffix!r}; use one of {sorted(LOCAL_FORMATS)}.")
+    try:
+        return datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache_dir)
+    except Exception as err:  # the readers raise many types; all mean the file can't be parsed
+        raise DataError(f"{path}: could not be read as {builder}: {err}") from err
+
+
+def read_hub(name: str, subset: str, revision: str | None, cache_dir: str | None = None) -> datasets.Dataset:
+    """A hub dataset's train split; offline and not cached, a DataError saying what to do."""
+    try:
+        return datasets.load_dataset(name, subset, revision=revision, split="train", cache_dir=cache_dir)
+    except Exception as err:
+        if datasets.config.HF_HUB_OFFLINE or "offline" in str(err).lower() or isinstance(err, (ConnectionError, OSError)):
+            raise DataError(
+                f"Could not load the hub dataset {name!r} (subset {subset!r}, revision {revision}) and it is not "
+                f"in the cache: {err}\nDownload it once with network access "
+                f"(python -c \"import datasets; datasets.load_dataset('{name}', '{subset}', revision='{revision}')\") "
+                "or use data=local data.path=<your file>."
+            ) from err
+        raise
+
+
+def _problem(value: object) -> str | None:
+    if value is None:
+        return "missing"
+    if not isinstance(value, str):
+        return f"not a string ({type(value).__name__})"
+    if not value.strip():
+        return "empty"
+    return None
+
+
+def clean(
+    dataset: datasets.Dataset,
+    columns: Columns,
+    source: str,
+    on_bad_row: BadRowPolicy = "error",
+) -> tuple[datasets.Dataset, CleanReport]:
+    """Validate, normalise and de-duplicate rows; returns ``question/reasoning/response`` columns."""
+    if on_bad_row not in ("error", "skip"):
+        raise DataError(f"data.on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
+    missing = [src for _, src in columns.items() if src not in dataset.column_names]
+    if missing:
+        raise DataError(
+            f"{source}: column(s) {missing} not found; the file has {dataset.column_names}. "
+            "Rename them or set data.columns.question / data.columns.reasoning / data.columns.response."
+        )
+    report = CleanReport(source=source, rows_read=len(dataset))
+    values = {f: dataset[src] for f, src in columns.items()}
+    kept: dict[str, list[str]] = {f: [] for f in FIELDS}
+    seen: set[tuple[str, str, str]] = set()
+    for i in range(len(dataset)):
+        problems = [(src, p) for f, src in columns.items() if (p := _problem(values[f][i])) is not None]
+        if problems:
+            src, p = problems[0]
+            report.bad_rows.append(f"row {i + 1}: field '{src}' is {p}")
+            report.dropped["bad_row"] += 1
+            continue
+        row = tuple(unicodedata.normalize("NFC", values[f][i]).strip() for f in FIELDS)
+        if row in seen:
+            report.dropped["duplicate"] += 1
+            continue
+        seen.add(row)
+        for f, v in zip(FIELDS, row):
+            kept[f].append(v)
+    if report.bad_rows and on_bad_row == "error":
+        listed = "\n  ".join(report.bad_rows[:MAX_LISTED_ERRORS])
+        more = len(report.bad_rows) - MAX_LISTED_ERRORS
+        raise DataError(
+            f"{source}: {len(report.bad_rows)} bad row(s):\n  {listed}"
+            + (f"\n  ... and {more} more" if more > 0 else "")
+            + "\nFix the file, or set data.on_bad_row=skip to drop such rows and count them."
+        )
+    return datasets.Dataset.from_dict(kept), report

@@ -1,0 +1,334 @@
+"""Medical QA benchmarks as one item type, read from their public layouts or from the hub.
+
+Every loader returns ``BenchmarkItem`` rows whose ``gold`` is one of ``choices`` (option letters, or
+yes/no/maybe), so extraction and scoring never need to know which benchmark they score. A bad row
+stops loading with a ``BenchmarkError`` naming the file, the 1-based row and the field: a silently
+dropped row would change the denominator of every reported accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+YES_NO_MAYBE = ("yes", "no", "maybe")
+MEDMCQA_OPTION_FIELDS = ("opa", "opb", "opc", "opd")
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+class BenchmarkError(ValueError):
+    """A benchmark file or hub dataset that can't be used as it is; the message says where and what."""
+
+
+@dataclass(frozen=True)
+class BenchmarkItem:
+    """One question: ``choices`` are the labels a parsed answer may take, ``gold`` is one of them.
+
+    ``options`` maps each letter to its text for multiple-choice items (None for yes/no/maybe);
+    ``context`` is the passage a question is asked about (PubMedQA's abstract).
+    """
+
+    id: str
+    question: str
+    choices: tuple[str, ...]
+    gold: str
+    options: dict[str, str] | None = None
+    context: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.gold not in self.choices:
+            raise BenchmarkError(f"item {self.id}: gold {self.gold!r} is not one of the choices {self.choices}")
+        if self.options is not None and tuple(self.options) != self.choices:
+            raise BenchmarkError(f"item {self.id}: options {tuple(self.options)} differ from choices {self.choices}")
+
+    def prompt_text(self) -> str:
+        """The user message: context, question, lettered options and how to answer."""
+        parts = [f"Context:\n{self.context}\n\nQuestion: {self.question}" if self.context else self.question]
+        if self.options:
+            parts.append("\n".join(f"{letter}. {text}" for letter, text in self.options.items()))
+            parts.append("Answer with the letter of the correct option.")
+        else:
+            parts.append(f"Answer with {', '.join(self.choices[:-1])} or {self.choices[-1]}.")
+        return "\n\n".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def _read_json_rows(path: str | Path) -> tuple[str, list[Any]]:
+    """The rows of a .json (array) or JSON-lines file; returns the file's name for messages too.
+
+    MedMCQA's original release names its JSON-lines files ``.json``, so a ``.json`` file that is not
+    one JSON document is read as JSON lines.
+    """
+    path = Path(path).expanduser()
+    source = str(path)
+    if not path.is_file():
+        raise BenchmarkError(f"{source}: no such file. Point benchmark.path at the benchmark's .json/.jsonl file.")
+    text = path.read_text("utf-8")
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            if "Extra data" not in str(err):
+                raise BenchmarkError(f"{source}: not valid JSON: {err}") from err
+        else:
+            if not isinstance(data, list):
+                raise BenchmarkError(f"{source}: expected a JSON array of rows, got {type(data).__name__}")
+            return source, data
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise BenchmarkError(f"{source}: line {number} is not valid JSON: {err}") from err
+    return source, rows
+
+
+def _field(row: Any, name: str, source: str, number: int, kinds: type | tuple[type, ...] = str) -> Any:
+    """``row[name]`` checked for presence and type (and non-emptiness for strings)."""
+    where = f"{source}: row {number}"
+    if not isinstance(row, Mapping):
+        raise BenchmarkError(f"{where}: expected an object with field {name!r}, got {type(row).__name__}")
+    if name not in row or row[name] is None:
+        raise BenchmarkError(f"{where}: field {name!r} is missing")
+    value = row[name]
+    if not isinstance(value, kinds) or isinstance(value, bool):
+        raise BenchmarkError(f"{where}: field {name!r} has type {type(value).__name__}")
+    if isinstance(value, str) and not value.strip():
+        raise BenchmarkError(f"{where}: field {name!r} is empty")
+    return value
+
+
+def _options(value: Any, source: str, number: int) -> dict[str, str]:
+    """Options as ``{letter: text}`` from a dict keyed by letters or a list of texts."""
+    where = f"{source}: row {number}: field 'options'"
+    if isinstance(value, list):
+        if len(value) > len(LETTERS):
+            raise BenchmarkError(f"{where} has {len(value)} options; at most {len(LETTERS)} are supported")
+        value = dict(zip(LETTERS, value))
+    if not isinstance(value, Mapping) or len(value) < 2:
+        raise BenchmarkError(f"{where} must be a dict letter -> text or a list of at least two texts")
+    options = {}
+    for letter in sorted(value):
+        text = value[letter]
+        if not (isinstance(letter, str) and len(letter) == 1 and letter in LETTERS):
+            raise BenchmarkError(f"{where}: key {letter!r} is not a capital letter")
+        if not isinstance(text, str) or not text.strip():
+            raise BenchmarkError(f"{where}: option {letter} is missing or empty")
+        options[letter] = text.strip()
+    return options
+
+
+def _answer_letter(answer: str, options: dict[str, str], source: str, number: int, name: str) -> str:
+    """The letter an answer names: the letter itself, or the one option whose text it equals."""
+    if answer.strip() in options:
+        return answer.strip()
+    matches = [letter for letter, text in options.items() if text.casefold() == answer.strip().casefold()]
+    if len(matches) != 1:
+        raise BenchmarkError(
+            f"{source}: row {number}: field {name!r} = {answer!r} is neither an option letter "
+            f"{tuple(options)} nor the text of exactly one option"
+        )
+    return matches[0]
+
+
+def _load_hub(name: str, config: str | None, split: str) -> datasets.Dataset:
+    """A hub split; offline or not cached, a BenchmarkError that says how to use local files."""
+    try:
+        return datasets.load_dataset(name, config, split=split)
+    except (ConnectionError, OSError) as err:
+        raise BenchmarkError(
+            f"Could not load the hub dataset {name!r} (config {config}, split {split!r}): {err}\n"
+            "It is not cached and the hub can't be reached. Pass benchmark.path=<local file or folder> "
+            "pointing at the benchmark's public files instead."
+        ) from err
+
+
+def _hub_source(name: str, split: str) -> str:
+    return f"hub dataset {name} ({split})"
+
+
+# ---------------------------------------------------------------------------------------------- loaders
+
+
+def _pubmedqa_item(
+    pubid: str, values: tuple[Any, Any, Any], fields: tuple[str, str, str], source: str, number: int
+) -> BenchmarkItem:
+    """An item from (question, contexts, label); ``fields`` names them as the source spells them."""
+    (question, contexts, gold), where = values, f"{source}: row {number} (pubid {pubid})"
+    if not isinstance(question, str) or not question.strip():
+        raise BenchmarkError(f"{where}: field {fields[0]!r} is missing or empty")
+    if not isinstance(contexts, list) or not all(isinstance(c, str) for c in contexts):
+        raise BenchmarkError(f"{where}: field {fields[1]!r} is missing or not a list of strings")
+    if gold not in YES_NO_MAYBE:
+        raise BenchmarkError(f"{where}: field {fields[2]!r} = {gold!r} is not yes/no/maybe")
+    return BenchmarkItem(str(pubid), question.strip(), YES_NO_MAYBE, gold, context="\n".join(contexts))
+
+
+def load_pubmedqa(path: str | None = None) -> list[BenchmarkItem]:
+    """PubMedQA (PQA-L), yes/no/maybe questions about an abstract.
+
+    Local: a folder holding the GitHub release's ``ori_pqal.json`` (the 1,000 labelled questions) and
+    ``test_ground_truth.json`` (the ids and labels of the official 500-question test split); returns the
+    500 test items, the split papers report.
+
+    Hub: ``qiaojin/PubMedQA`` config ``pqa_labeled`` has the same 1,000 questions but only a ``train``
+    split and no record of which 500 form the test split, so the fallback evaluates all 1,000. Its
+    numbers are therefore not the official test split's; pass ``benchmark.path=`` for those.
+    """
+    if path is None:
+        name, split = "qiaojin/PubMedQA", "train"
+        source = _hub_source(name, split)
+        items = []
+        for number, row in enumerate(_load_hub(name, "pqa_labeled", split), start=1):
+            values = (
+                row.get("question"),
+                _field(row, "context", source, number, Mapping).get("contexts"),
+                row.get("final_decision"),
+            )
+            fields = ("question", "context.contexts", "final_decision")
+            items.append(_pubmedqa_item(str(row.get("pubid")), values, fields, source, number))
+        return items
+    folder = Path(path).expanduser()
+    pqal, truth = folder / "ori_pqal.json", folder / "test_ground_truth.json"
+    for file in (pqal, truth):
+        if not file.is_file():
+            raise BenchmarkError(
+                f"{file}: no such file. benchmark.path must be a folder with PubMedQA's ori_pqal.json "
+                "and test_ground_truth.json."
+            )
+    rows, labels = (json.loads(file.read_text("utf-8")) for file in (pqal, truth))
+    if not isinstance(rows, dict) or not isinstance(labels, dict):
+        raise BenchmarkError(f"{folder}: ori_pqal.json and test_ground_truth.json must both map pubid -> value")
+    items = []
+    for number, (pubid, gold) in enumerate(labels.items(), start=1):
+        if pubid not in rows:
+            raise BenchmarkError(f"{truth}: row {number}: pubid {pubid} is not in {pqal}")
+        row = rows[pubid] if isinstance(rows[pubid], Mapping) else {}
+        values = (row.get("QUESTION"), row.get("CONTEXTS"), gold)
+        items.append(_pubmedqa_item(pubid, values, ("QUESTION", "CONTEXTS", "label"), f"{pqal} + {truth}", number))
+    return items
+
+
+def _mcq_items(rows: Iterable[Any], source: str, answer_field: str) -> list[BenchmarkItem]:
+    """Rows with ``question``, ``options`` and an answer (letter or option text) in ``answer_field``."""
+    items = []
+    for number, row in enumerate(rows, start=1):
+        question = _field(row, "question", source, number)
+        options = _options(_field(row, "options", source, number, (dict, list)), source, number)
+        answer = _field(row, answer_field, source, number)
+        gold = _answer_letter(answer, options, source, number, answer_field)
+        item_id = str(row["id"]) if row.get("id") is not None else str(number)
+        items.append(BenchmarkItem(item_id, question.strip(), tuple(options), gold, options=options))
+    return items
+
+
+def load_medqa(path: str | None = None) -> list[BenchmarkItem]:
+    """MedQA-USMLE, 4 options: the public JSON-lines layout (``question``, ``options`` A-D, ``answer_idx``).
+
+    ``answer`` must be the text of option ``answer_idx`` when present: a row where they disagree is
+    corrupt and would make the gold label a guess. Hub fallback: ``GBaker/MedQA-USMLE-4-options``, test.
+    """
+    if path is None:
+        name, split = "GBaker/MedQA-USMLE-4-options", "test"
+        source, rows = _hub_source(name, split), _load_hub(name, None, split)
+    else:
+        source, rows = _read_json_rows(path)
+    items = _mcq_items(rows, source, "answer_idx")
+    for number, (row, item) in enumerate(zip(rows, items), start=1):
+        answer = row.get("answer")
+        if isinstance(answer, str) and answer.strip().casefold() != item.options[item.gold].casefold():
+            raise BenchmarkError(
+                f"{source}: row {number}: field 'answer' = {answer!r} is not the text of option "
+                f"{item.gold} ({item.options[item.gold]!r})"
+            )
+    return items
+
+
+def load_mcq(path: str | None = None) -> list[BenchmarkItem]:
+    """Any local .json/.jsonl multiple-choice file: ``question``, ``options`` (dict or list), ``answer``.
+
+    ``answer`` is an option letter or the text of exactly one option; an optional ``id`` names rows.
+    """
+    if path is None:
+        raise BenchmarkError("benchmark 'mcq' reads local files only; pass benchmark.path=<file.json|jsonl>")
+    source, rows = _read_json_rows(path)
+    return _mcq_items(rows, source, "answer")
+
+
+def _medmcqa_cop_base(rows: list[Any], source: str) -> int:
+    """Whether ``cop`` counts from 0 (hub) or 1 (original release), read from the values present."""
+    values = {_field(row, "cop", source, number, int) for number, row in enumerate(rows, start=1)}
+    if values <= {0, 1, 2, 3} and 0 in values:
+        return 0
+    if values <= {1, 2, 3, 4} and 4 in values:
+        return 1
+    raise BenchmarkError(
+        f"{source}: field 'cop' takes the values {sorted(values)}, which fit neither 0..3 (hub layout) nor "
+        "1..4 (original release) unambiguously; pass cop_base=0 or cop_base=1"
+    )
+
+
+def load_medmcqa(path: str | None = None, cop_base: int | None = None) -> list[BenchmarkItem]:
+    """MedMCQA: ``id``, ``question``, ``opa``..``opd`` and the correct option ``cop``.
+
+    ``cop`` is 0-based (0..3) on the hub's ``openlifescienceai/medmcqa`` and 1-based (1..4) in the
+    original JSON-lines release; for local files the base is read from the values unless ``cop_base``
+    says it. Hub fallback: the validation split (the test split's answers are not public).
+    """
+    if path is None:
+        name, split = "openlifescienceai/medmcqa", "validation"
+        source, rows, cop_base = _hub_source(name, split), list(_load_hub(name, None, split)), 0
+    else:
+        source, rows = _read_json_rows(path)
+    if cop_base is None:
+        cop_base = _medmcqa_cop_base(rows, source)
+    if cop_base not in (0, 1):
+        raise BenchmarkError(f"cop_base must be 0 or 1, got {cop_base!r}")
+    items = []
+    for number, row in enumerate(rows, start=1):
+        question = _field(row, "question", source, number)
+        options = {
+            letter: _field(row, name, source, number).strip() for letter, name in zip(LETTERS, MEDMCQA_OPTION_FIELDS)
+        }
+        cop = _field(row, "cop", source, number, int) - cop_base
+        if not 0 <= cop < len(options):
+            raise BenchmarkError(
+                f"{source}: row {number}: field 'cop' = {cop + cop_base} is outside "
+                f"{cop_base}..{cop_base + len(options) - 1} (unlabelled test rows have cop -1)"
+            )
+        item_id = str(row["id"]) if row.get("id") is not None else str(number)
+        items.append(BenchmarkItem(item_id, question.strip(), tuple(options), LETTERS[cop], options=options))
+    return items
+
+
+LOADERS: dict[str, Callable[..., list[BenchmarkItem]]] = {
+    "pubmedqa": load_pubmedqa,
+    "medqa": load_medqa,
+    "medmcqa": load_medmcqa,
+    "mcq": load_mcq,
+}
+
+
+def load_benchmark(
+    name: str, path: str | None = None, limit: int | None = None, seed: int = 0, **loader_args: Any
+) -> list[BenchmarkItem]:
+    """A benchmark by name; with ``limit``, a seeded subsample kept in file order (same seed, same items)."""
+    if name not in LOADERS:
+        raise BenchmarkError(f"unknown benchmark {name!r}; choose one of {sorted(LOADERS)}")
+    items = LOADERS[name](path, **loader_args)
+    if limit is None or limit >= len(items):
+        return items
+    if limit < 1:
+        raise BenchmarkError(f"benchmark.limit must be a positive number of items, got {limit}")
+    keep = sorted(random.Random(seed).sample(range(len(items)), limit))
+    return [items[i] for i in keep]

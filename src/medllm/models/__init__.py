@@ -1,0 +1,1 @@
+"""Model backends: transformers + PEFT (``hf``) and Unsloth (``unsloth``), plus the tiny CPU model."""

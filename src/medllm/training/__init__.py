@@ -1,0 +1,1 @@
+"""Training: the LightningModule, checkpointing, callbacks and the run that ties them together."""

@@ -1,0 +1,72 @@
+"""Callbacks: throughput and peak memory, measured for the run summary and the logger."""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+
+import lightning as L
+import torch
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    """Peak GPU memory allocated by this process, or its peak resident memory on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / (2**30 if sys.platform == "darwin" else 2**20)
+
+
+class ThroughputMonitor(L.Callback):
+    """Tokens per second over the optimizer steps after ``warmup_steps`` (compilation, allocator warm-up).
+
+    Tokens are row tokens without padding; trained tokens are those with a label.
+    """
+
+    def __init__(self, warmup_steps: int = 1):
+        self.warmup_steps = warmup_steps
+        self.tokens = 0
+        self.trained = 0
+        self._start: float | None = None
+        self._last: float | None = None
+        self._step_seen = 0
+
+    def _now(self, device: torch.device) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(pl_module.device)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._start is not None:
+            self.tokens += int(batch["num_tokens"])
+            self.trained += int((batch["labels"][:, 1:] != -100).sum())
+        if trainer.global_step == self._step_seen:
+            return
+        self._step_seen = trainer.global_step
+        now = self._now(pl_module.device)
+        if trainer.global_step == self.warmup_steps:
+            self._start = now
+        self._last = now
+        if self.seconds > 0:
+            pl_module.log_dict(
+                {"perf/tokens_per_s": self.tokens_per_s, "perf/peak_mem_gib": peak_memory_gib(pl_module.device)},
+                on_step=True,
+                on_epoch=False,
+            )
+
+    @property
+    def seconds(self) -> float:
+        return (self._last - self._start) if self._start is not None and self._last is not None else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def trained_tokens_per_s(self) -> float:
+        return self.trained / self.seconds if self.seconds > 0 else float("nan")

@@ -1,0 +1,161 @@
+"""The LightningModule: LoRA fine-tuning of a causal LM with a token-weighted loss.
+
+Lightning's own gradient accumulation averages the loss per micro-batch, which weights the tokens of
+short rows more than those of long ones. Here each micro-batch contributes the *sum* of its token
+losses, and the gradients of a window of ``accumulate_grad_batches`` micro-batches are divided by the
+number of trained tokens in the whole window (across all processes): the update equals one big batch
+of the same rows, whatever the split into micro-batches or processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+
+import lightning as L
+import torch
+from torchmetrics import MeanMetric
+
+from medllm.data.chat_format import IGNORE_INDEX
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "labels", "position_ids")
+
+
+def trained_tokens(labels: torch.Tensor) -> torch.Tensor:
+    """Tokens that enter the causal LM loss: labels after the one-token shift that are not ignored."""
+    return (labels[:, 1:] != IGNORE_INDEX).sum()
+
+
+class ReasoningSFTModule(L.LightningModule):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+        accumulate_grad_batches: int = 1,
+        gradient_clip_val: float | None = 1.0,
+    ):
+        super().__init__()
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.accumulate_grad_batches = int(accumulate_grad_batches)
+        self.gradient_clip_val = gradient_clip_val
+        self.automatic_optimization = False
+        self.strict_loading = False  # checkpoints hold only the trainable weights
+        self.val_loss = MeanMetric()
+        self.val_accuracy = MeanMetric()
+        self._val_has_logits = False
+        self.first_train_loss: float | None = None  # of this process's first step (after a resume too)
+        self.last_train_loss: float | None = None
+        self._window_loss = torch.zeros(())
+        self._window_tokens = torch.zeros((), dtype=torch.long)
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def forward(self, batch: dict[str, torch.Tensor]):
+        return self.model(**{k: v for k, v in batch.items() if k in MODEL_INPUTS})
+
+    # ---- training ----------------------------------------------------------------------------
+    def on_train_start(self) -> None:
+        # Unsloth (and from_pretrained) return models in eval mode, and Lightning keeps modules' modes:
+        # without this, LoRA dropout and Unsloth's gradient checkpointing would stay off.
+        self.model.train()
+
+    def _sync_context(self, last_in_window: bool):
+        if last_in_window or not hasattr(self.trainer.strategy, "block_backward_sync"):
+            return contextlib.nullcontext()
+        return self.trainer.strategy.block_backward_sync()
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        last_in_window = (batch_idx + 1) % self.accumulate_grad_batches == 0 or self.trainer.is_last_batch
+        n_tokens = trained_tokens(batch["labels"])
+        with self._sync_context(last_in_window):
+            loss_sum = self(batch).loss.float() * n_tokens
+            self.manual_backward(loss_sum)
+        self._window_loss = self._window_loss.to(self.device) + loss_sum.detach()
+        self._window_tokens = self._window_tokens.to(self.device) + n_tokens
+        if last_in_window:
+            self._step_optimizer()
+        return loss_sum.detach() / n_tokens.clamp(min=1)
+
+    def _step_optimizer(self) -> None:
+        optimizer = self.optimizers()
+        stats = torch.stack([self._window_loss, self._window_tokens.float()])
+        stats = self.trainer.strategy.reduce(stats, reduce_op="sum")
+        loss_sum, tokens = stats[0], stats[1].clamp(min=1)
+        # DDP averages gradients over processes; undo that, then divide by the window's trained tokens.
+        scale = self.trainer.world_size / tokens
+        params = self.trainable_parameters()
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(scale.to(p.grad.dtype))
+        max_norm = self.gradient_clip_val if self.gradient_clip_val else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
+        loss = loss_sum / tokens
+        self.log_dict(
+            {
+                "train/loss": loss,
+                "train/ppl": torch.exp(loss.clamp(max=20)),
+                "train/grad_norm": grad_norm,
+                "train/lr": torch.tensor(optimizer.param_groups[0]["lr"]),
+                "train/tokens_trained": tokens,
+            },
+            prog_bar=True,
+            on_step=True,
+            on_epoch=False,
+        )
+        if self.first_train_loss is None:
+            self.first_train_loss = float(loss)
+        self.last_train_loss = float(loss)
+        self._window_loss = torch.zeros((), device=self.device)
+        self._window_tokens = torch.zeros((), dtype=torch.long, device=self.device)
+
+    # ---- validation --------------------------------------------------------------------------
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        out = self(batch)
+        n_tokens = trained_tokens(batch["labels"])
+        self.val_loss.update(out.loss.float(), weight=n_tokens)
+        logits = getattr(out, "logits", None)
+        if logits is not None and logits.shape[:2] == batch["labels"].shape:  # Unsloth may return no logits
+            labels = batch["labels"][:, 1:]
+            mask = labels != IGNORE_INDEX
+            correct = (logits[:, :-1].argmax(-1) == labels) & mask
+            self.val_accuracy.update(correct.sum() / mask.sum().clamp(min=1), weight=mask.sum())
+            self._val_has_logits = True
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self.val_loss.compute()
+        metrics = {"val/loss": loss, "val/ppl": torch.exp(loss.clamp(max=20))}
+        if self._val_has_logits:
+            metrics["val/token_accuracy"] = self.val_accuracy.compute()
+        self.log_dict(metrics, prog_bar=True, sync_dist=False)
+        self.val_loss.reset()
+        self.val_accuracy.reset()
+        self._val_has_logits = False
+
+    # ---- optimisation ------------------------------------------------------------------------
+    def optimizer_steps(self) -> int:
+        """Optimizer steps of the whole run (Lightning counts micro-batches under manual optimization)."""
+        if self.trainer.max_steps > 0:
+            return self.trainer.max_steps
+        return math.ceil(self.trainer.estimated_stepping_batches / self.accumulate_grad_batches)
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.trainable_parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer, num_training_steps=self.optimizer_steps())
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---- checkpoints: trainable weights only, never the frozen (possibly 4-bit) base ---------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}

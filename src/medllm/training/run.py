@@ -1,0 +1,91 @@
+"""One training run, from a composed config to an adapter, a checkpoint and a summary."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from medllm.models.loader import load_model, load_tokenizer
+from medllm.training.callbacks import ThroughputMonitor, peak_memory_gib
+from medllm.training.checkpoint_io import AtomicCheckpointIO
+from medllm.training.module import ReasoningSFTModule
+
+log = logging.getLogger(__name__)
+
+# Trainer knobs that medllm applies itself (token-weighted accumulation, clipping after rescaling).
+MODULE_TRAINER_KEYS = ("accumulate_grad_batches", "gradient_clip_val")
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def build_trainer(cfg: DictConfig, callbacks: list[L.Callback]) -> L.Trainer:
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    for key in MODULE_TRAINER_KEYS:
+        trainer_cfg.pop(key, None)
+    strategy = trainer_cfg.pop("strategy", "auto")
+    if isinstance(strategy, dict):
+        strategy = instantiate(strategy)
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    return L.Trainer(
+        **trainer_cfg,
+        strategy=strategy,
+        logger=logger,
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=cfg.paths.output_dir,
+    )
+
+
+def train(cfg: DictConfig) -> dict:
+    """Prepare the data (failing fast on bad rows), load the model, fit, save adapter and summary."""
+    L.seed_everything(cfg.seed, workers=True)
+    out_dir = Path(cfg.paths.output_dir)
+
+    tokenizer = load_tokenizer(cfg.model)
+    datamodule = instantiate(cfg.data, tokenizer=tokenizer)
+    datamodule.setup("fit")  # validates and tokenizes before any model weight is loaded
+
+    model = load_model(cfg.model, tokenizer, seed=cfg.seed)
+    module = ReasoningSFTModule(
+        model,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        accumulate_grad_batches=cfg.trainer.get("accumulate_grad_batches", 1),
+        gradient_clip_val=cfg.trainer.get("gradient_clip_val"),
+    )
+    throughput = ThroughputMonitor(warmup_steps=cfg.get("throughput_warmup_steps", 1))
+    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()] + [throughput]
+    trainer = build_trainer(cfg, callbacks)
+    if trainer.logger is not None:
+        trainer.logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        trainer.logger.log_metrics(datamodule.summary.metrics(), step=0)
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.save_checkpoint(out_dir / "checkpoints" / "last.ckpt")
+    val = trainer.validate(module, datamodule=datamodule, verbose=False)
+
+    summary = {
+        "train_loss_first": module.first_train_loss,
+        "train_loss_last": module.last_train_loss,
+        "val_loss": val[0].get("val/loss") if val else None,
+        "val_ppl": val[0].get("val/ppl") if val else None,
+        "steps": trainer.global_step,
+        "tokens_per_s": _finite_or_none(throughput.tokens_per_s),
+        "trained_tokens_per_s": _finite_or_none(throughput.trained_tokens_per_s),
+        "peak_mem_gib": peak_memory_gib(module.device),
+        "data": datamodule.summary.metrics(),
+    }
+    if trainer.is_global_zero:
+        module.model.save_pretrained(out_dir / "adapter")
+        tokenizer.save_pretrained(out_dir / "adapter")
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        log.info("adapter: %s; summary: %s", out_dir / "adapter", json.dumps(summary))
+    return summary

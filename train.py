@@ -1,0 +1,27 @@
+"""Fine-tune DeepSeek-R1-Distill-Llama-8B (or the tiny CPU model) with LoRA / QLoRA.
+
+    python train.py experiment=smoke                # a minute on a CPU
+    python train.py experiment=qlora_r16            # one GPU, Unsloth
+    python train.py -m experiment=qlora_r16 hparams_search=lr_rank_grid
+    python train.py experiment=qlora_r16 --cfg job  # print the composed config, load nothing
+
+Imports stay light here: Unsloth must be imported before transformers and peft to patch them, so
+medllm (which imports both) is imported only after the backend is known.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    if cfg.model.backend == "unsloth":
+        import unsloth  # noqa: F401
+
+    from medllm.training.run import train
+
+    return train(cfg)["val_loss"]
+
+
+if __name__ == "__main__":
+    main()
