@@ -15,7 +15,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from medllm.data import phi, prepare, records
 from medllm.data.chat_format import R1ChatFormat, TrainOn
-from medllm.data.collate import PackCollator, PadCollator, PackedDataset, pack
+from medllm.data.collate import PackCollator, PackedDataset, PadCollator, pack
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,9 @@ class ReasoningDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if self.packing:
             packed = PackedDataset(self._row_dataset("train"), self.train_bins)
-            return self._loader(packed, self.batch_size, True, collate=PackCollator(self.pad_token_id, self.pad_to_multiple_of))
+            return self._loader(
+                packed, self.batch_size, True, collate=PackCollator(self.pad_token_id, self.pad_to_multiple_of)
+            )
         sampler = None
         if self.group_by_length:
             sampler = LengthGroupedSampler(

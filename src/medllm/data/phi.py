@@ -17,7 +17,9 @@ PATTERNS: dict[str, re.Pattern[str]] = {
     "email": re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b"),
     "phone": re.compile(r"(?<![\w/-])(?:\+?1[\s.-]?)?\(?\d{3}\)?[\s.-]\d{3}[\s.-]\d{4}(?![\w/-])"),
     "ssn": re.compile(r"\b\d{3}-\d{2}-\d{4}\b"),
-    "record_number": re.compile(r"\b(?:MRN|medical record(?: number| no\.?)?|patient id|record #)\s*[:#]?\s*[A-Z0-9-]{5,}\b", re.I),
+    "record_number": re.compile(
+        r"\b(?:MRN|medical record(?: number| no\.?)?|patient id|record #)\s*[:#]?\s*[A-Z0-9-]{5,}\b", re.I
+    ),
     "date_of_birth": re.compile(
         r"\b(?:DOB|D\.O\.B\.|date of birth|born on)\s*[:\-]?\s*\d{1,4}[/.-]\d{1,2}[/.-]\d{1,4}\b", re.I
     ),

@@ -60,7 +60,9 @@ def read_local(path: str | Path, cache_dir: str | None = None) -> datasets.Datas
     """A .json / .jsonl / .parquet / .csv file as a Dataset, or a DataError naming the file."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise DataError(f"data.path={str(path)!r}: no such file. Point data.path at a .json, .jsonl, .parquet or .csv file.")
+        raise DataError(
+            f"data.path={str(path)!r}: no such file. Point data.path at a .json, .jsonl, .parquet or .csv file."
+        )
     builder = LOCAL_FORMATS.get(path.suffix.lower())
     if builder is None:
         raise DataError(f"{path}: unsupported file type {path.suffix!r}; use one of {sorted(LOCAL_FORMATS)}.")
@@ -75,7 +77,11 @@ def read_hub(name: str, subset: str, revision: str | None, cache_dir: str | None
     try:
         return datasets.load_dataset(name, subset, revision=revision, split="train", cache_dir=cache_dir)
     except Exception as err:
-        if datasets.config.HF_HUB_OFFLINE or "offline" in str(err).lower() or isinstance(err, (ConnectionError, OSError)):
+        if (
+            datasets.config.HF_HUB_OFFLINE
+            or "offline" in str(err).lower()
+            or isinstance(err, (ConnectionError, OSError))
+        ):
             raise DataError(
                 f"Could not load the hub dataset {name!r} (subset {subset!r}, revision {revision}) and it is not "
                 f"in the cache: {err}\nDownload it once with network access "

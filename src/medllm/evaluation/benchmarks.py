@@ -114,7 +114,7 @@ def _options(value: Any, source: str, number: int) -> dict[str, str]:
     if isinstance(value, list):
         if len(value) > len(LETTERS):
             raise BenchmarkError(f"{where} has {len(value)} options; at most {len(LETTERS)} are supported")
-        value = dict(zip(LETTERS, value))
+        value = dict(zip(LETTERS, value, strict=False))
     if not isinstance(value, Mapping) or len(value) < 2:
         raise BenchmarkError(f"{where} must be a dict letter -> text or a list of at least two texts")
     options = {}
@@ -244,7 +244,7 @@ def load_medqa(path: str | None = None) -> list[BenchmarkItem]:
     else:
         source, rows = _read_json_rows(path)
     items = _mcq_items(rows, source, "answer_idx")
-    for number, (row, item) in enumerate(zip(rows, items), start=1):
+    for number, (row, item) in enumerate(zip(rows, items, strict=True), start=1):
         answer = row.get("answer")
         if isinstance(answer, str) and answer.strip().casefold() != item.options[item.gold].casefold():
             raise BenchmarkError(
@@ -298,7 +298,8 @@ def load_medmcqa(path: str | None = None, cop_base: int | None = None) -> list[B
     for number, row in enumerate(rows, start=1):
         question = _field(row, "question", source, number)
         options = {
-            letter: _field(row, name, source, number).strip() for letter, name in zip(LETTERS, MEDMCQA_OPTION_FIELDS)
+            letter: _field(row, name, source, number).strip()
+            for letter, name in zip(LETTERS, MEDMCQA_OPTION_FIELDS, strict=False)
         }
         cop = _field(row, "cop", source, number, int) - cop_base
         if not 0 <= cop < len(options):

@@ -6,8 +6,8 @@ searching it would find them all. A completion whose think block never closes ga
 The answer is read in three tiers, each tried only when the ones before assert nothing:
 
 1. explicit statements: "The answer is B", "Answer: C) Metformin", "the correct option is (D)",
-   "Final answer: maybe", ``\\boxed{B}``, "Option B is correct"; a statement naming an option by its
-   text ("The answer is Metformin") counts too;
+   "Final answer: maybe", "In conclusion: no", ``\\boxed{B}``, "Option B is correct"; a statement
+   naming an option by its text ("The answer is Metformin") counts too;
 2. a label leading the first line ("B", "(B)", "B. Metformin", "Yes, ...") or standing alone on a line;
 3. for multiple choice, the text of an option appearing in the answer ("so the diagnosis is Graves
    disease"), when exactly one option's text appears.
@@ -27,7 +27,7 @@ from medllm.evaluation.benchmarks import BenchmarkItem
 # to this question is"); an uppercase word ends the phrase, so "Option A is wrong" is not a statement.
 # The clause is captured in a lookahead so statements inside a statement's line are found as well.
 _STATEMENT = re.compile(
-    r"(?i:\b(?:answer|option|choice)\b)(?:\s+[a-z]+){0,4}?\s*"
+    r"(?i:\b(?:answer|option|choice|conclusion)\b)(?:\s+[a-z]+){0,4}?\s*"
     r"(?i:\bis\b|\bwould be\b|\bshould be\b|\bwill be\b|[:=\-–—])[ \t:]*\n?\s*(?=(?P<clause>[^\n]*))"
 )
 _LETTER_IS_CORRECT = re.compile(
@@ -68,18 +68,18 @@ def _fold(text: str) -> str:
     return " ".join(_APOSTROPHES.sub("", text).casefold().split()).strip(" .,;:!")
 
 
-def _option_mentions(text: str, options: dict[str, str], min_chars: int = 1) -> set[str]:
+def _option_mentions(text: str, options: dict[str, str], prose: bool = False) -> set[str]:
     """Letters whose option text occurs in ``text`` as whole words.
 
     An option found only inside a longer option's occurrence is not a mention ("Graves disease" in
-    "Graves disease with ophthalmopathy"). ``min_chars`` skips short texts ("2", "IV") that would
-    match by chance in free prose.
+    "Graves disease with ophthalmopathy"). In free ``prose`` short or letterless texts ("2", "IV",
+    "150") are skipped: they would match by chance, where after "The answer is" they can't.
     """
     folded = _fold(text)
     spans: dict[str, list[tuple[int, int]]] = {}
     for letter, option in options.items():
         needle = _fold(option)
-        if len(needle) < min_chars or not any(c.isalpha() for c in needle):
+        if prose and (len(needle) < 4 or not any(c.isalpha() for c in needle)):
             continue
         pattern = re.compile(r"(?<!\w)" + re.escape(needle) + r"(?!\w)")
         found = [m.span() for m in pattern.finditer(folded)]
@@ -163,7 +163,7 @@ def extract_answer(output: str, item: BenchmarkItem) -> str | None:
         return None
     tiers = [_statements, _line_labels]
     if item.options is not None:
-        tiers.append(lambda t, i: _option_mentions(t, i.options, min_chars=4))
+        tiers.append(lambda t, i: _option_mentions(t, i.options, prose=True))
     for tier in tiers:
         labels = tier(text, item)
         if labels:

@@ -17,6 +17,10 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from medllm.data.chat_format import BOS, EOS, PAD, SPECIAL_TOKENS
 from medllm.data.records import sample_rows
 
+# Weight std of the tiny model. transformers' 0.02 leaves logits so flat after the final norm that a
+# LoRA adapter can barely move the loss; 0.1 gives it a base that LoRA visibly adapts in a few steps.
+INIT_RANGE = 0.1
+
 
 def train_r1_tokenizer(texts: Iterable[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer with the R1 special tokens, trained on ``texts``."""
@@ -69,6 +73,7 @@ def tiny_llama(
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
+        initializer_range=INIT_RANGE,
     )
     config._attn_implementation = attn_implementation
     with torch.random.fork_rng(devices=[]):

@@ -22,6 +22,12 @@ from medllm.data.chat_format import IGNORE_INDEX
 MODEL_INPUTS = ("input_ids", "attention_mask", "labels", "position_ids")
 
 
+def causal_lm_forward(model: torch.nn.Module, batch: dict[str, torch.Tensor]):
+    """The model on a batch, without a KV cache: with a cache, transformers ignores the restarting
+    ``position_ids`` of packed rows and lets every row attend to the rows packed before it."""
+    return model(**{k: v for k, v in batch.items() if k in MODEL_INPUTS}, use_cache=False)
+
+
 def trained_tokens(labels: torch.Tensor) -> torch.Tensor:
     """Tokens that enter the causal LM loss: labels after the one-token shift that are not ignored."""
     return (labels[:, 1:] != IGNORE_INDEX).sum()
@@ -56,7 +62,7 @@ class ReasoningSFTModule(L.LightningModule):
         return [p for p in self.parameters() if p.requires_grad]
 
     def forward(self, batch: dict[str, torch.Tensor]):
-        return self.model(**{k: v for k, v in batch.items() if k in MODEL_INPUTS})
+        return causal_lm_forward(self.model, batch)
 
     # ---- training ----------------------------------------------------------------------------
     def on_train_start(self) -> None:

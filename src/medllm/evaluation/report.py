@@ -1,0 +1,151 @@
+"""Writing one evaluation run as report.json, report.md, predictions.jsonl and report.png.
+
+A result is one (benchmark, model) pair: ``{"benchmark": str, "model": str, "metrics": dict,
+"predictions": [ {id, prompt, output, parsed, gold}, ... ]}``. The model label is ``"base"`` or
+``"adapter:<path>"``; the markdown table shows each metric's change against ``base``. A result may
+also carry only numbers (held-out loss and perplexity) and no predictions.
+
+The figure is drawn on a ``Figure`` with the Agg canvas rather than through pyplot, so writing a
+report never switches the backend of the process that called it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+BASE = "base"
+COLUMNS = (
+    "n",
+    "accuracy",
+    "macro_f1",
+    "precision",
+    "recall",
+    "parse_failures",
+    "format_rate",
+    "mean_reasoning_chars",
+    "mean_reasoning_tokens",
+    "loss",
+    "perplexity",
+)
+WITH_DELTA = ("accuracy", "macro_f1", "loss", "perplexity")
+CHARTED = ("accuracy", "macro_f1")
+PREDICTION_FIELDS = ("id", "parsed", "gold")
+
+
+def _group(results: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Mapping[str, Any]]]:
+    """Results as ``{benchmark: {model: result}}``, checked for shape, duplicates and counts."""
+    grouped: dict[str, dict[str, Mapping[str, Any]]] = {}
+    for number, result in enumerate(results, start=1):
+        missing = [key for key in ("benchmark", "model", "metrics") if key not in result]
+        if missing or not isinstance(result["metrics"], Mapping):
+            raise ValueError(f"result {number}: needs 'benchmark', 'model' and a 'metrics' dict (missing {missing})")
+        bench, model = result["benchmark"], result["model"]
+        if model in grouped.setdefault(bench, {}):
+            raise ValueError(f"result {number}: a second result for benchmark {bench!r} and model {model!r}")
+        predictions = result.get("predictions")
+        if predictions is not None:
+            n = result["metrics"].get("n")
+            if n is not None and n != len(predictions):
+                raise ValueError(
+                    f"result {number} ({bench}, {model}): metrics n={n} but {len(predictions)} predictions"
+                )
+            for row, item in enumerate(predictions, start=1):
+                absent = [f for f in PREDICTION_FIELDS if f not in item]
+                if absent:
+                    raise ValueError(f"result {number} ({bench}, {model}): prediction {row} lacks {absent}")
+        grouped[bench][model] = result
+    return grouped
+
+
+def _fmt(value: Any, signed: bool = False) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, int):  # bool included
+        return f"{value:+d}" if signed else str(value)
+    if isinstance(value, float):
+        spec = ".1f" if abs(value) >= 100 else ".4f"
+        return format(value, ("+" if signed else "") + spec)
+    return str(value)
+
+
+def _table(models: dict[str, Mapping[str, Any]]) -> list[str]:
+    """One markdown table: a row per model (base first), scalar metrics, and deltas against base."""
+    metrics = {model: result["metrics"] for model, result in models.items()}
+    scalars = {
+        k for m in metrics.values() for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+    keys = [k for k in COLUMNS if k in scalars] + sorted(scalars - set(COLUMNS))
+    base = metrics.get(BASE)
+    header, columns = ["model"], []
+    for key in keys:
+        header.append(key.replace("_", " "))
+        columns.append((key, False))
+        if base is not None and key in WITH_DELTA and key in base:
+            header.append(f"Δ {key.replace('_', ' ')} vs base")
+            columns.append((key, True))
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for model in sorted(metrics, key=lambda m: m != BASE):
+        cells = [model.replace("|", "\\|")]
+        for key, delta in columns:
+            value = metrics[model].get(key)
+            if delta:
+                cells.append("" if model == BASE or value is None else _fmt(value - base[key], signed=True))
+            else:
+                cells.append(_fmt(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _markdown(grouped: dict[str, dict[str, Mapping[str, Any]]]) -> str:
+    lines = ["# Evaluation report", ""]
+    for bench, models in grouped.items():
+        lines += [f"## {bench}", "", *_table(models), ""]
+    return "\n".join(lines)
+
+
+def _chart(grouped: dict[str, dict[str, Mapping[str, Any]]], path: Path) -> None:
+    """Accuracy and macro F1 per model, one panel per benchmark that has them."""
+    charted = {b: m for b, m in grouped.items() if any("accuracy" in r["metrics"] for r in m.values())}
+    fig = Figure(figsize=(max(4.0, 4.0 * len(charted)), 4.0), layout="constrained")
+    FigureCanvasAgg(fig)
+    if not charted:
+        fig.text(0.5, 0.5, "no accuracy metrics to chart", ha="center", va="center")
+    axes = fig.subplots(1, len(charted), squeeze=False)[0] if charted else []
+    width = 0.8 / len(CHARTED)
+    for ax, (bench, models) in zip(axes, charted.items(), strict=True):
+        names = sorted((m for m, r in models.items() if "accuracy" in r["metrics"]), key=lambda m: m != BASE)
+        for offset, key in enumerate(CHARTED):
+            values = [models[m]["metrics"].get(key) or 0.0 for m in names]
+            xs = [i + (offset - (len(CHARTED) - 1) / 2) * width for i in range(len(names))]
+            bars = ax.bar(xs, values, width, label=key.replace("_", " "))
+            ax.bar_label(bars, fmt="%.3f", fontsize=7)
+        ax.set_xticks(range(len(names)), [n if len(n) <= 24 else "…" + n[-23:] for n in names], fontsize=8)
+        ax.set_ylim(0, 1.15)
+        ax.set_title(bench)
+        ax.legend(loc="upper left", ncols=len(CHARTED), fontsize=8)
+    fig.savefig(path, dpi=120)
+
+
+def write_report(out_dir: str | Path, results: Sequence[Mapping[str, Any]]) -> dict[str, Path]:
+    """Write the four report files into ``out_dir`` (created if needed); returns their paths."""
+    grouped = _group(results)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {name: out / name for name in ("report.json", "report.md", "predictions.jsonl", "report.png")}
+    summary = {bench: {model: dict(r["metrics"]) for model, r in models.items()} for bench, models in grouped.items()}
+    paths["report.json"].write_text(json.dumps({"benchmarks": summary}, indent=2) + "\n", "utf-8")
+    paths["report.md"].write_text(_markdown(grouped), "utf-8")
+    with paths["predictions.jsonl"].open("w", encoding="utf-8") as f:
+        for result in results:
+            for item in result.get("predictions") or []:
+                line = {"benchmark": result["benchmark"], "model": result["model"], **item}
+                line.setdefault("correct", item["parsed"] == item["gold"])
+                f.write(json.dumps(line, ensure_ascii=False) + "\n")
+    _chart(grouped, paths["report.png"])
+    return paths

@@ -1,0 +1,36 @@
+"""Shared fixtures: offline hub, offline W&B, the tiny tokenizer and model, composed configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Each test session prepares data into its own cache, never the user's."""
+    monkeypatch.setenv("MEDLLM_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "medllm-cache"))
+
+
+def compose_train(*overrides: str, config_name: str = "train"):
+    """The real train.yaml composed with overrides, with Hydra's run dir resolved."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name, overrides=list(overrides), return_hydra_config=True)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from medllm.models.tiny import tiny_tokenizer
+
+    return tiny_tokenizer()

@@ -1,0 +1,81 @@
+"""Padding is masked by position; packing keeps rows apart and loses no trained token."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from medllm.data.chat_format import IGNORE_INDEX, R1ChatFormat
+from medllm.data.collate import PackCollator, PadCollator, pack
+from medllm.data.records import sample_rows
+from medllm.models.tiny import tiny_llama
+from medllm.training.module import causal_lm_forward, trained_tokens
+
+
+@pytest.fixture(scope="module")
+def rows(tokenizer):
+    sample = sample_rows()[:6]
+    out = R1ChatFormat().tokenize_batch(
+        tokenizer, [r["Question"] for r in sample], [r["Complex_CoT"] for r in sample], [r["Response"] for r in sample]
+    )
+    return [{"input_ids": i, "labels": lab} for i, lab in zip(out["input_ids"], out["labels"])]
+
+
+def test_padding_with_the_eos_id_keeps_every_final_eos_trained(rows, tokenizer):
+    eos = tokenizer.eos_token_id
+    batch = PadCollator(pad_token_id=eos, pad_to_multiple_of=8)(rows)
+    assert batch["input_ids"].shape[1] % 8 == 0
+    for i, row in enumerate(rows):
+        n = len(row["input_ids"])
+        assert batch["labels"][i, n - 1] == eos  # the row's own EOS is a label...
+        assert (batch["labels"][i, n:] == IGNORE_INDEX).all()  # ...the padding EOS ids are not
+        assert batch["attention_mask"][i].sum() == n
+    assert batch["num_tokens"] == sum(len(r["input_ids"]) for r in rows)
+
+
+def test_pack_respects_capacity_and_places_every_row_once():
+    rng = random.Random(0)
+    lengths = [rng.randint(20, 300) for _ in range(500)]
+    bins = pack(lengths, 512)
+    assert sorted(i for b in bins for i in b) == list(range(500))
+    assert all(sum(lengths[i] for i in b) <= 512 for b in bins)
+    assert sum(lengths) / (len(bins) * 512) > 0.95
+
+
+def test_pack_rejects_a_row_longer_than_the_sequence():
+    with pytest.raises(ValueError, match="can't be packed"):
+        pack([10, 600], 512)
+
+
+def test_packed_loss_equals_token_weighted_loss_of_rows_alone(rows, tokenizer):
+    model = tiny_llama(tokenizer, seed=3).eval()
+    capacity = sum(len(r["input_ids"]) for r in rows[:4]) + 8
+    bins = [rows[:4], rows[4:]]
+    batch = PackCollator(pad_token_id=tokenizer.pad_token_id)(bins)
+    assert "attention_mask" not in batch  # boundaries come from the restarting position_ids
+    assert batch["input_ids"].shape[1] <= capacity
+    with torch.no_grad():
+        packed = causal_lm_forward(model, batch)
+        packed_sum = packed.loss * trained_tokens(batch["labels"])
+        alone_sum, alone_tokens = 0.0, 0
+        for row in rows:
+            ids = torch.tensor([row["input_ids"]])
+            labels = torch.tensor([row["labels"]])
+            alone_sum += causal_lm_forward(model, {"input_ids": ids, "labels": labels}).loss * trained_tokens(labels)
+            alone_tokens += int(trained_tokens(labels))
+    assert int(trained_tokens(batch["labels"])) == alone_tokens
+    torch.testing.assert_close(packed_sum / alone_tokens, alone_sum / alone_tokens, rtol=1e-5, atol=1e-5)
+
+
+def test_packed_logits_of_a_row_do_not_depend_on_its_neighbours(rows, tokenizer):
+    model = tiny_llama(tokenizer, seed=3).eval()
+    collate = PackCollator(pad_token_id=tokenizer.pad_token_id)
+    with torch.no_grad():
+        a = collate([[rows[0], rows[1]]])
+        b = collate([[rows[2], rows[1]]])
+        la = causal_lm_forward(model, a).logits
+        lb = causal_lm_forward(model, b).logits
+    n0, n1, n2 = (len(rows[i]["input_ids"]) for i in range(3))
+    torch.testing.assert_close(la[0, n0 : n0 + n1], lb[0, n2 : n2 + n1], rtol=1e-5, atol=1e-5)

@@ -1,0 +1,273 @@
+"""Benchmark loaders on tiny files in each public layout, the hub fallback, and the real PubMedQA split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import datasets
+import pytest
+
+from medllm.evaluation.benchmarks import (
+    LOADERS,
+    YES_NO_MAYBE,
+    BenchmarkError,
+    load_benchmark,
+    load_mcq,
+    load_medmcqa,
+    load_medqa,
+    load_pubmedqa,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+PUBMEDQA_DIRS = [REPO / "shared/data/pubmedqa", REPO.parent / "shared/data/pubmedqa"]
+
+
+def write_jsonl(path: Path, rows: list[Any]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), "utf-8")
+    return path
+
+
+def write_json(path: Path, data: Any) -> Path:
+    path.write_text(json.dumps(data), "utf-8")
+    return path
+
+
+def medqa_row(question: str, answer_idx: str) -> dict:
+    options = {"A": "Insulin", "B": "Metformin", "C": "Sulfonylurea", "D": "Acarbose"}
+    return {
+        "question": question,
+        "answer": options[answer_idx],
+        "options": options,
+        "meta_info": "step1",
+        "answer_idx": answer_idx,
+    }
+
+
+def medmcqa_row(i: int, cop: int) -> dict:
+    return {"id": f"m{i}", "question": f"Q{i}?", "opa": "w", "opb": "x", "opc": "y", "opd": "z", "cop": cop, "exp": ""}
+
+
+def pubmedqa_folder(tmp_path: Path, truth: dict[str, str]) -> Path:
+    rows = {
+        pubid: {
+            "QUESTION": f"Question {pubid}?",
+            "CONTEXTS": [f"First part {pubid}.", "Second part."],
+            "final_decision": "yes",
+        }
+        for pubid in ("101", "102", "103")
+    }
+    write_json(tmp_path / "ori_pqal.json", rows)
+    write_json(tmp_path / "test_ground_truth.json", truth)
+    return tmp_path
+
+
+# ------------------------------------------------------------------------------------------- local layouts
+
+
+def test_pubmedqa_folder_gives_the_test_split(tmp_path: Path) -> None:
+    items = load_pubmedqa(str(pubmedqa_folder(tmp_path, {"103": "no", "101": "maybe"})))
+    assert [(i.id, i.gold) for i in items] == [("103", "no"), ("101", "maybe")]
+    item = items[0]
+    assert item.choices == YES_NO_MAYBE and item.options is None
+    assert item.context == "First part 103.\nSecond part."
+    prompt = item.prompt_text()
+    assert prompt.index("First part 103.") < prompt.index("Question 103?")
+    assert prompt.endswith("Answer with yes, no or maybe.")
+
+
+def test_pubmedqa_errors_name_file_row_and_field(tmp_path: Path) -> None:
+    folder = pubmedqa_folder(tmp_path, {"101": "yes", "999": "no"})
+    with pytest.raises(BenchmarkError, match=r"test_ground_truth\.json: row 2: pubid 999"):
+        load_pubmedqa(str(folder))
+    write_json(folder / "test_ground_truth.json", {"101": "yes", "102": "perhaps"})
+    with pytest.raises(BenchmarkError, match=r"ori_pqal\.json.*row 2 \(pubid 102\): field 'label' = 'perhaps'"):
+        load_pubmedqa(str(folder))
+    with pytest.raises(BenchmarkError, match=r"ori_pqal\.json: no such file"):
+        load_pubmedqa(str(tmp_path / "elsewhere"))
+
+
+def test_medqa_jsonl(tmp_path: Path) -> None:
+    path = write_jsonl(
+        tmp_path / "test.jsonl", [medqa_row("First-line drug?", "B"), medqa_row("Causes hypoglycaemia?", "C")]
+    )
+    items = load_medqa(str(path))
+    assert [(i.id, i.gold) for i in items] == [("1", "B"), ("2", "C")]
+    assert items[0].choices == ("A", "B", "C", "D")
+    lines = items[0].prompt_text().splitlines()
+    assert lines[0] == "First-line drug?"
+    assert "A. Insulin" in lines and "D. Acarbose" in lines
+    assert lines[-1] == "Answer with the letter of the correct option."
+
+
+@pytest.mark.parametrize(
+    ("broken", "message"),
+    [
+        ({"answer_idx": None}, r"row 2: field 'answer_idx' is missing"),
+        ({"question": "  "}, r"row 2: field 'question' is empty"),
+        ({"answer_idx": "F"}, r"row 2: field 'answer_idx' = 'F' is neither"),
+        ({"answer": "Insulin"}, r"row 2: field 'answer' = 'Insulin' is not the text of option B"),
+        ({"options": {"A": "Insulin"}}, r"row 2: field 'options'"),
+    ],
+)
+def test_medqa_bad_rows_name_file_row_and_field(tmp_path: Path, broken: dict, message: str) -> None:
+    path = write_jsonl(tmp_path / "test.jsonl", [medqa_row("Q1?", "A"), {**medqa_row("Q2?", "B"), **broken}])
+    with pytest.raises(BenchmarkError, match=message) as err:
+        load_medqa(str(path))
+    assert str(path) in str(err.value)
+
+
+def test_missing_and_unreadable_files(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"nope\.jsonl: no such file"):
+        load_medqa(str(tmp_path / "nope.jsonl"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(medqa_row("Q1?", "A")) + "\n{not json\n", "utf-8")
+    with pytest.raises(ValueError, match=r"bad\.jsonl: line 2 is not valid JSON"):
+        load_medqa(str(bad))
+
+
+def test_medmcqa_original_release_is_one_based_json_lines(tmp_path: Path) -> None:
+    # The original release stores JSON lines under a .json name, with cop 1..4.
+    path = write_jsonl(tmp_path / "dev.json", [medmcqa_row(1, 4), medmcqa_row(2, 1), medmcqa_row(3, 2)])
+    items = load_medmcqa(str(path))
+    assert [(i.id, i.gold) for i in items] == [("m1", "D"), ("m2", "A"), ("m3", "B")]
+    assert items[0].options == {"A": "w", "B": "x", "C": "y", "D": "z"}
+
+
+def test_medmcqa_hub_layout_is_zero_based(tmp_path: Path) -> None:
+    path = write_json(tmp_path / "validation.json", [medmcqa_row(1, 0), medmcqa_row(2, 3)])
+    assert [i.gold for i in load_medmcqa(str(path))] == ["A", "D"]
+
+
+def test_medmcqa_cop_base_errors(tmp_path: Path) -> None:
+    ambiguous = write_jsonl(tmp_path / "a.jsonl", [medmcqa_row(1, 1), medmcqa_row(2, 3)])
+    with pytest.raises(BenchmarkError, match=r"a\.jsonl: field 'cop' takes the values \[1, 3\].*cop_base"):
+        load_medmcqa(str(ambiguous))
+    assert [i.gold for i in load_medmcqa(str(ambiguous), cop_base=1)] == ["A", "C"]
+    assert [i.gold for i in load_benchmark("medmcqa", str(ambiguous), cop_base=0)] == ["B", "D"]
+    mixed = write_jsonl(tmp_path / "m.jsonl", [medmcqa_row(1, 0), medmcqa_row(2, 4)])
+    with pytest.raises(BenchmarkError, match="cop_base"):
+        load_medmcqa(str(mixed))
+    out_of_range = write_jsonl(tmp_path / "o.jsonl", [medmcqa_row(1, 0), medmcqa_row(2, 4)])
+    with pytest.raises(BenchmarkError, match=r"o\.jsonl: row 2: field 'cop' = 4 is outside 0\.\.3"):
+        load_medmcqa(str(out_of_range), cop_base=0)
+    missing = write_jsonl(tmp_path / "x.jsonl", [medmcqa_row(1, 0), {**medmcqa_row(2, 1), "opc": None}])
+    with pytest.raises(BenchmarkError, match=r"x\.jsonl: row 2: field 'opc' is missing"):
+        load_medmcqa(str(missing))
+
+
+def test_mcq_with_list_options_and_text_answer(tmp_path: Path) -> None:
+    rows = [
+        {"question": "Q1?", "options": ["Aspirin", "Heparin", "Warfarin"], "answer": "heparin"},
+        {"id": "x7", "question": "Q2?", "options": {"A": "Yes", "B": "No"}, "answer": "B"},
+    ]
+    items = load_mcq(str(write_json(tmp_path / "mcq.json", rows)))
+    assert [(i.id, i.choices, i.gold) for i in items] == [("1", ("A", "B", "C"), "B"), ("x7", ("A", "B"), "B")]
+    assert items[0].options == {"A": "Aspirin", "B": "Heparin", "C": "Warfarin"}
+
+
+def test_mcq_answer_must_name_one_option(tmp_path: Path) -> None:
+    rows = [{"question": "Q1?", "options": ["Aspirin", "Heparin"], "answer": "Clopidogrel"}]
+    with pytest.raises(BenchmarkError, match=r"mcq\.jsonl: row 1: field 'answer' = 'Clopidogrel'"):
+        load_mcq(str(write_jsonl(tmp_path / "mcq.jsonl", rows)))
+    with pytest.raises(BenchmarkError, match="local files only"):
+        load_mcq(None)
+
+
+def test_limit_is_a_deterministic_seeded_subsample(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "test.jsonl", [medqa_row(f"Q{i}?", "ABCD"[i % 4]) for i in range(40)])
+    every = [i.question for i in load_benchmark("medqa", str(path))]
+    first = [i.question for i in load_benchmark("medqa", str(path), limit=10, seed=3)]
+    again = [i.question for i in load_benchmark("medqa", str(path), limit=10, seed=3)]
+    other = [i.question for i in load_benchmark("medqa", str(path), limit=10, seed=4)]
+    assert first == again and len(first) == 10
+    assert first != other
+    assert first == sorted(first, key=every.index)  # kept in file order
+    assert load_benchmark("medqa", str(path), limit=100) == load_benchmark("medqa", str(path))
+    with pytest.raises(BenchmarkError, match="unknown benchmark 'usmle'"):
+        load_benchmark("usmle", str(path))
+    assert set(LOADERS) == {"pubmedqa", "medqa", "medmcqa", "mcq"}
+
+
+# ------------------------------------------------------------------------------------------- hub fallback
+
+
+class FakeHub:
+    """Stands in for the network call only: records its arguments and returns rows."""
+
+    def __init__(self, rows: list[dict]) -> None:
+        self.rows, self.calls = rows, []
+
+    def __call__(self, *args: Any, **kwargs: Any) -> list[dict]:
+        self.calls.append((args, kwargs))
+        return self.rows
+
+
+def test_hub_pubmedqa_uses_pqa_labeled_train(monkeypatch: pytest.MonkeyPatch) -> None:
+    row = {
+        "pubid": 21645374,
+        "question": "Do mitochondria matter?",
+        "context": {"contexts": ["Part one.", "Part two."], "labels": ["BACKGROUND", "RESULTS"]},
+        "long_answer": "...",
+        "final_decision": "maybe",
+    }
+    hub = FakeHub([row])
+    monkeypatch.setattr(datasets, "load_dataset", hub)
+    items = load_benchmark("pubmedqa")
+    assert hub.calls == [(("qiaojin/PubMedQA", "pqa_labeled"), {"split": "train"})]
+    assert [(i.id, i.gold, i.context) for i in items] == [("21645374", "maybe", "Part one.\nPart two.")]
+
+
+def test_hub_medqa_and_medmcqa_splits(monkeypatch: pytest.MonkeyPatch) -> None:
+    hub = FakeHub([medqa_row("Q?", "C")])
+    monkeypatch.setattr(datasets, "load_dataset", hub)
+    assert [i.gold for i in load_benchmark("medqa")] == ["C"]
+    assert hub.calls == [(("GBaker/MedQA-USMLE-4-options", None), {"split": "test"})]
+
+    hub = FakeHub([medmcqa_row(1, 1), medmcqa_row(2, 2)])  # no 0 or 3: only the hub's layout says 0-based
+    monkeypatch.setattr(datasets, "load_dataset", hub)
+    assert [i.gold for i in load_benchmark("medmcqa")] == ["B", "C"]
+    assert hub.calls == [(("openlifescienceai/medmcqa", None), {"split": "validation"})]
+
+
+def test_hub_offline_says_to_pass_local_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline(*args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("Couldn't reach 'qiaojin/PubMedQA' on the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(BenchmarkError, match=r"(?s)qiaojin/PubMedQA.*OfflineModeIsEnabled.*benchmark\.path="):
+        load_benchmark("pubmedqa")
+
+
+@pytest.mark.skipif(not datasets.config.HF_HUB_OFFLINE, reason="only with HF_HUB_OFFLINE=1, so nothing is downloaded")
+def test_hub_really_offline_says_to_pass_local_files() -> None:
+    try:
+        items = load_medqa()
+    except BenchmarkError as err:
+        assert "benchmark.path=" in str(err)
+    else:
+        pytest.skip(f"the dataset is in the local cache ({len(items)} items)")
+
+
+# ------------------------------------------------------------------------------------------- real data
+
+
+@pytest.fixture
+def real_pubmedqa() -> str:
+    for folder in PUBMEDQA_DIRS:
+        if (folder / "ori_pqal.json").is_file() and (folder / "test_ground_truth.json").is_file():
+            return str(folder)
+    pytest.skip("the shared PubMedQA files are not present")
+
+
+def test_real_pubmedqa_test_split(real_pubmedqa: str) -> None:
+    items = load_benchmark("pubmedqa", real_pubmedqa)
+    assert len(items) == 500
+    assert len({i.id for i in items}) == 500
+    assert {i.gold for i in items} == set(YES_NO_MAYBE)
+    assert all(i.context and i.question for i in items)
+    sample = load_benchmark("pubmedqa", real_pubmedqa, limit=20, seed=0)
+    assert len(sample) == 20
+    assert [i.id for i in sample] == [i.id for i in load_benchmark("pubmedqa", real_pubmedqa, limit=20, seed=0)]
+    assert {i.id for i in sample} <= {i.id for i in items}

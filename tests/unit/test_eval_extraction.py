@@ -1,0 +1,118 @@
+"""Answer extraction on completions written the way R1-distilled models answer."""
+
+from __future__ import annotations
+
+import pytest
+
+from medllm.evaluation.benchmarks import YES_NO_MAYBE, BenchmarkItem
+from medllm.evaluation.extraction import extract_answer
+
+MCQ = BenchmarkItem(
+    id="q1",
+    question="A 34-year-old woman has weight loss, tremor, exophthalmos and a diffuse goitre. Diagnosis?",
+    choices=("A", "B", "C", "D"),
+    gold="B",
+    options={
+        "A": "Toxic multinodular goitre",
+        "B": "Graves' disease",
+        "C": "Subacute thyroiditis",
+        "D": "Metformin",
+    },
+)
+YNM = BenchmarkItem(id="p1", question="Do statins reduce mortality?", choices=YES_NO_MAYBE, gold="yes", context="...")
+
+THINK = "Okay, let's see. Option A would be nodular. Option C is painful. The answer is C? No, wait.\n</think>\n\n"
+
+MCQ_CASES = [
+    # bare letters, with and without markdown
+    (THINK + "B", "B"),
+    (THINK + "(B)", "B"),
+    (THINK + "B.", "B"),
+    (THINK + "**B**", "B"),
+    (THINK + "**B. Graves' disease**\n\nExophthalmos is specific to Graves.", "B"),
+    # explicit statements
+    (THINK + "The answer is B.", "B"),
+    (THINK + "The answer is B because exophthalmos points to an autoimmune cause.", "B"),
+    (THINK + "**Answer: C) Subacute thyroiditis**", "C"),
+    (THINK + "Therefore, the correct option is (D).", "D"),
+    (THINK + "## Final Answer\n\n**Answer:**\n\n**A. Toxic multinodular goitre**", "A"),
+    (THINK + "After weighing the findings, $\\boxed{B}$", "B"),
+    (THINK + "The most likely diagnosis is explained by TSH receptor antibodies.\n\nOption B is correct.", "B"),
+    (THINK + "THE ANSWER IS (c)", "C"),
+    (THINK + "The answer is Graves disease.", "B"),
+    # a statement wins over options discussed in the explanation
+    (
+        THINK
+        + "The answer is **B**.\n\n- A. Toxic multinodular goitre: no exophthalmos.\n"
+        + "- C. Subacute thyroiditis: painful.",
+        "B",
+    ),
+    # the option's own text, exactly one
+    (THINK + "The eye signs and diffuse goitre make this Graves disease.", "B"),
+    (THINK + "So the diagnosis is graves' disease", "B"),
+    # ambiguous: two letters, two option texts, a hedge
+    (THINK + "The answer is B. On reflection, the final answer is C.", None),
+    (THINK + "It is either Graves' disease or subacute thyroiditis.", None),
+    (THINK + "The answer is B or C.", None),
+    # no answer: unclosed think block, empty answer, nothing recognisable
+    ("Okay, the patient has exophthalmos, so the answer is B. But wait, let me reconsider", None),
+    (THINK, None),
+    (THINK + "I cannot determine this without more information.", None),
+    # a letter outside the choices is not an answer; the reasoning's "answer is C" is never read
+    (THINK + "The answer is E.", None),
+    # an article is not a letter
+    (THINK + "The answer is a benign condition of the thyroid.", None),
+]
+
+YNM_CASES = [
+    (THINK + "Yes, statins reduce all-cause mortality in secondary prevention.", "yes"),
+    (THINK + "The answer is no.", "no"),
+    (THINK + "Final answer: maybe", "maybe"),
+    (THINK + "**Maybe**\n\nThe evidence is mixed.", "maybe"),
+    (THINK + "**Answer:** No", "no"),
+    (THINK + "$\\boxed{yes}$", "yes"),
+    (THINK + "NO. The trial was negative.", "no"),
+    (THINK + "The cohort was small.\n\nIn conclusion: maybe.", "maybe"),
+    (THINK + "Based on the findings, the answer is: **Yes**", "yes"),
+    # "no" as a word in prose is not an answer
+    (THINK + "There is no clear evidence either way in this cohort.", None),
+    (THINK + "The answer is yes. Final answer: no.", None),
+    ("Statins lower LDL, so yes", None),
+]
+
+
+@pytest.mark.parametrize(("output", "expected"), MCQ_CASES)
+def test_multiple_choice_outputs(output: str, expected: str | None) -> None:
+    assert extract_answer(output, MCQ) == expected
+
+
+@pytest.mark.parametrize(("output", "expected"), YNM_CASES)
+def test_yes_no_maybe_outputs(output: str, expected: str | None) -> None:
+    assert extract_answer(output, YNM) == expected
+
+
+def test_only_text_after_the_last_think_close_counts() -> None:
+    output = "The answer is A.\n</think>\nThe answer is A.\n</think>\n\nThe answer is D."
+    assert extract_answer(output, MCQ) == "D"
+
+
+def test_option_inside_a_longer_option_is_not_a_second_mention() -> None:
+    item = BenchmarkItem(
+        id="q2",
+        question="Which?",
+        choices=("A", "B"),
+        gold="B",
+        options={"A": "Graves disease", "B": "Graves disease with ophthalmopathy"},
+    )
+    assert extract_answer("</think>\nThis is Graves disease with ophthalmopathy.", item) == "B"
+    assert extract_answer("</think>\nThis is Graves disease.", item) == "A"
+
+
+def test_short_numeric_options_are_not_matched_in_prose() -> None:
+    item = BenchmarkItem(id="q3", question="How many?", choices=("A", "B"), gold="A", options={"A": "2", "B": "4"})
+    assert extract_answer("</think>\nAfter 2 weeks the count settles.", item) is None
+    assert extract_answer("</think>\nThe answer is 4.", item) == "B"
+
+
+def test_at_least_twenty_cases() -> None:
+    assert len(MCQ_CASES) + len(YNM_CASES) >= 20

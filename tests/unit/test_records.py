@@ -1,0 +1,121 @@
+"""Validation names the file, row and field of bad input before anything heavy runs."""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+
+import datasets
+import pytest
+
+from medllm.data import phi
+from medllm.data.records import Columns, DataError, clean, read_local, sample_rows
+
+
+def write_jsonl(path, rows):
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n")
+    return path
+
+
+def good_rows(n=10):
+    return [
+        {"Question": f"Question {i}?", "Complex_CoT": f"Reasoning {i}.", "Response": f"Answer {i}."} for i in range(n)
+    ]
+
+
+def load_and_clean(path, **kwargs):
+    return clean(read_local(path), Columns(), str(path), **kwargs)
+
+
+def test_row_7_without_response_is_named(tmp_path):
+    rows = good_rows()
+    del rows[6]["Response"]  # the 7th row
+    path = write_jsonl(tmp_path / "rows.jsonl", rows)
+    with pytest.raises(DataError) as err:
+        load_and_clean(path)
+    message = str(err.value)
+    assert str(path) in message and "row 7" in message and "'Response'" in message and "missing" in message
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"), [("", "empty"), ("   \n", "empty"), (42, "not a string"), (None, "missing")]
+)
+def test_empty_or_non_string_fields_are_named(tmp_path, value, problem):
+    rows = good_rows()
+    rows[2]["Complex_CoT"] = value
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps(rows))
+    ds = datasets.Dataset.from_list(rows) if isinstance(value, int) else read_local(path)
+    with pytest.raises(DataError, match=rf"row 3: field 'Complex_CoT' is {problem}"):
+        clean(ds, Columns(), str(path))
+
+
+def test_skip_drops_and_counts_bad_rows_and_duplicates(tmp_path):
+    rows = good_rows()
+    rows[1]["Question"] = ""
+    rows[4] = dict(rows[3])
+    rows[5] = {k: f"  {v} " for k, v in rows[3].items()}  # a duplicate once trimmed
+    cleaned, report = load_and_clean(write_jsonl(tmp_path / "rows.jsonl", rows), on_bad_row="skip")
+    assert report.dropped == {"bad_row": 1, "duplicate": 2}
+    assert len(cleaned) == 7 and report.rows_read == 10
+
+
+def test_missing_column_lists_the_columns_there_are(tmp_path):
+    rows = [{"q": "a", "Complex_CoT": "b", "Response": "c"}]
+    with pytest.raises(DataError, match=r"\['Question'\] not found.*'q'"):
+        load_and_clean(write_jsonl(tmp_path / "rows.jsonl", rows))
+
+
+def test_custom_columns_and_every_local_format(tmp_path):
+    rows = [{"prompt": f"q{i}", "cot": f"c{i}", "answer": f"a{i}"} for i in range(4)]
+    ds = datasets.Dataset.from_list(rows)
+    ds.to_parquet(str(tmp_path / "rows.parquet"))
+    ds.to_csv(str(tmp_path / "rows.csv"), index=False)
+    write_jsonl(tmp_path / "rows.jsonl", rows)
+    (tmp_path / "rows.json").write_text(json.dumps(rows))
+    columns = Columns(question="prompt", reasoning="cot", response="answer")
+    for suffix in ("parquet", "csv", "jsonl", "json"):
+        cleaned, _ = clean(read_local(tmp_path / f"rows.{suffix}"), columns, suffix)
+        assert cleaned["response"] == ["a0", "a1", "a2", "a3"], suffix
+
+
+def test_unicode_is_nfc_and_case_is_kept(tmp_path):
+    decomposed = unicodedata.normalize("NFD", "Ménière disease")
+    rows = [{"Question": f"  {decomposed}? ", "Complex_CoT": "Vertigo + Tinnitus.", "Response": "MÉNIÈRE"}]
+    cleaned, _ = load_and_clean(write_jsonl(tmp_path / "rows.jsonl", rows))
+    assert cleaned["question"] == [unicodedata.normalize("NFC", "Ménière disease?")]
+    assert cleaned["response"] == ["MÉNIÈRE"]
+
+
+def test_missing_and_unsupported_files(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        read_local(tmp_path / "absent.jsonl")
+    (tmp_path / "rows.txt").write_text("x")
+    with pytest.raises(DataError, match="unsupported file type"):
+        read_local(tmp_path / "rows.txt")
+
+
+def test_phi_scan_reports_kinds_and_rows_never_values():
+    texts = [
+        "A 50-year-old man with chest pain.",
+        "Contact jane.doe@example.org or call 555-867-5309.",
+        "SSN 123-45-6789, MRN: 00482913, DOB: 03/14/1961.",
+    ]
+    finding = phi.scan([texts])
+    assert finding.rows == {
+        "email": [2],
+        "phone": [2],
+        "ssn": [3],
+        "record_number": [3],
+        "date_of_birth": [3],
+    }
+    described = finding.describe("rows.jsonl")
+    for secret in ("jane.doe", "867-5309", "123-45-6789", "00482913", "1961"):
+        assert secret not in described
+
+
+def test_the_packaged_sample_is_clean_and_has_no_identifiers():
+    rows = sample_rows()
+    cleaned, report = clean(datasets.Dataset.from_list(rows), Columns(), "sample")
+    assert len(cleaned) == len(rows) >= 20 and not report.dropped
+    assert not phi.scan([cleaned["question"], cleaned["reasoning"], cleaned["response"]])
