@@ -11,8 +11,8 @@ REASONING = "ST elevation in II, III and aVF points to the inferior wall."
 RESPONSE = "Inferior STEMI."
 
 
-def encode(tokenizer, fmt=R1ChatFormat(), train_on="completion"):
-    out = fmt.tokenize_batch(tokenizer, [QUESTION], [REASONING], [RESPONSE], train_on=train_on)
+def encode(tokenizer, fmt=None, train_on="completion"):
+    out = (fmt or R1ChatFormat()).tokenize_batch(tokenizer, [QUESTION], [REASONING], [RESPONSE], train_on=train_on)
     return out["input_ids"][0], out["labels"][0]
 
 

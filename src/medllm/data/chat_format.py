@@ -80,7 +80,7 @@ class R1ChatFormat:
             if train_on == "completion":
                 row_labels = [IGNORE_INDEX] * len(prompt_ids) + completion_ids
             else:
-                row_labels = [IGNORE_INDEX] + ids[1:]
+                row_labels = [IGNORE_INDEX, *ids[1:]]
             input_ids.append(ids)
             labels.append(row_labels)
         return {"input_ids": input_ids, "labels": labels}

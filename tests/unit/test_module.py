@@ -1,0 +1,42 @@
+"""Token-weighted loss across gradient accumulation: batch 8 x 1 equals batch 1 x accumulation 8."""
+
+from __future__ import annotations
+
+import functools
+
+import lightning as L
+import torch
+
+from medllm.data.datamodule import ReasoningDataModule
+from medllm.models.lora import LoraSpec
+from medllm.models.tiny import tiny_llama
+from medllm.training.module import ReasoningSFTModule
+from peft import get_peft_model
+
+
+def one_step_adapter(tokenizer, batch_size: int, accumulate: int, tmp_path) -> dict[str, torch.Tensor]:
+    L.seed_everything(0)
+    data = ReasoningDataModule(tokenizer, batch_size=batch_size, val_size=2, cache_dir=str(tmp_path), seed=1)
+    model = get_peft_model(tiny_llama(tokenizer, seed=0), LoraSpec(r=4, alpha=8).peft_config())
+    module = ReasoningSFTModule(
+        model,
+        optimizer=functools.partial(torch.optim.SGD, lr=0.5),  # SGD: the update is proportional to the gradient
+        accumulate_grad_batches=accumulate,
+        gradient_clip_val=None,
+    )
+    trainer = L.Trainer(
+        max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+    )
+    trainer.fit(module, datamodule=data)
+    assert trainer.global_step == 1
+    return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+
+
+def test_batch_8x1_equals_batch_1_x_accumulation_8(tokenizer, tmp_path):
+    big = one_step_adapter(tokenizer, batch_size=8, accumulate=1, tmp_path=tmp_path)
+    accumulated = one_step_adapter(tokenizer, batch_size=1, accumulate=8, tmp_path=tmp_path)
+    untrained = get_peft_model(tiny_llama(tokenizer, seed=0), LoraSpec(r=4, alpha=8).peft_config())
+    assert any(not torch.equal(v, dict(untrained.named_parameters())[k]) for k, v in big.items() if "lora_B" in k)
+    for name, value in big.items():
+        torch.testing.assert_close(accumulated[name], value, rtol=1e-4, atol=1e-6)
