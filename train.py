@@ -9,18 +9,25 @@ Imports stay light here: Unsloth must be imported before transformers and peft t
 medllm (which imports both) is imported only after the backend is known.
 """
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    if cfg.model.backend == "unsloth":
-        import unsloth  # noqa: F401
+    from medllm.backend import import_backend
 
+    import_backend(cfg.model.backend)
+
+    from medllm.errors import MedllmError
     from medllm.training.run import train
 
-    return train(cfg)["val_loss"]
+    try:
+        return train(cfg)["val_loss"]
+    except MedllmError as err:
+        sys.exit(f"error: {err}")
 
 
 if __name__ == "__main__":

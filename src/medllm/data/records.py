@@ -17,6 +17,8 @@ from typing import Literal
 
 import datasets
 
+from medllm.errors import MedllmError
+
 FIELDS = ("question", "reasoning", "response")
 LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 MAX_LISTED_ERRORS = 5
@@ -24,7 +26,7 @@ MAX_LISTED_ERRORS = 5
 BadRowPolicy = Literal["error", "skip"]
 
 
-class DataError(ValueError):
+class DataError(MedllmError, ValueError):
     """Input data that can't be used as it is; the message says where and what to change."""
 
 

@@ -9,13 +9,14 @@ from omegaconf import DictConfig
 from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from medllm.errors import MedllmError
 from medllm.models import tiny
 from medllm.models.lora import LoraSpec
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(MedllmError, RuntimeError):
     """The model or tokenizer could not be loaded; the message says what to do."""
 
 
