@@ -21,7 +21,12 @@ pytestmark = pytest.mark.slow
 def run_train(*overrides: str, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     return subprocess.run(
-        [sys.executable, "train.py", *overrides], cwd=ROOT, env=env, capture_output=True, text=True, check=check,
+        [sys.executable, "train.py", *overrides],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=check,
         timeout=600,
     )
 
@@ -88,8 +93,13 @@ def test_bad_row_stops_before_any_model_is_loaded(tmp_path):
 @pytest.mark.skipif(not (SHARED_DATA / "medical_o1_demo.json").is_file(), reason="real medical-o1 rows not present")
 def test_real_medical_o1_rows_train_through_data_local(tmp_path):
     run_train(
-        "experiment=smoke", "data=local", f"data.path={SHARED_DATA / 'medical_o1_demo.json'}",
-        "max_seq_length=4096", "trainer.max_steps=3", "data.batch_size=2", f"hydra.run.dir={tmp_path}",
+        "experiment=smoke",
+        "data=local",
+        f"data.path={SHARED_DATA / 'medical_o1_demo.json'}",
+        "max_seq_length=4096",
+        "trainer.max_steps=3",
+        "data.batch_size=2",
+        f"hydra.run.dir={tmp_path}",
     )
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["steps"] == 3

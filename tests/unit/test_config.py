@@ -39,7 +39,11 @@ def test_qlora_r16_is_the_documented_recipe(tmp_path):
 
 def test_command_line_knobs_land_where_documented(tmp_path):
     cfg = compose_train(
-        "experiment=smoke", "trainer.max_steps=7", "model.lora.r=4", "model.lora.alpha=8", "optimizer.lr=1e-3",
+        "experiment=smoke",
+        "trainer.max_steps=7",
+        "model.lora.r=4",
+        "model.lora.alpha=8",
+        "optimizer.lr=1e-3",
         f"paths.output_dir={tmp_path}",
     )
     assert (cfg.trainer.max_steps, cfg.model.lora.r, cfg.model.lora.alpha, cfg.optimizer.lr) == (7, 4, 8, 1e-3)
@@ -54,7 +58,11 @@ def test_hparams_search_composes(tmp_path):
 def test_cfg_job_prints_qlora_config_without_loading_anything():
     out = subprocess.run(
         [sys.executable, "train.py", "experiment=qlora_r16", "--cfg", "job"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     cfg = OmegaConf.create(out.stdout)
     assert cfg.model.name_or_path == "unsloth/DeepSeek-R1-Distill-Llama-8B"

@@ -25,8 +25,13 @@ def one_step_adapter(tokenizer, batch_size: int, accumulate: int, tmp_path) -> d
         gradient_clip_val=None,
     )
     trainer = L.Trainer(
-        max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
     )
     trainer.fit(module, datamodule=data)
     assert trainer.global_step == 1

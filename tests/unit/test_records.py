@@ -9,7 +9,7 @@ import datasets
 import pytest
 
 from medllm.data import phi
-from medllm.data.records import Columns, DataError, clean, read_local, sample_rows
+from medllm.data.records import Columns, DataError, clean, read_hub, read_local, sample_rows
 
 
 def write_jsonl(path, rows):
@@ -45,9 +45,8 @@ def test_empty_or_non_string_fields_are_named(tmp_path, value, problem):
     rows[2]["Complex_CoT"] = value
     path = tmp_path / "rows.json"
     path.write_text(json.dumps(rows))
-    ds = datasets.Dataset.from_list(rows) if isinstance(value, int) else read_local(path)
     with pytest.raises(DataError, match=rf"row 3: field 'Complex_CoT' is {problem}"):
-        clean(ds, Columns(), str(path))
+        load_and_clean(path)
 
 
 def test_skip_drops_and_counts_bad_rows_and_duplicates(tmp_path):
@@ -87,6 +86,13 @@ def test_unicode_is_nfc_and_case_is_kept(tmp_path):
     assert cleaned["response"] == ["MÉNIÈRE"]
 
 
+def test_malformed_json_lines_name_the_line(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps(good_rows(1)[0]) + "\n{not json\n")
+    with pytest.raises(DataError, match=r"rows.jsonl: line 2 is not valid JSON"):
+        read_local(path)
+
+
 def test_missing_and_unsupported_files(tmp_path):
     with pytest.raises(DataError, match="no such file"):
         read_local(tmp_path / "absent.jsonl")
@@ -116,6 +122,30 @@ def test_phi_scan_reports_kinds_and_rows_never_values():
 
 def test_the_packaged_sample_is_clean_and_has_no_identifiers():
     rows = sample_rows()
-    cleaned, report = clean(datasets.Dataset.from_list(rows), Columns(), "sample")
+    cleaned, report = clean(rows, Columns(), "sample")
     assert len(cleaned) == len(rows) >= 20 and not report.dropped
     assert not phi.scan([cleaned["question"], cleaned["reasoning"], cleaned["response"]])
+
+
+def test_hub_load_asks_for_the_pinned_subset_and_revision(monkeypatch):
+    calls = []
+
+    def fake_load_dataset(*args, **kwargs):
+        calls.append((args, kwargs))
+        return datasets.Dataset.from_list(good_rows(3))  # what the hub would return
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    ds = read_hub("FreedomIntelligence/medical-o1-reasoning-SFT", "en_mix", "abc123", cache_dir="/tmp/c")
+    assert ds == good_rows(3)
+    assert calls == [
+        (
+            ("FreedomIntelligence/medical-o1-reasoning-SFT", "en_mix"),
+            {"revision": "abc123", "split": "train", "cache_dir": "/tmp/c"},
+        )
+    ]
+
+
+def test_hub_offline_and_not_cached_says_what_to_do(tmp_path):
+    with pytest.raises(DataError) as err:
+        read_hub("FreedomIntelligence/medical-o1-reasoning-SFT", "en", "main", cache_dir=str(tmp_path))
+    assert "data=local" in str(err.value) and "load_dataset" in str(err.value)

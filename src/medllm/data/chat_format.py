@@ -25,6 +25,15 @@ SPECIAL_TOKENS = (BOS, EOS, USER, ASSISTANT, THINK_OPEN, THINK_CLOSE, PAD)
 TrainOn = Literal["completion", "all"]
 
 
+def encode_batch(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of ``texts`` (no special tokens added). A fast tokenizer's ``encode_batch_fast``
+    skips the character offsets that ``tokenizer(texts)`` computes: ~4x faster, same ids."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and hasattr(backend, "encode_batch_fast"):
+        return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
 @dataclass(frozen=True)
 class R1ChatFormat:
     """Renders ``Question`` / ``Complex_CoT`` / ``Response`` rows as one R1 conversation.
@@ -70,10 +79,8 @@ class R1ChatFormat:
         """
         if train_on not in ("completion", "all"):
             raise ValueError(f"train_on must be 'completion' or 'all', got {train_on!r}")
-        prompts = tokenizer([self.prompt(q) for q in questions], add_special_tokens=False)["input_ids"]
-        completions = tokenizer(
-            [self.completion(c, r) for c, r in zip(reasonings, responses)], add_special_tokens=False
-        )["input_ids"]
+        prompts = encode_batch(tokenizer, [self.prompt(q) for q in questions])
+        completions = encode_batch(tokenizer, [self.completion(c, r) for c, r in zip(reasonings, responses)])
         input_ids, labels = [], []
         for prompt_ids, completion_ids in zip(prompts, completions):
             ids = prompt_ids + completion_ids

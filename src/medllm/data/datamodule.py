@@ -104,13 +104,12 @@ class ReasoningDataModule(L.LightningDataModule):
         )
         return self.cache_dir / "prepared" / key
 
-    def _read(self, path: str | None) -> datasets.Dataset:
-        hub_cache = str(self.cache_dir / "hub")
+    def _read(self, path: str | None) -> list[dict]:
         if path is not None:
-            return records.read_local(path, cache_dir=hub_cache)
+            return records.read_local(path)
         if self.source == "hub":
-            return records.read_hub(self.hub_name, self.subset, self.revision, cache_dir=hub_cache)
-        return datasets.Dataset.from_list(records.sample_rows())
+            return records.read_hub(self.hub_name, self.subset, self.revision, cache_dir=str(self.cache_dir / "hub"))
+        return records.sample_rows()
 
     def _prepare_one(self, path: str | None) -> None:
         target = self._cache_dir(path)
@@ -166,8 +165,8 @@ class ReasoningDataModule(L.LightningDataModule):
             self.splits["test"] = self._load(self.test_path)[0]
         if self.packing:
             self.train_bins = pack(self.splits["train"]["length"], self.max_seq_length)
-            trained = self.summary.trained_tokens * len(self.splits["train"]) / max(len(examples), 1)
-            self.summary.packing_efficiency = trained / (len(self.train_bins) * self.max_seq_length)
+            row_tokens = sum(self.splits["train"]["length"])
+            self.summary.packing_efficiency = row_tokens / (len(self.train_bins) * self.max_seq_length)
         for line in self.summary.lines():
             log.info(line)
 

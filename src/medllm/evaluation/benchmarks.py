@@ -17,12 +17,14 @@ from typing import Any
 
 import datasets
 
+from medllm.errors import MedllmError
+
 YES_NO_MAYBE = ("yes", "no", "maybe")
 MEDMCQA_OPTION_FIELDS = ("opa", "opb", "opc", "opd")
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
-class BenchmarkError(ValueError):
+class BenchmarkError(MedllmError, ValueError):
     """A benchmark file or hub dataset that can't be used as it is; the message says where and what."""
 
 

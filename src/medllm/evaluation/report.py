@@ -32,8 +32,9 @@ COLUMNS = (
     "mean_reasoning_tokens",
     "loss",
     "perplexity",
+    "token_accuracy",
 )
-WITH_DELTA = ("accuracy", "macro_f1", "loss", "perplexity")
+WITH_DELTA = ("accuracy", "macro_f1", "loss", "perplexity", "token_accuracy")
 CHARTED = ("accuracy", "macro_f1")
 PREDICTION_FIELDS = ("id", "parsed", "gold")
 

@@ -1,0 +1,293 @@
+"""One evaluation run, from a composed ``eval.yaml`` config to a report (or streamed answers).
+
+The base model is loaded once. Each adapter is then loaded onto it and the previous one deleted, and
+the base itself is scored with the adapter switched off (``disable_adapter``), so comparing a sweep
+of adapters costs one base load, not one per adapter. Every model answers the same prompts with the
+same decoding settings; only the active adapter differs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from medllm.data.chat_format import R1ChatFormat
+from medllm.errors import MedllmError
+from medllm.evaluation.benchmarks import LOADERS, BenchmarkItem, load_benchmark
+from medllm.evaluation.extraction import extract_answer
+from medllm.evaluation.generation import generate, majority_vote, stream_answer
+from medllm.evaluation.metrics import reasoning_stats, score
+from medllm.evaluation.report import BASE, write_report
+from medllm.models.loader import load_model, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+VAL_BENCHMARK = "medical_o1_val"
+MODES = ("benchmark", "generate")
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+class EvalConfigError(MedllmError, ValueError):
+    """An eval.yaml setting that can't work; the message says which and how to fix it."""
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+
+def find_adapters(
+    adapter_path: str | None = None, adapters: list[str] | None = None, sweep_dir: str | None = None
+) -> list[str]:
+    """The adapter folders to evaluate, in the order given, each once; every one must hold an adapter.
+
+    ``sweep_dir`` adds every ``<sweep_dir>/*/adapter``, job folders in numeric order (0, 1, ..., 10).
+    """
+    paths = ([adapter_path] if adapter_path else []) + [str(p) for p in adapters or []]
+    if sweep_dir:
+        root = Path(sweep_dir).expanduser()
+        if not root.is_dir():
+            raise EvalConfigError(f"sweep_dir={sweep_dir}: no such folder")
+        found = sorted(
+            root.glob("*/adapter"),
+            key=lambda p: (not p.parent.name.isdigit(), int(p.parent.name) if p.parent.name.isdigit() else 0, p.name),
+        )
+        found = [p for p in found if (p / ADAPTER_CONFIG).is_file()]
+        if not found:
+            raise EvalConfigError(f"sweep_dir={sweep_dir}: no <job>/adapter folder with an {ADAPTER_CONFIG} in it")
+        paths += [str(p) for p in found]
+    unique, seen = [], set()
+    for path in paths:
+        key = Path(path).expanduser().resolve()
+        if key in seen:
+            continue
+        seen.add(key)
+        if not (key / ADAPTER_CONFIG).is_file():
+            raise EvalConfigError(
+                f"{path}: not an adapter folder (no {ADAPTER_CONFIG}). Pass the <run dir>/adapter folder "
+                "that train.py saved."
+            )
+        unique.append(path)
+    return unique
+
+
+def check_adapter_base(path: str, model_cfg: DictConfig) -> None:
+    """An adapter of the tiny model can't load onto a real one, nor the reverse: say which model to pass.
+
+    The tiny model's adapters record no base (``base_model_name_or_path`` null); real ones record it.
+    """
+    trained_on = json.loads((Path(path).expanduser() / ADAPTER_CONFIG).read_text("utf-8")).get(
+        "base_model_name_or_path"
+    )
+    evaluating = model_cfg.get("name_or_path")
+    if trained_on is None and evaluating is not None:
+        raise EvalConfigError(f"{path} was trained on the tiny model; evaluate it with model=tiny_llama")
+    if trained_on is not None and evaluating is None:
+        raise EvalConfigError(
+            f"{path} was trained on {trained_on}; pass the model it was trained with "
+            "(e.g. model=r1_distill_llama_8b hardware=gpu), not the tiny one"
+        )
+
+
+def adapter_label(path: str) -> str:
+    """The model's name in the report (see ``medllm.evaluation.report``)."""
+    return f"adapter:{path}"
+
+
+def each_model(
+    model_cfg: DictConfig, tokenizer: Any, adapters: list[str], include_base: bool = True, seed: int = 0
+) -> Iterator[tuple[str, Any]]:
+    """``(label, model)`` for the base (unless ``include_base`` is false and adapters are given), then each adapter.
+
+    One base is loaded; the first adapter comes with it (or, with none, a fresh LoRA whose update is
+    zero and is switched off anyway). Later adapters are loaded beside the active one, activated, and
+    the previous one is deleted, so at most two are in memory. The model a step yields is only valid
+    until the next step.
+    """
+    model = load_model(model_cfg, tokenizer, adapter_path=adapters[0] if adapters else None, trainable=False, seed=seed)
+    model.eval()
+    if include_base or not adapters:
+        with model.disable_adapter():
+            yield BASE, model
+    active = model.active_adapter
+    for number, path in enumerate(adapters):
+        if number > 0:
+            name = f"adapter_{number}"
+            model.load_adapter(path, adapter_name=name, is_trainable=False)
+            model.set_adapter(name)
+            model.delete_adapter(active)
+            active = name
+            model.eval()
+        yield adapter_label(path), model
+
+
+def _to_accelerator(model: Any, accelerator: str) -> Any:
+    """A model the loader left on the CPU (the tiny one) moves to the GPU when the hardware asks for one."""
+    if accelerator in ("gpu", "cuda") and torch.cuda.is_available() and model.device.type == "cpu":
+        return model.to("cuda")
+    return model
+
+
+def _for_inference(model: Any, backend: str) -> None:
+    """Unsloth's fast generation path (its kernels are set up for training otherwise)."""
+    if backend == "unsloth":
+        from unsloth import FastLanguageModel
+
+        FastLanguageModel.for_inference(model)
+
+
+# ---------------------------------------------------------------------------------------------- benchmarks
+
+
+def shared_choices(items: list[BenchmarkItem]) -> tuple[str, ...]:
+    """The labels all items are scored over: their common choices, or the union in order (A, B, ... E)."""
+    first = items[0].choices
+    if all(item.choices == first for item in items):
+        return first
+    return tuple(sorted({c for item in items for c in item.choices}))
+
+
+def score_completions(
+    items: list[BenchmarkItem], prompts: list[str], completions: list[list[str]], tokenizer: Any = None
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Metrics and prediction rows from each item's completions (several: majority vote of their answers)."""
+    predictions, parsed = [], []
+    for item, prompt, outputs in zip(items, prompts, completions, strict=True):
+        votes = [extract_answer(out, item) for out in outputs]
+        answer = votes[0] if len(votes) == 1 else majority_vote(votes)
+        parsed.append(answer)
+        row = {"id": item.id, "prompt": prompt, "output": outputs[0], "parsed": answer, "gold": item.gold}
+        if len(outputs) > 1:
+            row |= {"samples": outputs, "votes": votes}
+        predictions.append(row)
+    metrics = score(parsed, [item.gold for item in items], shared_choices(items))
+    metrics |= reasoning_stats([out for outputs in completions for out in outputs], tokenizer)
+    return metrics, predictions
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Settings that can't work, reported before anything is loaded."""
+    if cfg.mode not in MODES:
+        raise EvalConfigError(f"mode must be one of {MODES}, got {cfg.mode!r}")
+    if cfg.mode == "generate" and not str(cfg.get("question") or "").strip():
+        raise EvalConfigError('mode=generate needs a question: question="A 60-year-old man presents with ..."')
+    if cfg.mode == "benchmark" and cfg.benchmark.name not in (*LOADERS, VAL_BENCHMARK):
+        raise EvalConfigError(
+            f"unknown benchmark {cfg.benchmark.name!r}; choose one of {sorted([*LOADERS, VAL_BENCHMARK])}"
+        )
+    if cfg.limit is not None and cfg.limit < 1:
+        raise EvalConfigError(f"limit must be a positive number of items, got {cfg.limit}")
+    if cfg.num_samples < 1 or cfg.batch_size < 1 or cfg.max_new_tokens < 1:
+        raise EvalConfigError("num_samples, batch_size and max_new_tokens must be >= 1")
+    if cfg.num_samples > 1 and not cfg.do_sample:
+        raise EvalConfigError(
+            f"num_samples={cfg.num_samples} needs do_sample=true: greedy decoding gives the same completion each time"
+        )
+
+
+def _generation_settings(cfg: DictConfig) -> dict[str, Any]:
+    keys = ("max_new_tokens", "batch_size", "do_sample", "temperature", "top_p", "num_samples", "seed")
+    return {key: cfg[key] for key in keys}
+
+
+def _load_items(cfg: DictConfig) -> list[BenchmarkItem]:
+    bench = cfg.benchmark
+    extra = {"cop_base": bench.cop_base} if bench.get("cop_base") is not None else {}
+    path = bench.get("path")
+    return load_benchmark(bench.name, path=str(path) if path else None, limit=cfg.limit, seed=cfg.seed, **extra)
+
+
+def _val_datamodule(cfg: DictConfig, tokenizer: Any) -> Any:
+    """The data config's validation split (the training run's, for the same data, seed and length)."""
+    datamodule = instantiate(cfg.data, tokenizer=tokenizer)
+    if cfg.benchmark.get("batch_size"):
+        datamodule.eval_batch_size = int(cfg.benchmark.batch_size)
+    datamodule.setup("fit")
+    val = datamodule.splits["val"]
+    if cfg.limit is not None:
+        datamodule.splits["val"] = val.select(range(min(cfg.limit, len(val))))
+    return datamodule
+
+
+def validation_metrics(model: Any, datamodule: Any, cfg: DictConfig) -> dict[str, Any]:
+    """Token-weighted loss, perplexity and next-token accuracy of ``model`` on the validation split."""
+    from medllm.training.module import ReasoningSFTModule
+
+    module = ReasoningSFTModule(model, optimizer=None)
+    trainer = L.Trainer(
+        accelerator=cfg.trainer.accelerator,
+        devices=1,
+        precision=cfg.trainer.precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        default_root_dir=cfg.paths.output_dir,
+    )
+    [out] = trainer.validate(module, dataloaders=datamodule.val_dataloader(), verbose=False)
+    metrics = {"n": len(datamodule.splits["val"]), "loss": out["val/loss"], "perplexity": out["val/ppl"]}
+    if "val/token_accuracy" in out:
+        metrics["token_accuracy"] = out["val/token_accuracy"]
+    return metrics
+
+
+def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
+    """Score every model on ``cfg.benchmark``, write the report into ``cfg.paths.output_dir``; returns the results."""
+    check_config(cfg)
+    L.seed_everything(cfg.seed, verbose=False)
+    adapters = find_adapters(cfg.get("adapter_path"), cfg.get("adapters"), cfg.get("sweep_dir"))
+    for path in adapters:
+        check_adapter_base(path, cfg.model)
+    tokenizer = load_tokenizer(cfg.model)
+    if cfg.mode == "generate":
+        answer_question(cfg, tokenizer, adapters)
+        return []
+    name = cfg.benchmark.name
+    if name == VAL_BENCHMARK:  # data and items come first: a bad file stops the run before any model loads
+        datamodule = _val_datamodule(cfg, tokenizer)
+    else:
+        settings = _generation_settings(cfg)
+        items = _load_items(cfg)
+        fmt = R1ChatFormat(instruction=cfg.benchmark.get("instruction"))
+        prompts = [fmt.generation_prompt(item.prompt_text()) for item in items]
+    results = []
+    for label, model in each_model(cfg.model, tokenizer, adapters, cfg.include_base, cfg.seed):
+        log.info("%s: %s", name, label)
+        if name == VAL_BENCHMARK:
+            results.append({"benchmark": name, "model": label, "metrics": validation_metrics(model, datamodule, cfg)})
+            continue
+        model = _to_accelerator(model, cfg.trainer.accelerator)
+        _for_inference(model, cfg.model.backend)
+        completions = generate(model, tokenizer, prompts, **settings)
+        metrics, predictions = score_completions(items, prompts, completions, tokenizer)
+        results.append({"benchmark": name, "model": label, "metrics": metrics, "predictions": predictions})
+    paths = write_report(cfg.paths.output_dir, results)
+    log.info("\n%s", paths["report.md"].read_text("utf-8"))
+    log.info("report: %s", ", ".join(str(p) for p in paths.values()))
+    return results
+
+
+def answer_question(cfg: DictConfig, tokenizer: Any, adapters: list[str]) -> list[dict[str, str]]:
+    """Stream each model's answer to ``cfg.question`` to the terminal; also saved as answers.jsonl."""
+    question = str(cfg.question).strip()
+    instruction = cfg.benchmark.get("instruction", cfg.data.get("instruction"))
+    prompt = R1ChatFormat(instruction=instruction).generation_prompt(question)
+    answers = []
+    for label, model in each_model(cfg.model, tokenizer, adapters, cfg.include_base, cfg.seed):
+        model = _to_accelerator(model, cfg.trainer.accelerator)
+        _for_inference(model, cfg.model.backend)
+        print(f"\n===== {label} =====", flush=True)
+        text = stream_answer(model, tokenizer, prompt, max_new_tokens=cfg.max_new_tokens)
+        print(flush=True)
+        answers.append({"model": label, "question": question, "output": text})
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "answers.jsonl").open("w", encoding="utf-8") as f:
+        for row in answers:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return answers

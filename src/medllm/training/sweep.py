@@ -1,0 +1,332 @@
+"""The summary of a hyperparameter sweep: a table, a plot and the best job, in the sweep dir.
+
+    python train.py -m experiment=qlora_r16 hparams_search=lr_rank_grid   # adds the callback below
+    python -m medllm.training.sweep multirun/2026-07-01/12-00-00          # rebuild it by hand
+
+``SweepSummary`` (a Hydra callback) reads every job dir of the sweep (``.hydra/`` and ``summary.json``)
+and writes into the sweep dir:
+
+* ``summary.csv``: one row per job (job, status, lr, r, alpha, val_loss, tokens_per_s, peak_mem_gib,
+  steps, run_dir, overrides, error);
+* ``val_loss_vs_lr.png``: validation loss against the learning rate (log axis), one line per rank;
+* ``best.json``: the job with the lowest validation loss, the command that reruns it, and the jobs that
+  failed or left no summary.
+
+It rebuilds them after every job as well as at the end: Hydra skips ``on_multirun_end`` when a job
+raised, and a sweep cut short (a killed SLURM job, Ctrl-C) still leaves the summary of the jobs done.
+A job that raised gets an ``error.txt`` in its dir; failed and unfinished jobs are listed, never fatal.
+
+Imports stay light (no torch, transformers or peft): Hydra instantiates callbacks before train.py
+picks the backend, and Unsloth must be imported before transformers and peft.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import shlex
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from medllm import resolvers
+
+# Job configs hold ${medllm.mul:...}; a remote (submitit) worker imports this module when it unpickles
+# the callback, so registering here also covers jobs that never import train.py.
+resolvers.register()
+
+log = logging.getLogger(__name__)
+
+CSV_NAME = "summary.csv"
+PLOT_NAME = "val_loss_vs_lr.png"
+BEST_NAME = "best.json"
+ERROR_NAME = "error.txt"  # in a job dir: the exception the job raised
+COLUMNS = (
+    "job",
+    "status",
+    "lr",
+    "r",
+    "alpha",
+    "val_loss",
+    "tokens_per_s",
+    "peak_mem_gib",
+    "steps",
+    "run_dir",
+    "overrides",
+    "error",
+)
+
+
+@dataclass
+class JobResult:
+    """One job of the sweep. status: ok (summary.json written) | failed (raised) | incomplete (neither:
+    still running, killed, or exited)."""
+
+    job: int | None
+    run_dir: str
+    status: str
+    lr: float | None = None
+    r: int | None = None
+    alpha: float | None = None
+    val_loss: float | None = None
+    tokens_per_s: float | None = None
+    peak_mem_gib: float | None = None
+    steps: int | None = None
+    overrides: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def command(self) -> str:
+        return " ".join(["python", "train.py", *(shlex.quote(o) for o in self.overrides)])
+
+    def csv_row(self) -> dict[str, Any]:
+        row = asdict(self)
+        row["overrides"] = " ".join(self.overrides)
+        return {k: ("" if row[k] is None else row[k]) for k in COLUMNS}
+
+
+# ---- reading the sweep ------------------------------------------------------------------------------
+def _load_yaml(path: Path) -> Any:
+    try:
+        return OmegaConf.load(path)
+    except Exception:  # a half-written or hand-edited file: leave its fields empty
+        return None
+
+
+def _select(cfg: Any, key: str) -> Any:
+    if cfg is None:
+        return None
+    try:
+        value = OmegaConf.select(cfg, key, throw_on_resolution_failure=False)
+    except Exception:
+        return None
+    return value if isinstance(value, (int, float, str)) or value is None else str(value)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """The job dirs under a sweep dir: every dir with a ``.hydra/overrides.yaml``."""
+    found = {p.parent.parent for p in Path(sweep_dir).rglob("overrides.yaml") if p.parent.name == ".hydra"}
+    return sorted(found)
+
+
+def read_job(job_dir: Path) -> JobResult:
+    """What one job dir says about its job; missing pieces stay None."""
+    job_dir = Path(job_dir)
+    hydra_dir = job_dir / ".hydra"
+    num = _select(_load_yaml(hydra_dir / "hydra.yaml"), "hydra.job.num")
+    if not isinstance(num, int):
+        num = int(job_dir.name) if job_dir.name.isdigit() else None
+    overrides = _load_yaml(hydra_dir / "overrides.yaml")
+    overrides = [str(o) for o in overrides] if overrides is not None else []
+    cfg = _load_yaml(hydra_dir / "config.yaml")
+    result = JobResult(
+        job=num,
+        run_dir=str(job_dir),
+        status="incomplete",
+        lr=_number(_select(cfg, "optimizer.lr")),
+        r=_number(_select(cfg, "model.lora.r")),
+        alpha=_number(_select(cfg, "model.lora.alpha")),
+        overrides=overrides,
+    )
+    summary_path = job_dir / "summary.json"
+    error_path = job_dir / ERROR_NAME
+    if summary_path.is_file():
+        try:
+            summary = json.loads(summary_path.read_text())
+        except (OSError, ValueError) as err:
+            result.error = f"unreadable summary.json: {err}"
+        else:
+            result.status = "ok"
+            result.val_loss = _number(summary.get("val_loss"))
+            result.tokens_per_s = _number(summary.get("tokens_per_s"))
+            result.peak_mem_gib = _number(summary.get("peak_mem_gib"))
+            result.steps = summary.get("steps")
+    elif error_path.is_file():
+        result.status = "failed"
+        result.error = error_path.read_text().strip()
+    return result
+
+
+def collect(sweep_dir: Path) -> list[JobResult]:
+    results = [read_job(d) for d in job_dirs(sweep_dir)]
+    return sorted(results, key=lambda r: (r.job is None, r.job if r.job is not None else 0, r.run_dir))
+
+
+def best_job(results: list[JobResult]) -> JobResult | None:
+    finished = [r for r in results if r.status == "ok" and r.val_loss is not None]
+    return min(finished, key=lambda r: r.val_loss) if finished else None
+
+
+# ---- writing the summary ----------------------------------------------------------------------------
+def _replace_atomically(path: Path, write) -> None:
+    """Write through a temporary file: readers (and parallel SLURM jobs) never see a half-written file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_csv(results: list[JobResult], path: Path) -> None:
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(r.csv_row() for r in results)
+
+    _replace_atomically(path, write)
+
+
+def plot_val_loss(results: list[JobResult], path: Path, title: str = "") -> bool:
+    """Validation loss against lr (log axis), one line per (rank, alpha); False when nothing to plot."""
+    points = [r for r in results if r.val_loss is not None and r.lr is not None and r.lr > 0]
+    if not points:
+        return False
+    from matplotlib.figure import Figure  # no pyplot: no global backend, no display needed
+
+    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+    ax = fig.add_subplot()
+    lines: dict[tuple, list[JobResult]] = {}
+    for r in points:
+        lines.setdefault((r.r, r.alpha), []).append(r)
+    for (rank, alpha), rows in sorted(lines.items(), key=lambda kv: (kv[0][0] is None, kv[0])):
+        rows.sort(key=lambda r: r.lr)
+        ax.plot([r.lr for r in rows], [r.val_loss for r in rows], marker="o", label=f"r={rank}, alpha={alpha}")
+    best = best_job(points)
+    if best is not None:
+        ax.scatter(
+            [best.lr], [best.val_loss], s=180, marker="*", color="black", zorder=3, label=f"best: job {best.job}"
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("validation loss")
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    _replace_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    return True
+
+
+def write_summary(sweep_dir: str | Path, *, announce: bool = False) -> JobResult | None:
+    """Write summary.csv, val_loss_vs_lr.png and best.json into the sweep dir; return the best job."""
+    sweep_dir = Path(sweep_dir)
+    results = collect(sweep_dir)
+    write_csv(results, sweep_dir / CSV_NAME)
+    plot_val_loss(results, sweep_dir / PLOT_NAME, title=str(sweep_dir))
+    not_ok = [r for r in results if r.status != "ok"]
+    best = best_job(results)
+    best_path = sweep_dir / BEST_NAME
+    if best is None:
+        best_path.unlink(missing_ok=True)
+    else:
+        best_info = {
+            **{k: v for k, v in asdict(best).items() if k not in ("status", "error")},
+            "command": best.command,
+            "sweep_dir": str(sweep_dir),
+            "jobs": len(results),
+            "jobs_ok": len(results) - len(not_ok),
+            "failed_jobs": [{"job": r.job, "status": r.status, "run_dir": r.run_dir, "error": r.error} for r in not_ok],
+        }
+        _replace_atomically(best_path, lambda tmp: tmp.write_text(json.dumps(best_info, indent=2)))
+    level = logging.INFO if announce else logging.DEBUG
+    log.log(
+        level,
+        "sweep %s: %d job(s), %d ok; summary in %s",
+        sweep_dir,
+        len(results),
+        len(results) - len(not_ok),
+        sweep_dir / CSV_NAME,
+    )
+    for r in not_ok:
+        log.log(
+            logging.WARNING if announce else logging.DEBUG,
+            "job %s %s: %s (%s)",
+            r.job,
+            r.status,
+            r.error or "no summary.json",
+            r.run_dir,
+        )
+    if best is not None:
+        log.log(
+            level,
+            "best: job %s, val_loss %.4f, lr %s, r %s, alpha %s: %s",
+            best.job,
+            best.val_loss,
+            best.lr,
+            best.r,
+            best.alpha,
+            best.run_dir,
+        )
+    elif announce:
+        log.error("sweep %s: no job finished with a validation loss", sweep_dir)
+    return best
+
+
+# ---- the Hydra callback -----------------------------------------------------------------------------
+def _is_multirun(config: DictConfig) -> bool:
+    return OmegaConf.select(config, "hydra.mode") == RunMode.MULTIRUN
+
+
+def _sweep_dir_of_job(config: DictConfig) -> Path:
+    """The sweep dir, from the job's (absolute) output dir less its subdir: right on a remote worker too."""
+    job_dir = Path(str(config.hydra.runtime.output_dir))
+    depth = len(Path(str(config.hydra.sweep.subdir)).parts)
+    if 0 < depth <= len(job_dir.parents):
+        return job_dir.parents[depth - 1]
+    return Path(str(config.hydra.sweep.dir)).absolute()
+
+
+class SweepSummary(Callback):
+    """Hydra callback: keep the sweep's summary.csv, val_loss_vs_lr.png and best.json up to date."""
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if not _is_multirun(config):
+            return
+        try:
+            if job_return.status == JobStatus.FAILED:
+                err = job_return._return_value
+                message = f"{type(err).__name__}: {err}".strip()
+                (Path(str(config.hydra.runtime.output_dir)) / ERROR_NAME).write_text(message + "\n")
+            write_summary(_sweep_dir_of_job(config))
+        except Exception:  # the summary must never stop the remaining jobs
+            log.exception("could not update the sweep summary")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            write_summary(Path(str(config.hydra.sweep.dir)), announce=True)
+        except Exception:
+            log.exception("could not write the sweep summary")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or args[0] in ("-h", "--help"):
+        print("usage: python -m medllm.training.sweep SWEEP_DIR", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not Path(args[0]).is_dir():
+        print(f"error: {args[0]} is not a directory", file=sys.stderr)
+        return 1
+    write_summary(args[0], announce=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

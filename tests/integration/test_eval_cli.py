@@ -1,0 +1,168 @@
+"""eval.py end to end on the CPU, as a user runs it, on the adapter of a short smoke training run."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+from tests.conftest import ROOT, SHARED_DATA
+
+pytestmark = pytest.mark.slow
+
+PUBMEDQA = SHARED_DATA / "pubmedqa"
+REPORT_FILES = ("report.json", "report.md", "predictions.jsonl", "report.png")
+
+
+def run(script: str, *overrides: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONIOENCODING": "utf-8"}
+    out = subprocess.run(
+        [sys.executable, script, *overrides], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("smoke")
+    run("train.py", "experiment=smoke", f"hydra.run.dir={run_dir}", "trainer.max_steps=10")
+    return run_dir
+
+
+def write_pubmedqa(folder: Path, n: int) -> Path:
+    """A folder in PubMedQA's release layout (ori_pqal.json + test_ground_truth.json) with n short items."""
+    folder.mkdir()
+    labels = {str(1000 + i): ("yes", "no", "maybe")[i % 3] for i in range(n)}
+    rows = {
+        pubid: {
+            "QUESTION": f"Does treatment {i} reduce mortality in sepsis?",
+            "CONTEXTS": [f"Patients with sepsis received treatment {i}.", "Mortality was recorded at 28 days."],
+            "final_decision": label,
+        }
+        for i, (pubid, label) in enumerate(labels.items())
+    }
+    (folder / "ori_pqal.json").write_text(json.dumps(rows))
+    (folder / "test_ground_truth.json").write_text(json.dumps(labels))
+    return folder
+
+
+def zeroed_copy(adapter: Path, target: Path) -> Path:
+    """The adapter with every LoRA B set to zero: the same model as the base."""
+    shutil.copytree(adapter, target)
+    weights = load_file(target / "adapter_model.safetensors")
+    save_file({k: v * 0 if "lora_B" in k else v for k, v in weights.items()}, target / "adapter_model.safetensors")
+    return target
+
+
+def read_report(out: Path, benchmark: str) -> tuple[dict, list[dict], list[str]]:
+    for name in REPORT_FILES:
+        assert (out / name).is_file(), name
+    report = json.loads((out / "report.json").read_text())["benchmarks"][benchmark]
+    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    rows = [line for line in (out / "report.md").read_text().splitlines() if line.startswith("| ")][1:]
+    return report, predictions, rows
+
+
+def check_counts(out: Path, benchmark: str, models: list[str], n: int) -> list[dict]:
+    """report.json n, predictions.jsonl lines and report.md rows agree: n items for each model."""
+    report, predictions, rows = read_report(out, benchmark)
+    assert sorted(report) == sorted(models)
+    assert all(report[m]["n"] == n and 0 <= report[m]["accuracy"] <= 1 for m in models)
+    assert Counter(p["model"] for p in predictions) == dict.fromkeys(models, n)
+    assert all(p["benchmark"] == benchmark and p["gold"] in ("yes", "no", "maybe") for p in predictions)
+    assert [row.split(" | ")[0].removeprefix("| ") for row in rows] == models  # base first
+    return predictions
+
+
+@pytest.fixture(scope="module")
+def sweep_eval(smoke_run, tmp_path_factory) -> tuple[Path, list[str]]:
+    """One multirun (one process) of a written PubMedQA folder and medical_o1_val, no shared data needed.
+
+    The models are the base and a sweep dir of two adapters: the trained one and a zeroed copy, which
+    must score exactly as the base does. ``++benchmark.path`` adds the key medical_o1_val doesn't use.
+    The smoke run's data, seed and max_seq_length give medical_o1_val the rows training held out.
+    """
+    tmp = tmp_path_factory.mktemp("sweep_eval")
+    data = write_pubmedqa(tmp / "pubmedqa", n=24)
+    trained = tmp / "sweep" / "0" / "adapter"
+    shutil.copytree(smoke_run / "adapter", trained)
+    zeroed = zeroed_copy(smoke_run / "adapter", tmp / "sweep" / "1" / "adapter")
+    run(
+        "eval.py",
+        "-m",
+        "benchmark=pubmedqa,medical_o1_val",
+        f"++benchmark.path={data}",
+        "limit=20",
+        f"sweep_dir={tmp / 'sweep'}",
+        "max_new_tokens=16",
+        "max_seq_length=512",
+        f"hydra.sweep.dir={tmp / 'eval'}",
+    )
+    return tmp / "eval", ["base", f"adapter:{trained}", f"adapter:{zeroed}"]
+
+
+def test_pubmedqa_layout_compares_base_and_a_sweep_of_adapters(sweep_eval):
+    out, models = sweep_eval
+    predictions = check_counts(out / "0", "pubmedqa", models, n=20)
+    outputs = {m: [p["output"] for p in predictions if p["model"] == m] for m in models}
+    assert outputs[models[2]] == outputs["base"]  # the base is the adapter switched off, after a switch
+    assert outputs[models[1]] != outputs["base"]  # the trained adapter is really active
+    ids = {m: [p["id"] for p in predictions if p["model"] == m] for m in models}
+    assert ids[models[1]] == ids[models[2]] == ids["base"] and len(set(ids["base"])) == 20  # one subsample
+
+
+def test_validation_loss_is_lower_with_the_adapter(sweep_eval, smoke_run):
+    out, (base_label, trained_label, zeroed_label) = sweep_eval
+    report, predictions, rows = read_report(out / "1", "medical_o1_val")
+    base, tuned, zeroed = report[base_label], report[trained_label], report[zeroed_label]
+    assert tuned["loss"] < base["loss"]
+    assert tuned["perplexity"] < base["perplexity"]
+    assert zeroed["loss"] == pytest.approx(base["loss"], rel=1e-6)
+    for metrics in (base, tuned):
+        assert metrics["perplexity"] == pytest.approx(math.exp(metrics["loss"]), rel=1e-4)
+        assert metrics["n"] > 0 and 0 <= metrics["token_accuracy"] <= 1
+    summary = json.loads((smoke_run / "summary.json").read_text())
+    assert tuned["loss"] == pytest.approx(summary["val_loss"], rel=1e-4)  # what training measured on the same rows
+    assert predictions == [] and len(rows) == 3
+
+
+@pytest.mark.skipif(not (PUBMEDQA / "test_ground_truth.json").is_file(), reason="real PubMedQA files not present")
+def test_real_pubmedqa_subsample_reports_base_and_adapter(smoke_run, tmp_path):
+    adapter = smoke_run / "adapter"
+    run(
+        "eval.py",
+        "benchmark=pubmedqa",
+        f"benchmark.path={PUBMEDQA}",
+        "limit=20",
+        f"adapter_path={adapter}",
+        "max_new_tokens=32",
+        f"hydra.run.dir={tmp_path}",
+    )
+    check_counts(tmp_path, "pubmedqa", ["base", f"adapter:{adapter}"], n=20)
+
+
+def test_generate_mode_streams_each_models_answer(smoke_run, tmp_path):
+    adapter = smoke_run / "adapter"
+    out = run(
+        "eval.py",
+        "mode=generate",
+        "question='A 60-year-old man has chest pain. Next step?'",
+        f"adapter_path={adapter}",
+        "max_new_tokens=12",
+        f"hydra.run.dir={tmp_path}",
+    )
+    answers = [json.loads(line) for line in (tmp_path / "answers.jsonl").read_text().splitlines()]
+    assert [a["model"] for a in answers] == ["base", f"adapter:{adapter}"]
+    assert out.stdout.index("===== base =====") < out.stdout.index(f"===== adapter:{adapter} =====")
+    for answer in answers:
+        assert answer["question"] == "A 60-year-old man has chest pain. Next step?"
+        assert answer["output"] and answer["output"] in out.stdout

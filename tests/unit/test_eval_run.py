@@ -1,0 +1,218 @@
+"""eval.py's orchestration in-process: adapter discovery, model switching, scoring and a whole tiny run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from peft import PeftModel, get_peft_model
+
+from medllm.data.chat_format import THINK_CLOSE
+from medllm.evaluation.benchmarks import BenchmarkItem
+from medllm.evaluation.run import (
+    EvalConfigError,
+    check_adapter_base,
+    check_config,
+    each_model,
+    evaluate,
+    find_adapters,
+    score_completions,
+    shared_choices,
+)
+from medllm.models.lora import LoraSpec
+from medllm.models.tiny import tiny_llama, tiny_tokenizer
+from tests.conftest import CONF, compose_train
+
+BENCHMARKS = sorted(p.stem for p in (CONF / "benchmark").glob("*.yaml"))
+
+
+def compose_eval(*overrides: str):
+    return compose_train(*overrides, config_name="eval")
+
+
+def save_adapter(folder: Path, zero: bool = False, seed: int = 1) -> Path:
+    """A tiny-model adapter with random (or all-zero) LoRA updates, saved as train.py saves one."""
+    tokenizer = tiny_tokenizer()
+    model = get_peft_model(tiny_llama(tokenizer, seed=0), LoraSpec(r=4, alpha=8).peft_config())
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.zeros_like(param) if zero else torch.randn(param.shape, generator=gen) * 0.5)
+    model.save_pretrained(folder)
+    return folder
+
+
+def mark_adapter(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text("{}")
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)  # not "benchmark": pytest-benchmark owns that fixture name
+def test_every_benchmark_composes_and_resolves(name, tmp_path):
+    cfg = compose_eval(f"benchmark={name}", "++benchmark.path=x", f"paths.output_dir={tmp_path}")
+    OmegaConf.resolve(cfg)
+    assert cfg.benchmark.name == name
+    assert cfg.data.max_seq_length == cfg.max_seq_length == cfg.model.max_seq_length
+    assert cfg.mode == "benchmark" and cfg.include_base and not cfg.do_sample and cfg.num_samples == 1
+
+
+def test_eval_defaults_and_benchmark_instruction_follows_the_training_data(tmp_path):
+    cfg = compose_eval(f"paths.output_dir={tmp_path}", "data.instruction=Think step by step.")
+    assert cfg.benchmark.name == "pubmedqa" and cfg.adapter_path is None and list(cfg.adapters) == []
+    assert cfg.benchmark.instruction == "Think step by step."
+    assert cfg.seed == compose_train(f"paths.output_dir={tmp_path}").seed  # the same validation split
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["mode=chat"], "mode must be one of"),
+        (["mode=generate"], "needs a question"),
+        (["benchmark.name=usmle"], "unknown benchmark"),
+        (["limit=0"], "limit must be a positive"),
+        (["num_samples=3"], "needs do_sample=true"),
+    ],
+)
+def test_bad_settings_stop_before_anything_loads(overrides, message, tmp_path):
+    cfg = compose_eval(*overrides, f"paths.output_dir={tmp_path}")
+    with pytest.raises(EvalConfigError, match=message):
+        check_config(cfg)
+
+
+# ---------------------------------------------------------------------------------------------- adapters
+
+
+def test_find_adapters_keeps_order_dedupes_and_sorts_sweep_jobs_numerically(tmp_path):
+    one = mark_adapter(tmp_path / "run1" / "adapter")
+    sweep = tmp_path / "sweep"
+    jobs = [mark_adapter(sweep / str(n) / "adapter") for n in (10, 2, 0)]
+    (sweep / "3").mkdir()  # a job that failed before saving: skipped
+    found = find_adapters(str(one), [str(one), str(jobs[0])], str(sweep))
+    assert found == [str(one), str(jobs[0]), str(jobs[2]), str(jobs[1])]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"adapter_path": "nope"}, "not an adapter folder"),
+        ({"sweep_dir": "nope"}, "no such folder"),
+        ({"sweep_dir": "."}, "no <job>/adapter folder"),
+    ],
+)
+def test_find_adapters_rejects_what_is_not_an_adapter(kwargs, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(EvalConfigError, match=message):
+        find_adapters(**kwargs)
+
+
+def test_tiny_adapter_on_a_real_model_says_which_model_to_pass(tmp_path):
+    folder = save_adapter(tmp_path / "a")
+    check_adapter_base(str(folder), OmegaConf.create({"name_or_path": None}))
+    with pytest.raises(EvalConfigError, match="model=tiny_llama"):
+        check_adapter_base(str(folder), OmegaConf.create({"name_or_path": "deepseek-ai/x"}))
+
+
+def test_one_base_serves_every_adapter_and_the_base(tmp_path):
+    """base == the plain tiny model; each adapter == PEFT loading it alone; a zero adapter == base."""
+    trained, zero, other = (
+        save_adapter(tmp_path / n, zero=n == "zero", seed=s) for n, s in [("a", 1), ("zero", 2), ("b", 3)]
+    )
+    cfg = compose_eval(f"paths.output_dir={tmp_path}")
+    tokenizer = tiny_tokenizer()
+    ids = tokenizer("<｜User｜>Chest pain?<｜Assistant｜><think>\n", return_tensors="pt")["input_ids"]
+
+    def logits(model):
+        with torch.no_grad():
+            return model.eval()(ids).logits
+
+    expected = {"base": logits(tiny_llama(tokenizer, seed=0))}
+    for folder in (trained, other):
+        expected[f"adapter:{folder}"] = logits(PeftModel.from_pretrained(tiny_llama(tokenizer, seed=0), folder))
+    expected[f"adapter:{zero}"] = expected["base"]
+    seen = {}
+    for label, model in each_model(cfg.model, tokenizer, [str(trained), str(zero), str(other)]):
+        seen[label] = logits(model)
+        assert len(model.peft_config) == 1  # the previous adapter was deleted
+    assert list(seen) == ["base", *(f"adapter:{f}" for f in (trained, zero, other))]  # base first, then in order
+    for label, value in expected.items():
+        torch.testing.assert_close(seen[label], value, msg=label)
+    assert not torch.allclose(seen[f"adapter:{trained}"], seen["base"], atol=1e-3)
+    assert not torch.allclose(seen[f"adapter:{trained}"], seen[f"adapter:{other}"], atol=1e-3)
+
+    labels = [label for label, _ in each_model(cfg.model, tokenizer, [str(trained)], include_base=False)]
+    assert labels == [f"adapter:{trained}"]
+    assert [label for label, _ in each_model(cfg.model, tokenizer, [], include_base=False)] == ["base"]
+
+
+# ---------------------------------------------------------------------------------------------- scoring
+
+
+def mcq(item_id: str, gold: str, letters: str = "ABCD") -> BenchmarkItem:
+    options = {letter: f"option {letter.lower()}" for letter in letters}
+    return BenchmarkItem(item_id, "Which?", tuple(letters), gold, options=options)
+
+
+def test_shared_choices_is_the_union_when_items_differ():
+    assert shared_choices([mcq("1", "A"), mcq("2", "B")]) == ("A", "B", "C", "D")
+    assert shared_choices([mcq("1", "A", "ABC"), mcq("2", "E", "ABCDE")]) == ("A", "B", "C", "D", "E")
+
+
+def test_score_completions_votes_over_samples_and_keeps_every_row():
+    items = [mcq("1", "A"), mcq("2", "B"), mcq("3", "C")]
+    said = {letter: f"weighing\n{THINK_CLOSE}\n\nThe answer is {letter}." for letter in "ABC"}
+    completions = [
+        [said["A"], said["B"], said["A"]],  # vote: A (right)
+        [said["C"], "no closing think", said["C"]],  # vote: C (wrong)
+        ["no closing think"] * 3,  # no answer at all
+    ]
+    metrics, rows = score_completions(items, ["p1", "p2", "p3"], completions)
+    assert [r["parsed"] for r in rows] == ["A", "C", None]
+    assert rows[0]["votes"] == ["A", "B", "A"] and rows[0]["samples"] == completions[0]
+    assert rows[1]["output"] == said["C"] and rows[1]["prompt"] == "p2"
+    assert metrics["n"] == 3 and metrics["accuracy"] == pytest.approx(1 / 3)
+    assert metrics["parse_failures"] == 1
+    assert metrics["format_rate"] == pytest.approx(5 / 9)  # over every sample
+
+
+def test_single_completions_carry_no_vote_fields():
+    metrics, rows = score_completions([mcq("1", "B")], ["p"], [[f"x{THINK_CLOSE}B"]])
+    assert rows == [{"id": "1", "prompt": "p", "output": f"x{THINK_CLOSE}B", "parsed": "B", "gold": "B"}]
+    assert metrics["accuracy"] == 1.0
+
+
+# ---------------------------------------------------------------------------------------------- whole run
+
+
+def test_evaluate_writes_a_report_for_base_and_adapter(tmp_path):
+    rows = [
+        {"id": f"q{i}", "question": f"Question {i}?", "options": ["alpha", "beta", "gamma"], "answer": "B"}
+        for i in range(6)
+    ]
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("\n".join(json.dumps(r) for r in rows))
+    adapter = save_adapter(tmp_path / "adapter")
+    out = tmp_path / "out"
+    cfg = compose_eval(
+        "benchmark=mcq",
+        f"benchmark.path={questions}",
+        "limit=4",
+        f"adapter_path={adapter}",
+        "max_new_tokens=4",
+        "batch_size=3",
+        f"paths.output_dir={out}",
+    )
+    results = evaluate(cfg)
+    assert [r["model"] for r in results] == ["base", f"adapter:{adapter}"]
+    report = json.loads((out / "report.json").read_text())["benchmarks"]["mcq"]
+    assert {m: v["n"] for m, v in report.items()} == {"base": 4, f"adapter:{adapter}": 4}
+    lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(lines) == 8 and {line["gold"] for line in lines} == {"B"}
+    assert (out / "report.png").stat().st_size > 0
