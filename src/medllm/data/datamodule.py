@@ -9,13 +9,12 @@ from typing import Literal
 
 import datasets
 import lightning as L
-import torch
 from torch.utils.data import DataLoader
-from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from medllm.data import phi, prepare, records
 from medllm.data.chat_format import R1ChatFormat, TrainOn
 from medllm.data.collate import PackCollator, PackedDataset, PadCollator, pack
+from medllm.data.sampler import ResumableBatchSampler
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +78,8 @@ class ReasoningDataModule(L.LightningDataModule):
         self.seed = seed
         self.splits: dict[str, datasets.Dataset] = {}
         self.summary: prepare.DataSummary | None = None
+        self.train_sampler: ResumableBatchSampler | None = None
+        self._sampler_state: dict | None = None
 
     # ---- preparation -------------------------------------------------------------------------
     def _describe(self, path: str | None) -> tuple[str, dict]:
@@ -176,16 +177,12 @@ class ReasoningDataModule(L.LightningDataModule):
         pad = self.tokenizer.pad_token_id
         return pad if pad is not None else self.tokenizer.eos_token_id
 
-    def _loader(self, dataset, batch_size: int, shuffle: bool, sampler=None, collate=None) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
+    def _loader(self, dataset, sampler: ResumableBatchSampler, collate=None) -> DataLoader:
         return DataLoader(
             dataset,
-            batch_size=batch_size,
-            shuffle=shuffle if sampler is None else False,
-            sampler=sampler,
+            batch_sampler=sampler,
             collate_fn=collate or PadCollator(self.pad_token_id, self.pad_to_multiple_of),
             num_workers=self.num_workers,
-            generator=generator,
             persistent_workers=self.num_workers > 0,
         )
 
@@ -194,22 +191,36 @@ class ReasoningDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         if self.packing:
-            packed = PackedDataset(self._row_dataset("train"), self.train_bins)
-            return self._loader(
-                packed, self.batch_size, True, collate=PackCollator(self.pad_token_id, self.pad_to_multiple_of)
-            )
-        sampler = None
-        if self.group_by_length:
-            sampler = LengthGroupedSampler(
-                self.batch_size,
-                lengths=self.splits["train"]["length"],
-                generator=torch.Generator().manual_seed(self.seed),
-            )
-        return self._loader(self._row_dataset("train"), self.batch_size, True, sampler=sampler)
+            dataset = PackedDataset(self._row_dataset("train"), self.train_bins)
+            collate = PackCollator(self.pad_token_id, self.pad_to_multiple_of)
+            lengths = None
+        else:
+            dataset, collate = self._row_dataset("train"), None
+            lengths = self.splits["train"]["length"] if self.group_by_length else None
+        self.train_sampler = ResumableBatchSampler(len(dataset), self.batch_size, True, self.seed, lengths)
+        if self._sampler_state is not None:
+            self.train_sampler.load_state_dict(self._sampler_state)
+            self._sampler_state = None
+        return self._loader(dataset, self.train_sampler, collate)
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        dataset = self._row_dataset(split)
+        return self._loader(dataset, ResumableBatchSampler(len(dataset), self.eval_batch_size, shuffle=False))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self._row_dataset("val"), self.eval_batch_size, False)
+        return self._eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        split = "test" if "test" in self.splits else "val"
-        return self._loader(self._row_dataset(split), self.eval_batch_size, False)
+        return self._eval_loader("test" if "test" in self.splits else "val")
+
+    # ---- resuming: the checkpoint records how far into which epoch training got ------------------
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if self.trainer is not None and self.trainer.training and self.train_sampler is not None:
+            self.train_sampler.consumed += 1
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"train_sampler": self.train_sampler.state_dict()} if self.train_sampler is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._sampler_state = state.get("train_sampler")

@@ -13,13 +13,23 @@ import contextlib
 import math
 from collections.abc import Callable
 
+import logging
+
 import lightning as L
 import torch
+from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from torchmetrics import MeanMetric
 
 from medllm.data.chat_format import IGNORE_INDEX
+from medllm.errors import MedllmError
+
+log = logging.getLogger(__name__)
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "labels", "position_ids")
+
+
+class NonFiniteLossError(MedllmError):
+    """The loss became nan or inf."""
 
 
 def causal_lm_forward(model: torch.nn.Module, batch: dict[str, torch.Tensor]):
@@ -41,6 +51,7 @@ class ReasoningSFTModule(L.LightningModule):
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         accumulate_grad_batches: int = 1,
         gradient_clip_val: float | None = 1.0,
+        skip_nonfinite_steps: int = 0,
     ):
         super().__init__()
         self.model = model
@@ -48,6 +59,8 @@ class ReasoningSFTModule(L.LightningModule):
         self.scheduler_factory = scheduler
         self.accumulate_grad_batches = int(accumulate_grad_batches)
         self.gradient_clip_val = gradient_clip_val
+        self.skip_nonfinite_steps = skip_nonfinite_steps
+        self.nonfinite_steps_skipped = 0
         self.automatic_optimization = False
         self.strict_loading = False  # checkpoints hold only the trainable weights
         self.val_loss = MeanMetric()
@@ -57,6 +70,7 @@ class ReasoningSFTModule(L.LightningModule):
         self.last_train_loss: float | None = None
         self._window_loss = torch.zeros(())
         self._window_tokens = torch.zeros((), dtype=torch.long)
+        self._window_batches = 0
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -76,7 +90,9 @@ class ReasoningSFTModule(L.LightningModule):
         return self.trainer.strategy.block_backward_sync()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        last_in_window = (batch_idx + 1) % self.accumulate_grad_batches == 0 or self.trainer.is_last_batch
+        # Counted here, not from batch_idx: a resumed run starts mid-epoch at a window boundary.
+        self._window_batches += 1
+        last_in_window = self._window_batches == self.accumulate_grad_batches or self.trainer.is_last_batch
         n_tokens = trained_tokens(batch["labels"])
         with self._sync_context(last_in_window):
             loss_sum = self(batch).loss.float() * n_tokens
@@ -92,6 +108,13 @@ class ReasoningSFTModule(L.LightningModule):
         stats = torch.stack([self._window_loss, self._window_tokens.float()])
         stats = self.trainer.strategy.reduce(stats, reduce_op="sum")
         loss_sum, tokens = stats[0], stats[1].clamp(min=1)
+        self._window_loss = torch.zeros((), device=self.device)
+        self._window_tokens = torch.zeros((), dtype=torch.long, device=self.device)
+        self._window_batches = 0
+        if not torch.isfinite(loss_sum):
+            optimizer.zero_grad(set_to_none=True)
+            self._on_nonfinite_loss()
+            return
         # DDP averages gradients over processes; undo that, then divide by the window's trained tokens.
         scale = self.trainer.world_size / tokens
         params = self.trainable_parameters()
@@ -121,8 +144,22 @@ class ReasoningSFTModule(L.LightningModule):
         if self.first_train_loss is None:
             self.first_train_loss = float(loss)
         self.last_train_loss = float(loss)
-        self._window_loss = torch.zeros((), device=self.device)
-        self._window_tokens = torch.zeros((), dtype=torch.long, device=self.device)
+
+    def _on_nonfinite_loss(self) -> None:
+        """Skip the update (up to ``skip_nonfinite_steps`` times), then stop; checkpoints stay as they were."""
+        step = self.trainer.global_step + 1
+        if self.nonfinite_steps_skipped < self.skip_nonfinite_steps:
+            self.nonfinite_steps_skipped += 1
+            log.warning(
+                "non-finite loss at step %d: update skipped (%d of %d allowed)",
+                step, self.nonfinite_steps_skipped, self.skip_nonfinite_steps,
+            )
+            return
+        raise NonFiniteLossError(
+            f"the loss became non-finite (nan/inf) at step {step}; training stopped and the last good checkpoint "
+            f"was kept (resume with ckpt_path=auto). Try a lower optimizer.lr, gradient clipping "
+            f"(trainer.gradient_clip_val), or skip_nonfinite_steps=N to step over a few bad batches."
+        )
 
     # ---- validation --------------------------------------------------------------------------
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -165,3 +202,8 @@ class ReasoningSFTModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        checkpoint["rng_states"] = _collect_rng_states()  # dropout masks continue as if never stopped
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "rng_states" in checkpoint:
+            _set_rng_states(checkpoint["rng_states"])

@@ -8,9 +8,12 @@ import math
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from medllm.config_checks import check_train_config
+from medllm.errors import MedllmError
 from medllm.models.loader import load_model, load_tokenizer
 from medllm.training.callbacks import ThroughputMonitor, peak_memory_gib
 from medllm.training.checkpoint_io import AtomicCheckpointIO
@@ -40,14 +43,29 @@ def build_trainer(cfg: DictConfig, callbacks: list[L.Callback]) -> L.Trainer:
         logger=logger,
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False,  # the data module shards batches itself (see data/sampler.py)
         default_root_dir=cfg.paths.output_dir,
     )
 
 
+def resolve_ckpt_path(ckpt_path: str | None, out_dir: Path) -> str | None:
+    """``auto``: the newest checkpoint of this run dir (None, a fresh start, if there is none)."""
+    if ckpt_path != "auto":
+        return ckpt_path
+    found = sorted((out_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        log.info("ckpt_path=auto: no checkpoint in %s, starting fresh", out_dir / "checkpoints")
+        return None
+    log.info("ckpt_path=auto: resuming from %s", found[-1])
+    return str(found[-1])
+
+
 def train(cfg: DictConfig) -> dict:
     """Prepare the data (failing fast on bad rows), load the model, fit, save adapter and summary."""
+    check_train_config(cfg)
     L.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), out_dir)
 
     tokenizer = load_tokenizer(cfg.model)
     datamodule = instantiate(cfg.data, tokenizer=tokenizer)
@@ -60,6 +78,7 @@ def train(cfg: DictConfig) -> dict:
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         accumulate_grad_batches=cfg.trainer.get("accumulate_grad_batches", 1),
         gradient_clip_val=cfg.trainer.get("gradient_clip_val"),
+        skip_nonfinite_steps=cfg.get("skip_nonfinite_steps", 0),
     )
     throughput = ThroughputMonitor(warmup_steps=cfg.get("throughput_warmup_steps", 1))
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()] + [throughput]
@@ -68,7 +87,13 @@ def train(cfg: DictConfig) -> dict:
         trainer.logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         trainer.logger.log_metrics(datamodule.summary.metrics(), step=0)
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except torch.OutOfMemoryError as err:
+        raise MedllmError(
+            f"the GPU ran out of memory ({err}). Lower data.batch_size (raise trainer.accumulate_grad_batches to "
+            "keep the effective batch), lower max_seq_length, or turn on model.gradient_checkpointing=unsloth."
+        ) from err
     trainer.save_checkpoint(out_dir / "checkpoints" / "last.ckpt")
     val = trainer.validate(module, datamodule=datamodule, verbose=False)
 

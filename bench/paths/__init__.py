@@ -1,0 +1,1 @@
+"""One module per benchmark path; each runs in its own process (see bench/throughput.py)."""

@@ -1,0 +1,79 @@
+"""DDP on 2 CPU processes (gloo) trains exactly what 1 process with 2-fold gradient accumulation trains.
+
+Both runs see the same rows in each optimizer step: the data module draws one order per epoch from the
+seed and, under DDP, hands each process its slice of every global batch of ``batch_size x world_size``
+rows, which is the rows one process takes in ``world_size`` accumulated micro-batches. The loss is
+weighted by trained tokens across micro-batches and processes, so the updates, and the adapters, match
+up to float rounding (the rows are padded in different groups).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+# 20 training rows, 4 validation rows (the sample has 24): 3 steps of 4 rows, and a validation set that
+# splits evenly over 2 processes.
+COMMON = ("experiment=smoke", "trainer.max_steps=3", "data.batch_size=2", "data.val_size=4")
+
+
+def run(cmd: list[str], run_dir, cache_dir) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_MODE": "offline",
+        "MEDLLM_CACHE_DIR": str(cache_dir),
+        "OMP_NUM_THREADS": "1",  # torchrun's default: the same float reductions in both runs
+    }
+    env.pop("LOCAL_WORLD_SIZE", None)
+    out = subprocess.run(
+        [*cmd, *COMMON, f"hydra.run.dir={run_dir}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-4000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("ddp_cpu")
+    cache = tmp_path_factory.getbasetemp() / "medllm-cache"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    ddp = run([*torchrun, "train.py", "hardware=ddp_cpu"], base / "ddp", cache)
+    run([sys.executable, "train.py", "trainer.accumulate_grad_batches=2"], base / "single", cache)
+    return base / "ddp", base / "single", ddp.stdout + ddp.stderr
+
+
+def test_ddp_really_ran_two_processes(runs):
+    _, _, output = runs
+    assert "MEMBER: 2/2" in output  # Lightning's "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2"
+
+
+def test_ddp_adapter_equals_single_process_with_accumulation(runs):
+    ddp_dir, single_dir, _ = runs
+    ddp = load_file(ddp_dir / "adapter" / "adapter_model.safetensors")
+    single = load_file(single_dir / "adapter" / "adapter_model.safetensors")
+    assert ddp.keys() == single.keys() and ddp
+    # LoRA B starts at zero: a trained adapter moved it far beyond the tolerance below.
+    assert max(w.abs().max().item() for k, w in single.items() if "lora_B" in k) > 1e-3
+    for key in ddp:
+        torch.testing.assert_close(ddp[key], single[key], rtol=0, atol=1e-5, msg=lambda m, k=key: f"{k}: {m}")
+
+
+def test_ddp_summary_matches_single_process(runs):
+    ddp_dir, single_dir, _ = runs
+    ddp = json.loads((ddp_dir / "summary.json").read_text())
+    single = json.loads((single_dir / "summary.json").read_text())
+    assert ddp["steps"] == single["steps"] == 3
+    # Losses are reduced over processes (training) or synced (validation): the same numbers.
+    for key in ("train_loss_first", "train_loss_last", "val_loss"):
+        assert ddp[key] == pytest.approx(single[key], rel=1e-5), key
