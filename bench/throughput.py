@@ -31,6 +31,7 @@ if __package__ in (None, ""):  # run as a file: make the `bench` package importa
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import harness
+from bench.paths import medllm
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BASELINE = "unsloth_loop"
@@ -68,18 +69,10 @@ PATHS: dict[str, BenchPath] = {
     "unsloth_trl": module_path("bench.paths.unsloth_trl"),
     "unsloth_trl_padded": module_path("bench.paths.unsloth_trl", "--padded"),
     "hf_peft": module_path("bench.paths.hf_peft"),
-    # Slot for the project's own paths, `medllm` and `medllm_auto`: each is the project's train.py run as
-    # a command, whose result is read from the summary.json it writes. Adding one is a command builder
-    # and a reader, e.g.
-    #
-    #   def medllm_command(settings, workdir):
-    #       return [sys.executable, "train.py", "experiment=qlora_r16", f"model.path={settings.checkpoint}",
-    #               f"trainer.max_steps={settings.total_steps}", ..., f"hydra.run.dir={workdir}"]
-    #
-    #   def summary_json(lines, workdir):
-    #       summary = json.loads((workdir / "summary.json").read_text())
-    #       return {"tokens_per_s": summary[...], "label_tokens_per_s": summary[...],
-    #               "peak_gib": summary[...], "steps": summary[...]}
+    # medllm's train.py (Unsloth backend), with Unsloth's offloaded checkpointing and with `auto`.
+    "medllm": BenchPath(lambda s, w: medllm.command(s, w, "unsloth"), medllm.read_summary),
+    "medllm_auto": BenchPath(lambda s, w: medllm.command(s, w, "auto"), medllm.read_summary),
+}
     #
     #   PATHS["medllm"] = BenchPath(medllm_command, summary_json)
     #

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, MissingMandatoryValueException
+from omegaconf import DictConfig, MissingMandatoryValue
 
 from medllm.errors import MedllmError
 
@@ -48,7 +48,7 @@ def check_train_config(cfg: DictConfig) -> None:
         raise ConfigError("trainer.accumulate_grad_batches must be >= 1.")
     try:
         data_path = cfg.data.get("path")
-    except MissingMandatoryValueException:
+    except MissingMandatoryValue:
         raise ConfigError("data=local needs data.path=<a .json, .jsonl, .parquet or .csv file>.") from None
     if cfg.data.get("source") == "local" and not Path(str(data_path)).expanduser().is_file():
         raise ConfigError(f"data.path={data_path}: no such file.")

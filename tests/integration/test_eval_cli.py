@@ -155,7 +155,7 @@ def test_generate_mode_streams_each_models_answer(smoke_run, tmp_path):
     out = run(
         "eval.py",
         "mode=generate",
-        "question='A 60-year-old man has chest pain. Next step?'",
+        'question="A 60-year-old man, chest pain: next step?"',  # quoted for Hydra, as eval.yaml says
         f"adapter_path={adapter}",
         "max_new_tokens=12",
         f"hydra.run.dir={tmp_path}",
@@ -164,5 +164,5 @@ def test_generate_mode_streams_each_models_answer(smoke_run, tmp_path):
     assert [a["model"] for a in answers] == ["base", f"adapter:{adapter}"]
     assert out.stdout.index("===== base =====") < out.stdout.index(f"===== adapter:{adapter} =====")
     for answer in answers:
-        assert answer["question"] == "A 60-year-old man has chest pain. Next step?"
+        assert answer["question"] == "A 60-year-old man, chest pain: next step?"  # commas survive
         assert answer["output"] and answer["output"] in out.stdout

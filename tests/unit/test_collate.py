@@ -51,11 +51,10 @@ def test_pack_rejects_a_row_longer_than_the_sequence():
 
 def test_packed_loss_equals_token_weighted_loss_of_rows_alone(rows, tokenizer):
     model = tiny_llama(tokenizer, seed=3).eval()
-    capacity = sum(len(r["input_ids"]) for r in rows[:4]) + 8
     bins = [rows[:4], rows[4:]]
-    batch = PackCollator(pad_token_id=tokenizer.pad_token_id)(bins)
+    batch = PackCollator(pad_token_id=tokenizer.pad_token_id, pad_to_multiple_of=8)(bins)
     assert "attention_mask" not in batch  # boundaries come from the restarting position_ids
-    assert batch["input_ids"].shape[1] <= capacity
+    assert batch["input_ids"].shape == (1, -(-int(batch["num_tokens"]) // 8) * 8)  # one row, Unsloth-style
     with torch.no_grad():
         packed = causal_lm_forward(model, batch)
         packed_sum = packed.loss * trained_tokens(batch["labels"])

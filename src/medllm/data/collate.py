@@ -45,28 +45,29 @@ class PadCollator:
 
 @dataclass
 class PackCollator(PadCollator):
-    """Collates packed items (each a list of rows) into sequences with restarting ``position_ids``.
+    """Collates packed items (each a list of rows) into ONE sequence with restarting ``position_ids``.
 
-    The padding at the end of a sequence is one more segment of its own (positions restart there
-    too), so it is attended by nothing real and trains nothing.
+    The rows of all items of the batch go end to end in a single ``[1, T]`` row, as TRL's padding-free
+    batches do: Unsloth infers the row boundaries from restarting positions only at batch size 1,
+    and flash attention's variable-length kernels want them there too. The padding at the end (to
+    ``pad_to_multiple_of``) is one more segment of its own, attended by nothing real, trains nothing.
     """
 
     def __call__(self, bins: Sequence[Sequence[dict]]) -> dict[str, torch.Tensor]:
-        length = self._length(max(sum(len(r["input_ids"]) for r in rows) for rows in bins))
-        input_ids = torch.full((len(bins), length), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(bins), length), IGNORE_INDEX, dtype=torch.long)
-        position_ids = torch.zeros((len(bins), length), dtype=torch.long)
-        num_tokens = 0
-        for i, rows in enumerate(bins):
-            start = 0
-            for row in rows:
-                n = len(row["input_ids"])
-                input_ids[i, start : start + n] = torch.as_tensor(row["input_ids"])
-                labels[i, start : start + n] = torch.as_tensor(row["labels"])
-                position_ids[i, start : start + n] = torch.arange(n)
-                start += n
-            position_ids[i, start:] = torch.arange(length - start)
-            num_tokens += start
+        rows = [row for rows in bins for row in rows]
+        num_tokens = sum(len(r["input_ids"]) for r in rows)
+        length = self._length(num_tokens)
+        input_ids = torch.full((1, length), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((1, length), IGNORE_INDEX, dtype=torch.long)
+        position_ids = torch.zeros((1, length), dtype=torch.long)
+        start = 0
+        for row in rows:
+            n = len(row["input_ids"])
+            input_ids[0, start : start + n] = torch.as_tensor(row["input_ids"])
+            labels[0, start : start + n] = torch.as_tensor(row["labels"])
+            position_ids[0, start : start + n] = torch.arange(n)
+            start += n
+        position_ids[0, start:] = torch.arange(length - start)
         return {
             "input_ids": input_ids,
             "labels": labels,

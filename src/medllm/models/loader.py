@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 from medllm.errors import MedllmError
 from medllm.models import tiny
 from medllm.models.lora import LoraSpec
+from medllm.models.memory import plan_checkpointing
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
@@ -85,30 +86,40 @@ def _load_hf_base(cfg: DictConfig, tokenizer) -> torch.nn.Module:
         raise _offline_hint(cfg.name_or_path, err) from err
 
 
-def uses_checkpointing(cfg: DictConfig) -> bool:
-    return cfg.gradient_checkpointing not in (False, "false", None)
-
-
 def load_model(
-    cfg: DictConfig, tokenizer, adapter_path: str | None = None, trainable: bool = True, seed: int = 0
+    cfg: DictConfig,
+    tokenizer,
+    adapter_path: str | None = None,
+    trainable: bool = True,
+    seed: int = 0,
+    tokens_per_batch: int | None = None,
 ) -> torch.nn.Module:
-    """The base model with a LoRA adapter: a new one (training) or the one saved at ``adapter_path``."""
+    """The base model with a LoRA adapter: a new one (training) or the one saved at ``adapter_path``.
+
+    ``tokens_per_batch`` (the largest micro-batch) lets ``gradient_checkpointing=auto`` decide.
+    The returned model carries ``checkpointing_plan``: what was decided and why.
+    """
     if cfg.backend == "unsloth":
         from medllm.models.unsloth_backend import load_unsloth
 
-        return load_unsloth(cfg, adapter_path=adapter_path, trainable=trainable, seed=seed)
+        return load_unsloth(cfg, adapter_path, trainable, seed, tokens_per_batch)
     if cfg.backend != "hf":
         raise ModelLoadError(f"model.backend must be 'hf' or 'unsloth', got {cfg.backend!r}")
     base = _load_hf_base(cfg, tokenizer)
+    plan = plan_checkpointing(cfg.gradient_checkpointing, base.config, tokens_per_batch, offloaded=True)
+    checkpointing = bool(plan.setting) and trainable
     if cfg.load_in_4bit:
-        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=uses_checkpointing(cfg))
-    elif uses_checkpointing(cfg) and trainable:
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=checkpointing)
+    elif checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         base.enable_input_require_grads()
     if adapter_path is not None:
-        return PeftModel.from_pretrained(base, adapter_path, is_trainable=trainable)
-    check_target_modules(base, cfg.lora.target_modules)
-    return get_peft_model(base, LoraSpec.from_config(cfg.lora).peft_config())
+        model = PeftModel.from_pretrained(base, adapter_path, is_trainable=trainable)
+    else:
+        check_target_modules(base, cfg.lora.target_modules)
+        model = get_peft_model(base, LoraSpec.from_config(cfg.lora).peft_config())
+    model.checkpointing_plan = plan
+    return model
 
 
 def check_target_modules(model: torch.nn.Module, targets) -> None:

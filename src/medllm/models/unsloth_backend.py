@@ -12,16 +12,16 @@ from omegaconf import DictConfig
 
 from medllm.models.loader import DTYPES, ModelLoadError, check_target_modules
 from medllm.models.lora import LoraSpec
+from medllm.models.memory import plan_checkpointing
 
 
-def unsloth_checkpointing(setting) -> bool | str:
-    """model.gradient_checkpointing as Unsloth takes it: "unsloth" (offloaded), True or False."""
-    if setting in (False, "false", None):
-        return False
-    return "unsloth" if setting in ("unsloth", "auto") else True
-
-
-def load_unsloth(cfg: DictConfig, adapter_path: str | None = None, trainable: bool = True, seed: int = 0):
+def load_unsloth(
+    cfg: DictConfig,
+    adapter_path: str | None = None,
+    trainable: bool = True,
+    seed: int = 0,
+    tokens_per_batch: int | None = None,
+):
     try:
         from unsloth import FastLanguageModel
     except ImportError as err:
@@ -29,13 +29,14 @@ def load_unsloth(cfg: DictConfig, adapter_path: str | None = None, trainable: bo
             f"model.backend=unsloth needs Unsloth and an NVIDIA GPU ({err}). Install it with "
             "`pip install -e '.[gpu]'`, or use model=r1_distill_llama_8b_hf (transformers + PEFT)."
         ) from err
+    optional = {k: cfg[k] for k in ("attn_implementation", "revision") if cfg.get(k) is not None}
     model, _ = FastLanguageModel.from_pretrained(
         model_name=adapter_path or cfg.name_or_path,
         max_seq_length=cfg.max_seq_length,
         load_in_4bit=cfg.load_in_4bit,
         dtype=None if cfg.dtype == "auto" else DTYPES[cfg.dtype],
         device_map={"": int(os.environ.get("LOCAL_RANK", 0))},
-        attn_implementation=cfg.get("attn_implementation"),
+        **optional,
     )
     if adapter_path is not None:
         if trainable:
@@ -44,16 +45,18 @@ def load_unsloth(cfg: DictConfig, adapter_path: str | None = None, trainable: bo
             FastLanguageModel.for_inference(model)
         return model
     check_target_modules(model, cfg.lora.target_modules)
+    plan = plan_checkpointing(cfg.gradient_checkpointing, model.config, tokens_per_batch)
     lora = LoraSpec.from_config(cfg.lora)
-    return FastLanguageModel.get_peft_model(
+    model = FastLanguageModel.get_peft_model(
         model,
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=list(lora.target_modules),
         bias="none",
-        use_gradient_checkpointing=unsloth_checkpointing(cfg.gradient_checkpointing),
+        use_gradient_checkpointing=plan.setting,
         use_rslora=lora.use_rslora,
         random_state=seed,
-        max_seq_length=cfg.max_seq_length,
     )
+    model.checkpointing_plan = plan
+    return model

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -71,7 +72,8 @@ def train(cfg: DictConfig) -> dict:
     datamodule = instantiate(cfg.data, tokenizer=tokenizer)
     datamodule.setup("fit")  # validates and tokenizes before any model weight is loaded
 
-    model = load_model(cfg.model, tokenizer, seed=cfg.seed)
+    tokens_per_batch = cfg.data.batch_size * cfg.max_seq_length
+    model = load_model(cfg.model, tokenizer, seed=cfg.seed, tokens_per_batch=tokens_per_batch)
     module = ReasoningSFTModule(
         model,
         optimizer=instantiate(cfg.optimizer),
@@ -106,6 +108,7 @@ def train(cfg: DictConfig) -> dict:
         "tokens_per_s": _finite_or_none(throughput.tokens_per_s),
         "trained_tokens_per_s": _finite_or_none(throughput.trained_tokens_per_s),
         "peak_mem_gib": peak_memory_gib(module.device),
+        "gradient_checkpointing": dataclasses.asdict(model.checkpointing_plan),
         "data": datamodule.summary.metrics(),
     }
     if trainer.is_global_zero:

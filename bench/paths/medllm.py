@@ -1,0 +1,102 @@
+"""(a, b) medllm's own path: the project's train.py with the Unsloth backend, read from its summary.json.
+
+The rows go through medllm's whole pipeline (a local file, validation, the R1 chat format, tokenization,
+packing), so they are written as text: random token ids of the checkpoint's tokenizer, decoded, with
+lengths fitted to the harness's (fixed: ``seq`` tokens, all trained; medical: N(800, 250) tokens with
+the first 30% as the question, masked). medllm measures its own tokens/s after the same warm-up steps.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench import harness
+
+MEDICAL_PACKED_BATCH = 3  # packed sequences of `seq` tokens per step: ~6,100 tokens, like TRL's 8 rows
+
+
+def _text_of_length(tokenizer, rng: random.Random, n: int) -> str:
+    """Text that the tokenizer encodes to about ``n`` tokens (decode-encode can merge a few)."""
+    low = len(tokenizer.all_special_ids) + 1
+    ids: list[int] = []
+    for _ in range(8):
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        missing = n - len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if abs(missing) <= 2:
+            break
+        ids = ids + [rng.randrange(low, len(tokenizer)) for _ in range(missing)] if missing > 0 else ids[:missing]
+    return tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def write_rows(settings: harness.Settings, path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(settings.checkpoint)
+    rng = random.Random(settings.seed)
+    count = settings.batch * settings.total_steps + 8  # a few more for the validation split
+    if settings.mode == "fixed":
+        lengths = [settings.seq + 64] * count  # truncated to exactly `seq` by data.too_long=truncate
+    else:
+        lengths = harness.medical_lengths(count * 2, settings.seed)  # packing: more rows per step
+    with path.open("w") as f:
+        for length in lengths:
+            prompt = round(length * harness.MEDICAL_PROMPT_FRACTION)
+            row = {
+                "Question": _text_of_length(tokenizer, rng, prompt),
+                "Complex_CoT": _text_of_length(tokenizer, rng, length - prompt),
+                "Response": "Done.",
+            }
+            f.write(json.dumps(row) + "\n")
+
+
+def command(settings: harness.Settings, workdir: Path, checkpointing: str) -> list[str]:
+    rows = workdir / "rows.jsonl"
+    write_rows(settings, rows)
+    if settings.mode == "fixed":
+        data = [f"data.batch_size={settings.batch}", "data.train_on=all", "data.too_long=truncate"]
+    else:
+        data = [f"data.batch_size={MEDICAL_PACKED_BATCH}", "data.packing=true", "data.too_long=drop"]
+    return [
+        sys.executable,
+        "train.py",
+        "experiment=qlora_r16",
+        f"model.name_or_path={settings.checkpoint}",
+        f"model.gradient_checkpointing={checkpointing}",
+        f"max_seq_length={settings.seq}",
+        "data=local",
+        f"data.path={rows}",
+        "data.val_size=2",
+        "data.phi_check=off",
+        "data.num_proc=1",
+        f"data.cache_dir={workdir / 'cache'}",
+        *data,
+        "logger=csv",
+        f"trainer.max_steps={settings.total_steps}",
+        "trainer.max_epochs=-1",
+        "trainer.accumulate_grad_batches=1",
+        "trainer.limit_val_batches=0",
+        f"throughput_warmup_steps={settings.warmup}",
+        "scheduler.num_warmup_steps=0",
+        f"seed={settings.seed}",
+        f"hydra.run.dir={workdir / 'run'}",
+    ]
+
+
+def read_summary(lines: list[str], workdir: Path) -> dict[str, Any] | None:
+    path = workdir / "run" / "summary.json"
+    if not path.exists():
+        return None
+    summary = json.loads(path.read_text())
+    return {
+        "card": harness.device_name(),
+        "tokens_per_s": summary["tokens_per_s"],
+        "label_tokens_per_s": summary["trained_tokens_per_s"],
+        "peak_gib": summary["peak_mem_gib"],
+        "steps": summary["steps"],
+        "gradient_checkpointing": summary["gradient_checkpointing"],
+        "last_loss": summary["train_loss_last"],
+    }
