@@ -6,13 +6,17 @@
     python train.py experiment=qlora_r16 --cfg job  # print the composed config, load nothing
 
 Imports stay light here: Unsloth must be imported before transformers and peft to patch them, so
-medllm (which imports both) is imported only after the backend is known.
+medllm's training code (which imports both) is imported only after the backend is known.
 """
 
 import sys
 
 import hydra
 from omegaconf import DictConfig
+
+from medllm.resolvers import register as register_resolvers
+
+register_resolvers()  # before Hydra composes: configs use ${medllm.mul:...}
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -27,6 +31,11 @@ def main(cfg: DictConfig) -> float | None:
     try:
         return train(cfg)["val_loss"]
     except MedllmError as err:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # Hydra marks this job failed and runs the rest of the sweep
         sys.exit(f"error: {err}")
 
 

@@ -73,11 +73,6 @@ PATHS: dict[str, BenchPath] = {
     "medllm": BenchPath(lambda s, w: medllm.command(s, w, "unsloth"), medllm.read_summary),
     "medllm_auto": BenchPath(lambda s, w: medllm.command(s, w, "auto"), medllm.read_summary),
 }
-    #
-    #   PATHS["medllm"] = BenchPath(medllm_command, summary_json)
-    #
-    # The driver adds the path name; the card comes from the first result that names one.
-}
 
 
 def run_path(

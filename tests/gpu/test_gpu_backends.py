@@ -34,45 +34,75 @@ def small_llama(tmp_path_factory):
 def train(run_dir, *overrides):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     cmd = [
-        sys.executable, "train.py", "experiment=smoke", "hardware=gpu", "trainer.max_steps=6",
-        "throughput_warmup_steps=2", f"hydra.run.dir={run_dir}", *overrides,
+        sys.executable,
+        "train.py",
+        "experiment=smoke",
+        "hardware=gpu",
+        "trainer.max_steps=6",
+        "throughput_warmup_steps=2",
+        f"hydra.run.dir={run_dir}",
+        *overrides,
     ]
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, timeout=900)
     return json.loads((run_dir / "summary.json").read_text())
 
 
-@pytest.mark.parametrize(
-    "backend_overrides",
-    [
-        ["model.backend=hf", "model.load_in_4bit=true", "model.dtype=bfloat16", "model.gradient_checkpointing=true"],
-        ["model.backend=unsloth", "model.load_in_4bit=true", "model.dtype=auto", "model.gradient_checkpointing=unsloth"],
-        ["model.backend=unsloth", "model.load_in_4bit=false", "model.dtype=auto", "model.gradient_checkpointing=auto"],
+BACKENDS = {
+    "hf-4bit": [
+        "model.backend=hf",
+        "model.load_in_4bit=true",
+        "model.dtype=bfloat16",
+        "model.gradient_checkpointing=true",
     ],
-    ids=["hf-4bit", "unsloth-4bit", "unsloth-bf16-auto"],
-)
-def test_a_few_steps_train_on_the_gpu(small_llama, tmp_path, backend_overrides):
-    summary = train(tmp_path, f"model.name_or_path={small_llama}", *backend_overrides)
+    "unsloth-4bit-packed": [
+        "model.backend=unsloth",
+        "model.load_in_4bit=true",
+        "model.dtype=auto",
+        "model.gradient_checkpointing=unsloth",
+        "data.packing=true",
+    ],
+    "unsloth-bf16-auto": [
+        "model.backend=unsloth",
+        "model.load_in_4bit=false",
+        "model.dtype=auto",
+        "model.gradient_checkpointing=auto",
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def runs(small_llama, tmp_path_factory):
+    """Each backend trained once; the tests below read what the runs left."""
+    return {
+        name: (
+            run_dir := tmp_path_factory.mktemp(name),
+            train(run_dir, f"model.name_or_path={small_llama}", *overrides),
+        )
+        for name, overrides in BACKENDS.items()
+    }
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_a_few_steps_train_on_the_gpu(runs, backend):
+    _, summary = runs[backend]
     assert summary["steps"] == 6
     assert summary["train_loss_last"] < summary["train_loss_first"]
     assert summary["tokens_per_s"] > 0 and summary["peak_mem_gib"] > 0
 
 
-def test_packed_rows_train_through_unsloth(small_llama, tmp_path):
-    summary = train(
-        tmp_path, f"model.name_or_path={small_llama}", "model.backend=unsloth", "model.dtype=auto", "data.packing=true"
-    )
-    assert summary["train_loss_last"] < summary["train_loss_first"]
+def test_packed_rows_fill_their_sequences(runs):
+    _, summary = runs["unsloth-4bit-packed"]
     assert summary["data"]["data/packing_efficiency"] > 0.5
 
 
-def test_unsloth_adapter_loads_with_plain_peft(small_llama, tmp_path):
-    train(tmp_path, f"model.name_or_path={small_llama}", "model.backend=unsloth", "model.dtype=auto")
+def test_unsloth_adapter_loads_with_plain_peft(small_llama, runs):
+    run_dir, _ = runs["unsloth-4bit-packed"]
     check = (
         "import sys, torch; from peft import PeftModel; from transformers import AutoModelForCausalLM;"
         f"base = AutoModelForCausalLM.from_pretrained({str(small_llama)!r});"
         "ids = torch.tensor([[1, 5, 9, 12, 40]]);"
         "plain = base(ids).logits;"
-        f"tuned = PeftModel.from_pretrained(base, {str(tmp_path / 'adapter')!r})(ids).logits;"
+        f"tuned = PeftModel.from_pretrained(base, {str(run_dir / 'adapter')!r})(ids).logits;"
         "assert torch.isfinite(tuned).all() and not torch.allclose(plain, tuned, atol=1e-4); print('ok')"
     )
     out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, env={**os.environ})

@@ -22,7 +22,8 @@ RATIO = 2
 @pytest.fixture(scope="module")
 def sweep_dir(tmp_path_factory):
     sweep = tmp_path_factory.mktemp("sweep")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    cache = tmp_path_factory.getbasetemp() / "medllm-cache"  # the conftest's cache: set before its fixture runs
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "MEDLLM_CACHE_DIR": str(cache)}
     out = subprocess.run(
         [
             sys.executable, "train.py", "-m", "experiment=smoke", "hparams_search=lr_rank_grid",

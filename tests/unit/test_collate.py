@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from medllm.data.chat_format import IGNORE_INDEX, R1ChatFormat
-from medllm.data.collate import PackCollator, PadCollator, pack
+from medllm.data.collate import PackCollator, PadCollator, count_trained, pack
 from medllm.data.records import sample_rows
 from medllm.models.tiny import tiny_llama
-from medllm.training.module import causal_lm_forward, trained_tokens
+from medllm.training.module import causal_lm_forward
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +33,7 @@ def test_padding_with_the_eos_id_keeps_every_final_eos_trained(rows, tokenizer):
         assert (batch["labels"][i, n:] == IGNORE_INDEX).all()  # ...the padding EOS ids are not
         assert batch["attention_mask"][i].sum() == n
     assert batch["num_tokens"] == sum(len(r["input_ids"]) for r in rows)
+    assert batch["num_trained"] == sum(sum(label != IGNORE_INDEX for label in r["labels"][1:]) for r in rows)
 
 
 def test_pack_respects_capacity_and_places_every_row_once():
@@ -57,14 +58,14 @@ def test_packed_loss_equals_token_weighted_loss_of_rows_alone(rows, tokenizer):
     assert batch["input_ids"].shape == (1, -(-int(batch["num_tokens"]) // 8) * 8)  # one row, Unsloth-style
     with torch.no_grad():
         packed = causal_lm_forward(model, batch)
-        packed_sum = packed.loss * trained_tokens(batch["labels"])
+        packed_sum = packed.loss * count_trained(batch["labels"])
         alone_sum, alone_tokens = 0.0, 0
         for row in rows:
             ids = torch.tensor([row["input_ids"]])
             labels = torch.tensor([row["labels"]])
-            alone_sum += causal_lm_forward(model, {"input_ids": ids, "labels": labels}).loss * trained_tokens(labels)
-            alone_tokens += int(trained_tokens(labels))
-    assert int(trained_tokens(batch["labels"])) == alone_tokens
+            alone_sum += causal_lm_forward(model, {"input_ids": ids, "labels": labels}).loss * count_trained(labels)
+            alone_tokens += int(count_trained(labels))
+    assert int(count_trained(batch["labels"])) == alone_tokens
     torch.testing.assert_close(packed_sum / alone_tokens, alone_sum / alone_tokens, rtol=1e-5, atol=1e-5)
 
 

@@ -6,12 +6,12 @@ import functools
 
 import lightning as L
 import torch
+from peft import get_peft_model
 
 from medllm.data.datamodule import ReasoningDataModule
 from medllm.models.lora import LoraSpec
 from medllm.models.tiny import tiny_llama
 from medllm.training.module import ReasoningSFTModule
-from peft import get_peft_model
 
 
 def one_step_adapter(tokenizer, batch_size: int, accumulate: int, tmp_path) -> dict[str, torch.Tensor]:

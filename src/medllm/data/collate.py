@@ -2,7 +2,8 @@
 
 Padding is masked by position (attention mask, labels -100 past each row's end), never by token id:
 R1 tokenizers may pad with their EOS, and masking every EOS id would teach the model never to stop.
-Each batch also carries ``num_tokens``, the row tokens in it (no padding), for throughput.
+Each batch also carries ``num_tokens`` (row tokens, no padding) and ``num_trained`` (tokens with a
+label), as Python ints: counted on the CPU, so measuring throughput never waits for the GPU.
 Packed sequences carry per-row ``position_ids`` that restart at 0; transformers (and flash attention's
 variable-length kernels) read the restarts as row boundaries, so no row attends to another.
 """
@@ -16,6 +17,11 @@ from dataclasses import dataclass
 import torch
 
 from medllm.data.chat_format import IGNORE_INDEX
+
+
+def count_trained(labels: torch.Tensor) -> int:
+    """Tokens that enter the causal LM loss: labels after the one-token shift that are not ignored."""
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())
 
 
 @dataclass
@@ -39,8 +45,13 @@ class PadCollator:
             input_ids[i, :n] = torch.as_tensor(row["input_ids"])
             labels[i, :n] = torch.as_tensor(row["labels"])
             attention_mask[i, :n] = 1
-        num_tokens = attention_mask.sum()
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "num_tokens": num_tokens}
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "num_tokens": int(attention_mask.sum()),
+            "num_trained": count_trained(labels),
+        }
 
 
 @dataclass
@@ -72,7 +83,8 @@ class PackCollator(PadCollator):
             "input_ids": input_ids,
             "labels": labels,
             "position_ids": position_ids,
-            "num_tokens": torch.tensor(num_tokens),
+            "num_tokens": num_tokens,
+            "num_trained": count_trained(labels),
         }
 
 

@@ -9,6 +9,7 @@ from typing import Literal
 
 import datasets
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 from medllm.data import phi, prepare, records
@@ -184,6 +185,7 @@ class ReasoningDataModule(L.LightningDataModule):
             collate_fn=collate or PadCollator(self.pad_token_id, self.pad_to_multiple_of),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),  # faster, asynchronous copies to the GPU
         )
 
     def _row_dataset(self, split: str) -> datasets.Dataset:

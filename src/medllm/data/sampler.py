@@ -43,17 +43,20 @@ class ResumableBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.consumed = 0  # batches of the current epoch that training has used
         self._skip = 0
 
-    def _order(self, world: int) -> list[int]:
+    def _order(self) -> list[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         if self.lengths is not None:
-            return get_length_grouped_indices(self.lengths, self.batch_size * world, generator=generator)
+            return get_length_grouped_indices(self.lengths, self.batch_size, generator=generator)
         if self.shuffle:
             return torch.randperm(self.num_items, generator=generator).tolist()
         return list(range(self.num_items))
 
     def _batches(self) -> list[list[int]]:
         rank, world = _rank_and_world()
-        order = self._order(world)
+        order = self._order()
+        if not self.shuffle:  # evaluation: every row once; processes may differ by one batch
+            rows = order[rank::world]
+            return [rows[i : i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
         global_size = self.batch_size * world
         # A last global batch too short to give every process a row is dropped: all processes must
         # run the same number of steps, or DDP waits forever.

@@ -19,7 +19,8 @@ def peak_memory_gib(device: torch.device) -> float:
 
 
 class ThroughputMonitor(L.Callback):
-    """Tokens per second over the optimizer steps after ``warmup_steps`` (compilation, allocator warm-up).
+    """Tokens per second over the optimizer steps after ``warmup_steps`` (compilation, allocator warm-up),
+    and the peak memory of training.
 
     Tokens are row tokens without padding; trained tokens are those with a label.
     """
@@ -31,6 +32,7 @@ class ThroughputMonitor(L.Callback):
         self._start: float | None = None
         self._last: float | None = None
         self._step_seen = 0
+        self.peak_gib: float | None = None
 
     def _now(self, device: torch.device) -> float:
         if device.type == "cuda":
@@ -43,8 +45,8 @@ class ThroughputMonitor(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._start is not None:
-            self.tokens += int(batch["num_tokens"])
-            self.trained += int((batch["labels"][:, 1:] != -100).sum())
+            self.tokens += batch["num_tokens"]
+            self.trained += batch["num_trained"]
         if trainer.global_step == self._step_seen:
             return
         self._step_seen = trainer.global_step
@@ -58,6 +60,10 @@ class ThroughputMonitor(L.Callback):
                 on_step=True,
                 on_epoch=False,
             )
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        # Read here: saving the checkpoint and the adapter afterwards may allocate more.
+        self.peak_gib = peak_memory_gib(pl_module.device)
 
     @property
     def seconds(self) -> float:

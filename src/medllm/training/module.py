@@ -10,10 +10,9 @@ of the same rows, whatever the split into micro-batches or processes.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import Callable
-
-import logging
 
 import lightning as L
 import torch
@@ -36,11 +35,6 @@ def causal_lm_forward(model: torch.nn.Module, batch: dict[str, torch.Tensor]):
     """The model on a batch, without a KV cache: with a cache, transformers ignores the restarting
     ``position_ids`` of packed rows and lets every row attend to the rows packed before it."""
     return model(**{k: v for k, v in batch.items() if k in MODEL_INPUTS}, use_cache=False)
-
-
-def trained_tokens(labels: torch.Tensor) -> torch.Tensor:
-    """Tokens that enter the causal LM loss: labels after the one-token shift that are not ignored."""
-    return (labels[:, 1:] != IGNORE_INDEX).sum()
 
 
 class ReasoningSFTModule(L.LightningModule):
@@ -69,7 +63,7 @@ class ReasoningSFTModule(L.LightningModule):
         self.first_train_loss: float | None = None  # of this process's first step (after a resume too)
         self.last_train_loss: float | None = None
         self._window_loss = torch.zeros(())
-        self._window_tokens = torch.zeros((), dtype=torch.long)
+        self._window_tokens = 0  # trained tokens of this process in the current window
         self._window_batches = 0
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
@@ -93,34 +87,32 @@ class ReasoningSFTModule(L.LightningModule):
         # Counted here, not from batch_idx: a resumed run starts mid-epoch at a window boundary.
         self._window_batches += 1
         last_in_window = self._window_batches == self.accumulate_grad_batches or self.trainer.is_last_batch
-        n_tokens = trained_tokens(batch["labels"])
+        n_tokens = batch["num_trained"]  # counted by the collator, on the CPU
         with self._sync_context(last_in_window):
             loss_sum = self(batch).loss.float() * n_tokens
             self.manual_backward(loss_sum)
         self._window_loss = self._window_loss.to(self.device) + loss_sum.detach()
-        self._window_tokens = self._window_tokens.to(self.device) + n_tokens
+        self._window_tokens += n_tokens
         if last_in_window:
             self._step_optimizer()
-        return loss_sum.detach() / n_tokens.clamp(min=1)
+        return loss_sum.detach() / max(n_tokens, 1)
 
     def _step_optimizer(self) -> None:
         optimizer = self.optimizers()
-        stats = torch.stack([self._window_loss, self._window_tokens.float()])
+        stats = torch.stack([self._window_loss, torch.tensor(float(self._window_tokens), device=self.device)])
         stats = self.trainer.strategy.reduce(stats, reduce_op="sum")
         loss_sum, tokens = stats[0], stats[1].clamp(min=1)
         self._window_loss = torch.zeros((), device=self.device)
-        self._window_tokens = torch.zeros((), dtype=torch.long, device=self.device)
+        self._window_tokens = 0
         self._window_batches = 0
         if not torch.isfinite(loss_sum):
             optimizer.zero_grad(set_to_none=True)
             self._on_nonfinite_loss()
             return
         # DDP averages gradients over processes; undo that, then divide by the window's trained tokens.
-        scale = self.trainer.world_size / tokens
         params = self.trainable_parameters()
-        for p in params:
-            if p.grad is not None:
-                p.grad.mul_(scale.to(p.grad.dtype))
+        grads = [p.grad for p in params if p.grad is not None]
+        torch._foreach_mul_(grads, self.trainer.world_size / tokens)
         max_norm = self.gradient_clip_val if self.gradient_clip_val else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         optimizer.step()
@@ -129,15 +121,14 @@ class ReasoningSFTModule(L.LightningModule):
         if scheduler is not None:
             scheduler.step()
         loss = loss_sum / tokens
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         self.log_dict(
             {
-                "train/loss": loss,
                 "train/ppl": torch.exp(loss.clamp(max=20)),
                 "train/grad_norm": grad_norm,
                 "train/lr": torch.tensor(optimizer.param_groups[0]["lr"]),
                 "train/tokens_trained": tokens,
             },
-            prog_bar=True,
             on_step=True,
             on_epoch=False,
         )
@@ -164,10 +155,10 @@ class ReasoningSFTModule(L.LightningModule):
     # ---- validation --------------------------------------------------------------------------
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         out = self(batch)
-        n_tokens = trained_tokens(batch["labels"])
-        self.val_loss.update(out.loss.float(), weight=n_tokens)
+        self.val_loss.update(out.loss.float(), weight=batch["num_trained"])
         logits = getattr(out, "logits", None)
-        if logits is not None and logits.shape[:2] == batch["labels"].shape:  # Unsloth may return no logits
+        # Unsloth may return no logits (or a function computing them) to save memory: skip accuracy then.
+        if torch.is_tensor(logits) and logits.shape[:2] == batch["labels"].shape:
             labels = batch["labels"][:, 1:]
             mask = labels != IGNORE_INDEX
             correct = (logits[:, :-1].argmax(-1) == labels) & mask

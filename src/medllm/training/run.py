@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from medllm.config_checks import check_train_config
 from medllm.errors import MedllmError
 from medllm.models.loader import load_model, load_tokenizer
-from medllm.training.callbacks import ThroughputMonitor, peak_memory_gib
+from medllm.training.callbacks import ThroughputMonitor
 from medllm.training.checkpoint_io import AtomicCheckpointIO
 from medllm.training.module import ReasoningSFTModule
 
@@ -107,7 +107,7 @@ def train(cfg: DictConfig) -> dict:
         "steps": trainer.global_step,
         "tokens_per_s": _finite_or_none(throughput.tokens_per_s),
         "trained_tokens_per_s": _finite_or_none(throughput.trained_tokens_per_s),
-        "peak_mem_gib": peak_memory_gib(module.device),
+        "peak_mem_gib": throughput.peak_gib,
         "gradient_checkpointing": dataclasses.asdict(model.checkpointing_plan),
         "data": datamodule.summary.metrics(),
     }

@@ -1,0 +1,33 @@
+"""Score the base model and LoRA adapters on a medical benchmark, or answer one question.
+
+    python eval.py benchmark=pubmedqa benchmark.path=data/pubmedqa adapter_path=outputs/.../adapter
+    python eval.py benchmark=medical_o1_val adapter_path=outputs/.../adapter   # held-out loss, perplexity
+    python eval.py sweep_dir=multirun/2025-01-01/12-00-00 benchmark=medqa limit=200
+    python eval.py mode=generate question="..." adapter_path=outputs/.../adapter
+
+Imports stay light here, as in train.py: Unsloth must be imported before transformers and peft.
+"""
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    from medllm.backend import import_backend
+
+    import_backend(cfg.model.backend)
+
+    from medllm.errors import MedllmError
+    from medllm.evaluation.run import evaluate
+
+    try:
+        evaluate(cfg)
+    except MedllmError as err:
+        sys.exit(f"error: {err}")
+
+
+if __name__ == "__main__":
+    main()
