@@ -218,7 +218,7 @@ class ReasoningDataModule(L.LightningDataModule):
     # ---- resuming: the checkpoint records how far into which epoch training got ------------------
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         if self.trainer is not None and self.trainer.training and self.train_sampler is not None:
-            self.train_sampler.consumed += 1
+            self.train_sampler.mark_trained()
         return batch
 
     def state_dict(self) -> dict:

@@ -2,7 +2,8 @@
 
 A resumed run must see the very batches an uninterrupted run would have seen next. Each epoch's order
 is drawn from a generator seeded with ``seed + epoch``; the sampler's state (epoch, batches consumed by
-training) goes into the checkpoint, and a restored sampler skips what was already trained on.
+training, not merely fetched ahead by the loader) goes into the checkpoint, and a restored sampler skips
+what was already trained on.
 
 Under DDP every process draws the same order and takes its slice of each global batch of
 ``batch_size x world_size`` rows, so a step over N processes sees the same rows as one process with
@@ -11,6 +12,7 @@ N-fold gradient accumulation.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -40,8 +42,9 @@ class ResumableBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.seed = seed
         self.lengths = lengths
         self.epoch = 0
-        self.consumed = 0  # batches of the current epoch that training has used
         self._skip = 0
+        self._handed_out: deque[tuple[int, int]] = deque()  # (epoch, position) fetched, not yet trained on
+        self._trained = (0, -1)  # (epoch, position) of the last batch training used
 
     def _order(self) -> list[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
@@ -73,13 +76,24 @@ class ResumableBatchSampler(torch.utils.data.Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         batches = self._batches()
         skip, self._skip = self._skip, 0
-        self.consumed = skip
-        yield from batches[skip:]
+        if skip >= len(batches):  # the checkpoint was taken after the last batch of an epoch
+            self.epoch, skip = self.epoch + 1, 0
+            batches = self._batches()
+        # Each iteration is a new epoch: Lightning stops at len(loader) and never exhausts this generator,
+        # so the count can't wait for the end of the loop.
+        epoch = self.epoch
         self.epoch += 1
-        self.consumed = 0
+        for position in range(skip, len(batches)):
+            self._handed_out.append((epoch, position))
+            yield batches[position]
+
+    def mark_trained(self) -> None:
+        """Training took the oldest batch handed out (the loader may have fetched more ahead)."""
+        self._trained = self._handed_out.popleft()
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "consumed": self.consumed}
+        epoch, position = self._trained
+        return {"epoch": epoch, "consumed": position + 1}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch = state["epoch"]
