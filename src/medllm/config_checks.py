@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, MissingMandatoryValue
+from omegaconf import DictConfig, OmegaConf
 
 from medllm.errors import MedllmError
 
@@ -46,12 +46,11 @@ def check_train_config(cfg: DictConfig) -> None:
         _positive(cfg, key)
     if cfg.trainer.get("accumulate_grad_batches", 1) < 1:
         raise ConfigError("trainer.accumulate_grad_batches must be >= 1.")
-    try:
-        data_path = cfg.data.get("path")
-    except MissingMandatoryValue:
-        raise ConfigError("data=local needs data.path=<a .json, .jsonl, .parquet or .csv file>.") from None
-    if cfg.data.get("source") == "local" and not Path(str(data_path)).expanduser().is_file():
-        raise ConfigError(f"data.path={data_path}: no such file.")
+    if cfg.data.get("source") == "local":
+        if OmegaConf.is_missing(cfg.data, "path") or not cfg.data.path:
+            raise ConfigError("data=local needs data.path=<a .json, .jsonl, .parquet or .csv file>.")
+        if not Path(str(cfg.data.path)).expanduser().is_file():
+            raise ConfigError(f"data.path={cfg.data.path}: no such file.")
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
     precision = str(cfg.trainer.get("precision", "32-true"))
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():

@@ -18,6 +18,7 @@ from typing import Literal
 import datasets
 
 from medllm.errors import MedllmError
+from medllm.jsonrows import read_json_rows
 
 FIELDS = ("question", "reasoning", "response")
 LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -59,23 +60,7 @@ def sample_rows() -> list[dict[str, str]]:
 
 
 def _read_json(path: Path) -> list[dict]:
-    """JSON (a list of objects) or JSON lines, parsed with the standard library so that rows of any
-    field type reach validation, which then names the row, instead of failing inside Arrow."""
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}: not valid JSON ({err}).") from err
-    else:
-        rows = []
-        for line_no, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}: line {line_no} is not valid JSON ({err}).") from err
+    rows = read_json_rows(path, DataError)
     for i, row in enumerate(rows, start=1):
         if not isinstance(row, dict):
             raise DataError(f"{path}: row {i} is a {type(row).__name__}, not an object with named fields.")

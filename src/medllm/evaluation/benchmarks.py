@@ -18,6 +18,7 @@ from typing import Any
 import datasets
 
 from medllm.errors import MedllmError
+from medllm.jsonrows import read_json_rows
 
 YES_NO_MAYBE = ("yes", "no", "maybe")
 MEDMCQA_OPTION_FIELDS = ("opa", "opb", "opc", "opd")
@@ -64,35 +65,11 @@ class BenchmarkItem:
 
 
 def _read_json_rows(path: str | Path) -> tuple[str, list[Any]]:
-    """The rows of a .json (array) or JSON-lines file; returns the file's name for messages too.
-
-    MedMCQA's original release names its JSON-lines files ``.json``, so a ``.json`` file that is not
-    one JSON document is read as JSON lines.
-    """
+    """The rows of a .json (array) or JSON-lines file; returns the file's name for messages too."""
     path = Path(path).expanduser()
-    source = str(path)
     if not path.is_file():
-        raise BenchmarkError(f"{source}: no such file. Point benchmark.path at the benchmark's .json/.jsonl file.")
-    text = path.read_text("utf-8")
-    if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            if "Extra data" not in str(err):
-                raise BenchmarkError(f"{source}: not valid JSON: {err}") from err
-        else:
-            if not isinstance(data, list):
-                raise BenchmarkError(f"{source}: expected a JSON array of rows, got {type(data).__name__}")
-            return source, data
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            raise BenchmarkError(f"{source}: line {number} is not valid JSON: {err}") from err
-    return source, rows
+        raise BenchmarkError(f"{path}: no such file. Point benchmark.path at the benchmark's .json/.jsonl file.")
+    return str(path), read_json_rows(path, BenchmarkError)
 
 
 def _field(row: Any, name: str, source: str, number: int, kinds: type | tuple[type, ...] = str) -> Any:

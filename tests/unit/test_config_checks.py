@@ -1,0 +1,172 @@
+"""Config mistakes are caught before any model loads, each with a one-line message naming the key."""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+import sys
+import time
+
+import lightning as L
+import pytest
+import torch
+from peft import get_peft_model
+
+from medllm.config_checks import ConfigError, check_train_config
+from medllm.data.datamodule import ReasoningDataModule
+from medllm.models.loader import ModelLoadError, check_target_modules
+from medllm.models.lora import LoraSpec
+from medllm.models.tiny import tiny_llama
+from medllm.training.module import NonFiniteLossError, ReasoningSFTModule
+from tests.conftest import ROOT, compose_train
+
+
+def check(tmp_path, *overrides):
+    check_train_config(compose_train("experiment=smoke", f"paths.output_dir={tmp_path}", *overrides))
+
+
+def test_the_smoke_config_passes(tmp_path):
+    check(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("optimizer.lr=-1", "optimizer.lr"),
+        ("optimizer.lr=0", "optimizer.lr"),
+        ("model.lora.r=0", "model.lora.r"),
+        ("model.lora.alpha=-4", "model.lora.alpha"),
+        ("max_seq_length=0", "max_seq_length"),
+        ("data.batch_size=0", "data.batch_size"),
+    ],
+)
+def test_non_positive_values_name_their_key(tmp_path, override, key):
+    with pytest.raises(ConfigError, match=rf"^{key}=\S+ must be a number > 0"):
+        check(tmp_path, override)
+
+
+def test_local_data_without_a_path_or_with_a_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="data=local needs data.path"):
+        check(tmp_path, "data=local")
+    with pytest.raises(ConfigError, match="no such file"):
+        check(tmp_path, "data=local", f"data.path={tmp_path / 'absent.jsonl'}")
+
+
+def test_gpu_asked_for_without_a_gpu(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="trainer.accelerator=gpu but no CUDA GPU is visible; use hardware=cpu"):
+        check(tmp_path, "hardware=gpu")
+
+
+def test_bf16_on_a_gpu_without_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    with pytest.raises(ConfigError, match="trainer.precision=bf16-mixed but this GPU has no bfloat16"):
+        check(tmp_path, "hardware=gpu")
+
+
+def test_bf16_true_with_a_4bit_base(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    with pytest.raises(ConfigError, match="bf16-true casts and breaks the 4-bit base"):
+        check(tmp_path, "experiment=qlora_r16", "trainer.precision=bf16-true")
+
+
+def test_output_dir_not_writable(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ConfigError, match="paths.output_dir=.* is not writable"):
+        check_train_config(compose_train("experiment=smoke", f"paths.output_dir={blocker / 'run'}"))
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(ConfigError, match="ckpt_path=.*no such checkpoint"):
+        check(tmp_path, f"ckpt_path={tmp_path / 'nope.ckpt'}")
+
+
+def test_unknown_lora_target_lists_the_modules_there_are(tokenizer):
+    with pytest.raises(ModelLoadError, match=r"\['qkv_proj'\].*Its linear layers are: .*'q_proj'"):
+        check_target_modules(tiny_llama(tokenizer), ["q_proj", "qkv_proj"])
+
+
+def run_cli(*overrides):
+    start = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "train.py", "experiment=smoke", *overrides], cwd=ROOT, capture_output=True, text=True,
+        timeout=120,
+    )
+    return out, time.monotonic() - start
+
+
+def test_cli_negative_lr_exits_within_seconds_naming_the_key(tmp_path):
+    out, seconds = run_cli("optimizer.lr=-1", f"hydra.run.dir={tmp_path}")
+    assert out.returncode != 0
+    assert out.stderr.strip().splitlines()[-1].startswith("error: optimizer.lr=-1")
+    assert "Traceback" not in out.stderr
+    assert seconds < 60  # the model never loads (most of this is Python imports on a slow machine)
+
+
+def test_cli_unknown_option_is_named(tmp_path):
+    out, _ = run_cli("trainer.max_stepz=3", f"hydra.run.dir={tmp_path}")
+    assert out.returncode != 0 and "max_stepz" in out.stderr and "not in struct" in out.stderr
+
+
+class NanLoss(torch.nn.Module):
+    """Wraps a model; its loss is nan on forward passes ``first`` to ``last`` (1-based)."""
+
+    def __init__(self, model, first: int, last: int = 10**9):
+        super().__init__()
+        self.model, self.first, self.last, self.calls = model, first, last, 0
+
+    def forward(self, **kwargs):
+        out = self.model(**kwargs)
+        self.calls += 1
+        if self.first <= self.calls <= self.last:
+            out.loss = out.loss * float("nan")
+        return out
+
+
+def fit_with_nan(tokenizer, tmp_path, skip: int, first: int = 4, last: int = 10**9):
+    data = ReasoningDataModule(tokenizer, batch_size=4, val_size=2, cache_dir=str(tmp_path / "cache"))
+    model = NanLoss(get_peft_model(tiny_llama(tokenizer), LoraSpec(r=4, alpha=8).peft_config()), first, last)
+    module = ReasoningSFTModule(model, optimizer=functools.partial(torch.optim.AdamW, lr=1e-3), skip_nonfinite_steps=skip)
+    checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_top_k=-1)
+    trainer = L.Trainer(
+        max_steps=6, accelerator="cpu", logger=False, callbacks=[checkpoint], enable_progress_bar=False,
+        enable_model_summary=False, limit_val_batches=0,
+    )
+    trainer.fit(module, datamodule=data)
+    return trainer, module, model
+
+
+def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tokenizer, tmp_path):
+    with pytest.raises(NonFiniteLossError, match="non-finite .* at step 4"):
+        fit_with_nan(tokenizer, tmp_path, skip=0)
+    saved = sorted(p.name for p in (tmp_path / "ckpt").glob("*.ckpt"))
+    assert saved == ["epoch=0-step=1.ckpt", "epoch=0-step=2.ckpt", "epoch=0-step=3.ckpt"]
+    state = torch.load(tmp_path / "ckpt" / saved[-1], weights_only=False)["state_dict"]
+    assert state and all(torch.isfinite(v).all() for v in state.values())
+
+
+def test_nonfinite_steps_can_be_skipped_up_to_a_limit(tokenizer, tmp_path):
+    trainer, module, model = fit_with_nan(tokenizer, tmp_path / "a", skip=2, first=4, last=5)
+    assert trainer.global_step == 6 and module.nonfinite_steps_skipped == 2 and model.calls == 8
+    with pytest.raises(NonFiniteLossError, match="at step 4"):  # a third bad batch is one too many
+        fit_with_nan(tokenizer, tmp_path / "b", skip=2, first=4, last=6)
+
+
+def test_gpu_out_of_memory_is_re_raised_with_advice(tmp_path, monkeypatch):
+    from hydra import compose, initialize_config_dir
+
+    from medllm.errors import MedllmError
+    from medllm.training.run import train
+    from tests.conftest import CONF
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(L.Trainer, "fit", out_of_memory)
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=smoke", f"paths.output_dir={tmp_path}"])
+    with pytest.raises(MedllmError, match="ran out of memory.*data.batch_size.*max_seq_length.*gradient_checkpointing"):
+        train(cfg)
