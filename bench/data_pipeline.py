@@ -69,7 +69,7 @@ def main() -> None:
     parser.add_argument("--tokenizer", help="tokenizer folder or hub id (default: a 32k BPE trained here)")
     parser.add_argument("--max-seq-length", type=int, default=2048)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--num-proc", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--num-proc", type=int, default=1, help="data.num_proc (1: the tokenizer's own threads)")
     parser.add_argument("--out", default="bench/results/data_pipeline.json")
     args = parser.parse_args()
 

@@ -54,7 +54,7 @@ class ReasoningDataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
         pad_to_multiple_of: int = 8,
         num_workers: int = 0,
-        num_proc: int = 2,
+        num_proc: int = 1,
         cache_dir: str | None = None,
         seed: int = 42,
     ):
