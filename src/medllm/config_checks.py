@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from medllm.errors import MedllmError
+from medllm.models.export import ExportError, find_llama_cpp
 
 
 class ConfigError(MedllmError):
@@ -67,6 +68,14 @@ def check_train_config(cfg: DictConfig) -> None:
     out_dir = Path(cfg.paths.output_dir)
     if not _writable(out_dir):
         raise ConfigError(f"paths.output_dir={out_dir} is not writable; set hydra.run.dir=<a writable folder>.")
+    gguf = cfg.get("export", {}).get("gguf")
+    if gguf and cfg.model.backend != "unsloth":
+        raise ConfigError(f"export.gguf={gguf} needs model.backend=unsloth; or use export.merged_16bit=true.")
+    if gguf:
+        try:
+            find_llama_cpp(cfg.export.llama_cpp_dir)
+        except ExportError as err:
+            raise ConfigError(str(err)) from None
     ckpt = cfg.get("ckpt_path")
     if ckpt not in (None, "auto") and not os.path.isfile(str(ckpt)):
         raise ConfigError(f"ckpt_path={ckpt}: no such checkpoint; give a .ckpt file, or ckpt_path=auto.")

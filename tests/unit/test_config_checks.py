@@ -92,7 +92,10 @@ def test_unknown_lora_target_lists_the_modules_there_are(tokenizer):
 def run_cli(*overrides):
     start = time.monotonic()
     out = subprocess.run(
-        [sys.executable, "train.py", "experiment=smoke", *overrides], cwd=ROOT, capture_output=True, text=True,
+        [sys.executable, "train.py", "experiment=smoke", *overrides],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
         timeout=120,
     )
     return out, time.monotonic() - start
@@ -129,11 +132,18 @@ class NanLoss(torch.nn.Module):
 def fit_with_nan(tokenizer, tmp_path, skip: int, first: int = 4, last: int = 10**9):
     data = ReasoningDataModule(tokenizer, batch_size=4, val_size=2, cache_dir=str(tmp_path / "cache"))
     model = NanLoss(get_peft_model(tiny_llama(tokenizer), LoraSpec(r=4, alpha=8).peft_config()), first, last)
-    module = ReasoningSFTModule(model, optimizer=functools.partial(torch.optim.AdamW, lr=1e-3), skip_nonfinite_steps=skip)
+    module = ReasoningSFTModule(
+        model, optimizer=functools.partial(torch.optim.AdamW, lr=1e-3), skip_nonfinite_steps=skip
+    )
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_top_k=-1)
     trainer = L.Trainer(
-        max_steps=6, accelerator="cpu", logger=False, callbacks=[checkpoint], enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0,
+        max_steps=6,
+        accelerator="cpu",
+        logger=False,
+        callbacks=[checkpoint],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
     )
     trainer.fit(module, datamodule=data)
     return trainer, module, model

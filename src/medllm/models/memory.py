@@ -50,6 +50,10 @@ def plan_checkpointing(setting, config, tokens_per_batch: int | None, offloaded:
     log.info(
         "gradient_checkpointing=auto: without it ~%.1f GiB of activations for %d tokens per micro-batch "
         "(estimated peak %.1f GiB), %.1f GiB free -> %s",
-        needed - MARGIN_GIB, tokens_per_batch, estimated_peak, free_gib, plan.setting or "off",
+        needed - MARGIN_GIB,
+        tokens_per_batch,
+        estimated_peak,
+        free_gib,
+        plan.setting or "off",
     )
     return plan

@@ -54,12 +54,11 @@ class ThroughputMonitor(L.Callback):
         if trainer.global_step == self.warmup_steps:
             self._start = now
         self._last = now
-        if self.seconds > 0:
-            pl_module.log_dict(
-                {"perf/tokens_per_s": self.tokens_per_s, "perf/peak_mem_gib": peak_memory_gib(pl_module.device)},
-                on_step=True,
-                on_epoch=False,
-            )
+        # Keyed by the optimizer step, like train/* (Lightning's own counter counts micro-batches here).
+        if self.seconds > 0 and trainer.is_global_zero and trainer.global_step % trainer.log_every_n_steps == 0:
+            row = {"perf/tokens_per_s": self.tokens_per_s, "perf/peak_mem_gib": peak_memory_gib(pl_module.device)}
+            for logger in trainer.loggers:
+                logger.log_metrics(row, step=trainer.global_step)
 
     def on_train_end(self, trainer, pl_module) -> None:
         # Read here: saving the checkpoint and the adapter afterwards may allocate more.

@@ -115,26 +115,46 @@ class ReasoningSFTModule(L.LightningModule):
         torch._foreach_mul_(grads, self.trainer.world_size / tokens)
         max_norm = self.gradient_clip_val if self.gradient_clip_val else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        lr = optimizer.param_groups[0]["lr"]  # the rate of this step, before the scheduler moves it
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
         loss = loss_sum / tokens
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
-        self.log_dict(
-            {
-                "train/ppl": torch.exp(loss.clamp(max=20)),
-                "train/grad_norm": grad_norm,
-                "train/lr": torch.tensor(optimizer.param_groups[0]["lr"]),
-                "train/tokens_trained": tokens,
-            },
-            on_step=True,
-            on_epoch=False,
-        )
+        metrics = {
+            "train/loss": loss,
+            "train/ppl": torch.exp(loss.clamp(max=20)),
+            "train/grad_norm": grad_norm,
+            "train/lr": lr,
+            "train/tokens_trained": tokens,
+        }
+        # Progress bar and callback_metrics only: Lightning would key logger rows by micro-batch under manual
+        # optimization and repeat them on every micro-batch of the next window. _log_step writes them instead.
+        self.log("train/loss", loss, prog_bar=True, logger=False, on_step=True, on_epoch=False)
+        others = {name: value for name, value in metrics.items() if name != "train/loss"}
+        # "step" keeps callback_metrics' step (ModelCheckpoint's {step}) current after a validation logged one.
+        self.log_dict({**others, "step": float(self.global_step)}, logger=False, on_step=True, on_epoch=False)
+        self._log_step(metrics)
         if self.first_train_loss is None:
             self.first_train_loss = float(loss)
         self.last_train_loss = float(loss)
+
+    def _log_step(self, metrics: dict[str, torch.Tensor | float]) -> None:
+        """One logger row per optimizer step, keyed by ``global_step`` (1: the first update), every
+        ``trainer.log_every_n_steps`` optimizer steps and at the last."""
+        trainer = self.trainer
+        every = trainer.log_every_n_steps
+        max_epochs = trainer.max_epochs or -1  # -1: no limit
+        last = (trainer.max_steps > 0 and self.global_step >= trainer.max_steps) or (
+            trainer.is_last_batch and 0 < max_epochs <= trainer.current_epoch + 1
+        )
+        if not self.loggers or not trainer.is_global_zero or every < 1 or (self.global_step % every and not last):
+            return
+        row = {name: float(value) for name, value in metrics.items()}
+        row["epoch"] = trainer.current_epoch
+        for logger in self.loggers:
+            logger.log_metrics(row, step=self.global_step)
 
     def _on_nonfinite_loss(self) -> None:
         """Skip the update (up to ``skip_nonfinite_steps`` times), then stop; checkpoints stay as they were."""
@@ -143,7 +163,9 @@ class ReasoningSFTModule(L.LightningModule):
             self.nonfinite_steps_skipped += 1
             log.warning(
                 "non-finite loss at step %d: update skipped (%d of %d allowed)",
-                step, self.nonfinite_steps_skipped, self.skip_nonfinite_steps,
+                step,
+                self.nonfinite_steps_skipped,
+                self.skip_nonfinite_steps,
             )
             return
         raise NonFiniteLossError(
@@ -171,6 +193,8 @@ class ReasoningSFTModule(L.LightningModule):
         if self._val_has_logits:
             metrics["val/token_accuracy"] = self.val_accuracy.compute()
         self.log_dict(metrics, prog_bar=True, sync_dist=False)
+        # Lightning keys the row by a logged "step": the optimizer step, like the train rows, not the micro-batch count.
+        self.log("step", float(self.global_step), sync_dist=False)
         self.val_loss.reset()
         self.val_accuracy.reset()
         self._val_has_logits = False

@@ -15,10 +15,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from medllm.config_checks import check_train_config
 from medllm.errors import MedllmError
+from medllm.models.export import run_exports
 from medllm.models.loader import load_model, load_tokenizer
 from medllm.training.callbacks import ThroughputMonitor
 from medllm.training.checkpoint_io import AtomicCheckpointIO
 from medllm.training.module import ReasoningSFTModule
+from medllm.training.wandb_logging import build_logger, finishing_wandb_run, redact_secrets, sample_callbacks
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,7 @@ def build_trainer(cfg: DictConfig, callbacks: list[L.Callback]) -> L.Trainer:
     strategy = trainer_cfg.pop("strategy", "auto")
     if isinstance(strategy, dict):
         strategy = instantiate(strategy)
-    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    logger = build_logger(cfg.get("logger"))  # W&B: online or offline decided here, the run started
     return L.Trainer(
         **trainer_cfg,
         strategy=strategy,
@@ -61,6 +63,7 @@ def resolve_ckpt_path(ckpt_path: str | None, out_dir: Path) -> str | None:
     return str(found[-1])
 
 
+@finishing_wandb_run()  # each Hydra multirun job its own W&B run, even when one fails
 def train(cfg: DictConfig) -> dict:
     """Prepare the data (failing fast on bad rows), load the model, fit, save adapter and summary."""
     check_train_config(cfg)
@@ -84,13 +87,15 @@ def train(cfg: DictConfig) -> dict:
     )
     throughput = ThroughputMonitor(warmup_steps=cfg.get("throughput_warmup_steps", 1))
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()] + [throughput]
+    callbacks += sample_callbacks(cfg.get("logger"))  # W&B table of generations at each validation
     trainer = build_trainer(cfg, callbacks)
     if trainer.logger is not None:
-        trainer.logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        trainer.logger.log_hyperparams(redact_secrets(OmegaConf.to_container(cfg, resolve=True)))
         trainer.logger.log_metrics(datamodule.summary.metrics(), step=0)
 
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        # weights_only=False: the checkpoint also holds RNG states (NumPy arrays); medllm wrote it itself.
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
     except torch.OutOfMemoryError as err:
         raise MedllmError(
             f"the GPU ran out of memory ({err}). Lower data.batch_size (raise trainer.accumulate_grad_batches to "
@@ -114,6 +119,7 @@ def train(cfg: DictConfig) -> dict:
     if trainer.is_global_zero:
         module.model.save_pretrained(out_dir / "adapter")
         tokenizer.save_pretrained(out_dir / "adapter")
+        run_exports(cfg.get("export"), cfg.model, module.model, tokenizer, out_dir)
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         log.info("adapter: %s; summary: %s", out_dir / "adapter", json.dumps(summary))
     return summary

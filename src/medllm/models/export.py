@@ -1,0 +1,79 @@
+"""Exports of a trained adapter: the base with the adapter merged in (16-bit safetensors), and GGUF.
+
+The merge is done on a 16-bit copy of the base, never on the 4-bit one a QLoRA run trained against:
+merging into quantized weights would round the adapter away. GGUF goes through Unsloth, which drives
+llama.cpp's converter and ``llama-quantize``; llama.cpp must be built beforehand (nothing is fetched).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, open_dict
+from peft import PeftModel
+
+from medllm.errors import MedllmError
+
+log = logging.getLogger(__name__)
+
+
+class ExportError(MedllmError):
+    """An export that can't run here; the message says what is missing."""
+
+
+def export_merged_16bit(model_cfg: DictConfig, tokenizer, adapter_dir: Path, out_dir: Path) -> Path:
+    """Base (16-bit) + adapter merged into plain weights, saved as safetensors with the tokenizer."""
+    from medllm.models.loader import _load_hf_base
+
+    cfg = model_cfg.copy()
+    with open_dict(cfg):
+        cfg.load_in_4bit = False
+        cfg.dtype = "float32" if cfg.get("name_or_path") is None else "bfloat16"
+    base = _load_hf_base(cfg, tokenizer)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    log.info("merged 16-bit model: %s", out_dir)
+    return out_dir
+
+
+def find_llama_cpp(folder: str | Path) -> Path:
+    """The llama.cpp folder holding ``llama-quantize``, or an ExportError saying how to get one."""
+    folder = Path(folder).expanduser()
+    if (folder / "llama-quantize").is_file() or (folder / "build" / "bin" / "llama-quantize").is_file():
+        return folder
+    on_path = shutil.which("llama-quantize")
+    if on_path:
+        return Path(on_path).parent
+    raise ExportError(
+        f"GGUF export needs llama.cpp built with llama-quantize, found neither in export.llama_cpp_dir={folder} nor "
+        "on PATH. Build it (git clone https://github.com/ggml-org/llama.cpp && cmake -B build llama.cpp && "
+        "cmake --build build --target llama-quantize) and set export.llama_cpp_dir, or drop export.gguf."
+    )
+
+
+def export_gguf(
+    model: torch.nn.Module, tokenizer, backend: str, out_dir: Path, quantization: str, llama_cpp_dir
+) -> Path:
+    if backend != "unsloth":
+        raise ExportError(
+            "export.gguf goes through Unsloth: train with model.backend=unsloth, or export merged_16bit "
+            "and convert it with llama.cpp's convert_hf_to_gguf.py."
+        )
+    find_llama_cpp(llama_cpp_dir)
+    model.save_pretrained_gguf(str(out_dir), tokenizer, quantization_method=quantization)
+    log.info("GGUF (%s): %s", quantization, out_dir)
+    return out_dir
+
+
+def run_exports(export_cfg: DictConfig | None, model_cfg: DictConfig, model, tokenizer, out_dir: Path) -> None:
+    """The exports the ``export`` config asks for, after the adapter is saved in ``out_dir/adapter``."""
+    if not export_cfg:
+        return
+    if export_cfg.get("gguf"):  # checked first: a missing llama.cpp should not wait for a 16 GB merge
+        export_gguf(model, tokenizer, model_cfg.backend, out_dir / "gguf", export_cfg.gguf, export_cfg.llama_cpp_dir)
+    if export_cfg.get("merged_16bit"):
+        export_merged_16bit(model_cfg, tokenizer, out_dir / "adapter", out_dir / "merged_16bit")

@@ -1,0 +1,280 @@
+"""Weights & Biases for training runs, and what keeps secrets out of every logger.
+
+* :func:`build_logger`: the configured logger. For W&B, the mode is decided here, before the run
+  starts: ``logger.mode`` if set, else ``WANDB_MODE`` if set, else online with an API key
+  (``WANDB_API_KEY`` or a netrc entry for the W&B host, as ``wandb login`` writes) and offline without
+  one. Offline needs no network: the run is written to ``<run dir>/wandb/offline-run-*`` and uploaded
+  later with ``wandb sync``. An online run that can't start (no network) falls back to offline.
+* :func:`redact_secrets` / :func:`redact_argv`: values of secret-looking keys (``*_key``, ``*_token``,
+  ``*secret*``, ``*password*``...), known token formats and the values of secret environment
+  variables (``WANDB_API_KEY``, ``HF_TOKEN``...) replaced by ``<redacted>``, in the logged config and in
+  the command line that W&B records with the run.
+* :class:`SampleGenerations`: a table (``val/samples``) of greedy generations for the first
+  validation rows at each validation, W&B only.
+* :func:`finishing_wandb_run`: finishes the W&B run when training ends or fails, so the next job of a
+  Hydra multirun (same process) starts a run of its own.
+
+wandb is imported only when W&B is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import netrc
+import os
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from medllm.config_checks import ConfigError
+from medllm.data.chat_format import ASSISTANT, EOS, IGNORE_INDEX, THINK_OPEN
+
+log = logging.getLogger(__name__)
+
+WANDB_TARGET = "lightning.pytorch.loggers.WandbLogger"
+# medllm's knobs inside the W&B logger config: read here, removed before WandbLogger is instantiated.
+SAMPLE_KNOBS = ("log_samples", "num_samples", "sample_max_new_tokens")
+MODES = ("online", "offline", "disabled")
+DEFAULT_HOST = "https://api.wandb.ai"
+
+# ---- secrets -------------------------------------------------------------------------------------
+REDACTED = "<redacted>"
+_SECRET_WORDS = {"secret", "secrets", "password", "passwd", "pwd", "passphrase", "credential", "credentials"}
+_SECRET_WORDS |= {"apikey", "auth", "bearer", "cookie"}
+_SECRET_LAST_WORDS = {"key", "token"}  # api_key, hf_token; not num_key_value_heads, max_new_tokens
+_NOT_SECRET = {f"{t}_token" for t in ("pad", "eos", "bos", "unk", "sep", "cls", "mask")}  # tokenizer settings
+_SECRET_VALUE = re.compile(
+    r"\b(?:sk|pk|rk)-[A-Za-z0-9_\-]{8,}"  # OpenAI-style keys
+    r"|\bhf_[A-Za-z0-9]{20,}"  # Hugging Face
+    r"|\b(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_\w{20,})"  # GitHub
+    r"|\bxox[abprs]-[A-Za-z0-9\-]{10,}"  # Slack
+    r"|\bAKIA[0-9A-Z]{16}\b"  # AWS access key id
+)
+_URL_PASSWORD = re.compile(r"(://[^/\s:@]+:)[^/\s@]+@")  # https://user:password@host
+
+
+def is_secret_key(name: Any) -> bool:
+    """Whether a config key (or an environment variable's name) names a secret."""
+    name = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", str(name)).lower()
+    if name in _NOT_SECRET:
+        return False
+    words = [w for w in re.split(r"[^a-z0-9]+", name) if w]
+    return bool(words) and (words[-1] in _SECRET_LAST_WORDS or any(w in _SECRET_WORDS for w in words))
+
+
+def _env_secrets() -> list[str]:
+    """Values of secret-looking environment variables (WANDB_API_KEY, HF_TOKEN...), longest first."""
+    values = {v for k, v in os.environ.items() if is_secret_key(k) and len(v) >= 8}
+    return sorted(values, key=len, reverse=True)
+
+
+def redact_text(text: str, env_secrets: list[str] | None = None) -> str:
+    for secret in _env_secrets() if env_secrets is None else env_secrets:
+        text = text.replace(secret, REDACTED)
+    text = _URL_PASSWORD.sub(rf"\1{REDACTED}@", text)
+    return _SECRET_VALUE.sub(REDACTED, text)
+
+
+def redact_secrets(value: Any, env_secrets: list[str] | None = None) -> Any:
+    """A copy of a (resolved) config with the values of secret-looking keys and secret-looking strings
+    replaced by ``<redacted>``; empty values (None, "") stay as they are."""
+    env_secrets = _env_secrets() if env_secrets is None else env_secrets
+    if isinstance(value, dict):
+        return {
+            k: REDACTED if is_secret_key(k) and v not in (None, "") else redact_secrets(v, env_secrets)
+            for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return type(value)(redact_secrets(v, env_secrets) for v in value)
+    if isinstance(value, str):
+        return redact_text(value, env_secrets)
+    return value
+
+
+def redact_argv(argv: list[str]) -> list[str]:
+    """The command line with secret overrides (``+data.hf_token=...``) and secret-looking values redacted."""
+    env_secrets = _env_secrets()
+    out = []
+    for arg in argv:
+        key, sep, _ = arg.partition("=")
+        if sep and is_secret_key(key.lstrip("+~-").rsplit(".", 1)[-1]):
+            arg = f"{key}={REDACTED}"
+        out.append(redact_text(arg, env_secrets))
+    return out
+
+
+@contextlib.contextmanager
+def _redacted_argv() -> Iterator[None]:
+    """W&B records ``sys.argv`` with the run (wandb-metadata): hide secrets while the run starts."""
+    saved = sys.argv
+    sys.argv = redact_argv(saved)
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+# ---- the logger ----------------------------------------------------------------------------------
+def has_api_key() -> bool:
+    """A W&B API key in ``WANDB_API_KEY`` or in the netrc file (``$NETRC`` or ``~/.netrc``) for the W&B host."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlsplit(os.environ.get("WANDB_BASE_URL") or DEFAULT_HOST).hostname
+    path = os.environ.get("NETRC") or Path("~/.netrc").expanduser()
+    try:
+        creds = netrc.netrc(path).authenticators(host) if host else None
+    except (OSError, netrc.NetrcParseError):
+        return False
+    return bool(creds and creds[2])
+
+
+def resolve_mode(mode: str | None) -> tuple[str, str]:
+    """The W&B mode and why it was chosen."""
+    if mode is not None:
+        if mode not in MODES:
+            raise ConfigError(f"logger.mode={mode} must be online, offline, disabled or null (auto).")
+        return mode, "logger.mode"
+    env_mode = os.environ.get("WANDB_MODE")
+    if env_mode:
+        return {"dryrun": "offline", "offline": "offline", "disabled": "disabled"}.get(env_mode, "online"), "WANDB_MODE"
+    if has_api_key():
+        return "online", "an API key is configured"
+    return "offline", "no API key: neither WANDB_API_KEY nor a netrc entry from `wandb login`"
+
+
+def _start(kwargs: dict[str, Any], mode: str) -> WandbLogger:
+    logger = instantiate({**kwargs, "mode": mode})
+    with _redacted_argv():
+        _ = logger.experiment  # starts the run now (rank 0), while the command line is redacted
+    return logger
+
+
+def build_logger(logger_cfg: DictConfig | None) -> Logger | bool:
+    """The configured logger (False: none). W&B: the mode decided and logged, the run started."""
+    if not logger_cfg:
+        return False
+    if logger_cfg.get("_target_") != WANDB_TARGET:
+        return instantiate(logger_cfg)
+    kwargs = OmegaConf.to_container(logger_cfg, resolve=True)
+    for knob in SAMPLE_KNOBS:
+        kwargs.pop(knob, None)
+    mode, why = resolve_mode(kwargs.pop("mode", None))
+    if rank_zero_only.rank == 0:  # the other processes of a DDP run start no W&B run
+        where = f"; files under {kwargs.get('save_dir')}/wandb, upload with `wandb sync`" if mode == "offline" else ""
+        log.info("W&B: %s mode (%s)%s", mode, why, where)
+    try:
+        return _start(kwargs, mode)
+    except Exception as err:
+        if mode != "online":
+            raise
+        log.warning("W&B: the online run could not start (%s); logging offline instead (wandb sync it later)", err)
+        return _start(kwargs, "offline")
+
+
+@contextlib.contextmanager
+def finishing_wandb_run() -> Iterator[None]:
+    """Finish the W&B run started inside the block, marked failed if the block raised. Without this, the
+    next job of a Hydra multirun would log into the same run. Nothing happens when W&B wasn't used."""
+    failed = True
+    try:
+        yield
+        failed = False
+    finally:
+        wandb = sys.modules.get("wandb")
+        if wandb is not None and getattr(wandb, "run", None) is not None:
+            try:
+                wandb.finish(exit_code=1 if failed else 0)
+            except Exception as err:  # never hide the training's own error
+                log.warning("W&B: finishing the run failed: %s", err)
+
+
+# ---- sample generations --------------------------------------------------------------------------
+def _prompt_length(ids: list[int], labels: list[int], assistant_id: int | None) -> int:
+    """Tokens up to and including ``<｜Assistant｜>``; else up to the first trained label."""
+    if assistant_id is not None and assistant_id in ids:
+        return ids.index(assistant_id) + 1
+    return next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(ids))
+
+
+def sample_rows(model: Any, tokenizer: Any, dataset: Any, num_samples: int, max_new_tokens: int) -> list[list[str]]:
+    """``[prompt, generation, reference]`` for the first ``num_samples`` rows of a tokenized split: the prompt
+    decoded from the row's tokens, a greedy completion of it and the row's trained completion. The
+    model's mode and the global RNG state are as before afterwards."""
+    from medllm.evaluation.generation import generate
+
+    rows = dataset.select(range(min(num_samples, len(dataset))))
+    assistant_id = tokenizer.convert_tokens_to_ids(ASSISTANT)
+    if assistant_id == tokenizer.unk_token_id:
+        assistant_id = None
+    prompts, shown, references = [], [], []
+    for ids, labels in zip(rows["input_ids"], rows["labels"]):
+        ids, labels = [int(t) for t in ids], [int(t) for t in labels]
+        cut = _prompt_length(ids, labels, assistant_id)
+        prompts.append(tokenizer.decode(ids[:cut], skip_special_tokens=False) + f"{THINK_OPEN}\n")
+        shown.append(tokenizer.decode(ids[:cut], skip_special_tokens=True).strip())
+        reference = tokenizer.decode(ids[cut:], skip_special_tokens=False)
+        references.append(reference.removeprefix(f"{THINK_OPEN}\n").removesuffix(EOS))
+    if not prompts:
+        return []
+    was_training = model.training
+    device = getattr(model, "device", torch.device("cpu"))
+    # generate() seeds the global RNG: keep training's random stream (dropout) as if this never ran.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        generations = generate(
+            model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=len(prompts), progress=False
+        )
+    model.train(was_training)
+    return [[p, g[0], r] for p, g, r in zip(shown, generations, references)]
+
+
+class SampleGenerations(L.Callback):
+    """At the end of each validation, on rank 0, with a W&B logger: greedy completions of the first
+    ``num_samples`` validation prompts, logged as the table ``val/samples`` (step, prompt, generation,
+    reference), keyed by the same step as the val/* metrics."""
+
+    key = "val/samples"
+    columns = ("step", "prompt", "generation", "reference")
+
+    def __init__(self, num_samples: int = 4, max_new_tokens: int = 128):
+        self.num_samples = num_samples
+        self.max_new_tokens = max_new_tokens
+        self._logged_step: int | None = None
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or self.num_samples < 1:
+            return
+        step = trainer.global_step  # optimizer steps taken: the step val/* are keyed by
+        if step == self._logged_step:  # the final validation after fit, at the step already shown
+            return
+        loggers = [
+            lg
+            for lg in trainer.loggers
+            if isinstance(lg, WandbLogger) and not getattr(lg.experiment, "disabled", False)
+        ]
+        datamodule = trainer.datamodule
+        dataset = getattr(datamodule, "splits", {}).get("val")
+        if not loggers or dataset is None:
+            return
+        model = getattr(pl_module, "model", pl_module)
+        rows = sample_rows(model, datamodule.tokenizer, dataset, self.num_samples, self.max_new_tokens)
+        for logger in loggers:
+            logger.log_table(self.key, columns=list(self.columns), data=[[step, *row] for row in rows], step=step)
+        self._logged_step = step
+
+
+def sample_callbacks(logger_cfg: DictConfig | None) -> list[L.Callback]:
+    """The sample-generation callback when the logger is W&B and ``logger.log_samples`` is on."""
+    if not logger_cfg or logger_cfg.get("_target_") != WANDB_TARGET or not logger_cfg.get("log_samples", False):
+        return []
+    return [SampleGenerations(int(logger_cfg.get("num_samples", 4)), int(logger_cfg.get("sample_max_new_tokens", 128)))]
