@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -34,3 +36,17 @@ def tokenizer():
     from medllm.models.tiny import tiny_tokenizer
 
     return tiny_tokenizer()
+
+
+def run_train(*overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+    """``python train.py <overrides>`` as a user runs it, offline, from the repository root."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    return subprocess.run(
+        [sys.executable, "train.py", *overrides],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=600,
+    )

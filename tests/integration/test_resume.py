@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,28 +12,29 @@ import time
 import pytest
 from safetensors.torch import load_file
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_train
 
 pytestmark = pytest.mark.slow
 
-RUN = [
-    sys.executable,
-    "train.py",
+OVERRIDES = [
     "experiment=smoke",
     "trainer.max_steps=24",
     "trainer.val_check_interval=12",
     "trainer.accumulate_grad_batches=2",
     "callbacks.checkpoint.every_n_train_steps=3",
 ]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 
 def test_killed_run_resumed_with_ckpt_path_auto_equals_an_uninterrupted_run(tmp_path):
     whole, broken = tmp_path / "whole", tmp_path / "broken"
-    subprocess.run([*RUN, f"hydra.run.dir={whole}"], cwd=ROOT, env=ENV, check=True, capture_output=True, timeout=600)
+    run_train(*OVERRIDES, f"hydra.run.dir={whole}")
 
     process = subprocess.Popen(
-        [*RUN, f"hydra.run.dir={broken}"], cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [sys.executable, "train.py", *OVERRIDES, f"hydra.run.dir={broken}"],
+        cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 300
     while not list((broken / "checkpoints").glob("step*.ckpt")) and time.monotonic() < deadline:
@@ -43,14 +45,7 @@ def test_killed_run_resumed_with_ckpt_path_auto_equals_an_uninterrupted_run(tmp_
     assert process.wait() == -signal.SIGKILL
     assert not (broken / "summary.json").exists()  # it really was stopped before the end
 
-    subprocess.run(
-        [*RUN, f"hydra.run.dir={broken}", "ckpt_path=auto"],
-        cwd=ROOT,
-        env=ENV,
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
+    run_train(*OVERRIDES, f"hydra.run.dir={broken}", "ckpt_path=auto")
     expected = load_file(whole / "adapter" / "adapter_model.safetensors")
     resumed = load_file(broken / "adapter" / "adapter_model.safetensors")
     assert expected.keys() == resumed.keys() and expected
@@ -59,26 +54,10 @@ def test_killed_run_resumed_with_ckpt_path_auto_equals_an_uninterrupted_run(tmp_
 
 
 def test_resume_from_an_explicit_checkpoint_of_another_run_dir(tmp_path):
-    first = tmp_path / "first"
-    subprocess.run(
-        [*RUN, "trainer.max_steps=6", f"hydra.run.dir={first}"],
-        cwd=ROOT,
-        env=ENV,
-        check=True,
-        capture_output=True,
-        timeout=600,
+    first, second = tmp_path / "first", tmp_path / "second"
+    run_train(*OVERRIDES, "trainer.max_steps=6", f"hydra.run.dir={first}")
+    out = run_train(
+        *OVERRIDES, "trainer.max_steps=9", f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={second}"
     )
-    ckpt = first / "checkpoints" / "last.ckpt"
-    out = subprocess.run(
-        [*RUN, "trainer.max_steps=9", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'second'}"],
-        cwd=ROOT,
-        env=ENV,
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    import json
-
-    summary = json.loads((tmp_path / "second" / "summary.json").read_text())
+    summary = json.loads((second / "summary.json").read_text())
     assert summary["steps"] == 9, out.stderr[-2000:]

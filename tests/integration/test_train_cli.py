@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,22 +10,9 @@ from peft import PeftModel, get_peft_model
 
 from medllm.models.lora import LoraSpec
 from medllm.models.tiny import tiny_llama, tiny_tokenizer
-from tests.conftest import ROOT, SHARED_DATA
+from tests.conftest import SHARED_DATA, run_train
 
 pytestmark = pytest.mark.slow
-
-
-def run_train(*overrides: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    return subprocess.run(
-        [sys.executable, "train.py", *overrides],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=check,
-        timeout=600,
-    )
 
 
 @pytest.fixture(scope="module")
