@@ -115,7 +115,7 @@ class ReasoningDataModule(L.LightningDataModule):
 
     def _prepare_one(self, path: str | None) -> None:
         target = self._cache_dir(path)
-        if prepare.load_cached(target) is not None:
+        if prepare.is_cached(target):
             return
         name, _ = self._describe(path)
         cleaned, report = records.clean(self._read(path), self.columns, name, self.on_bad_row)
@@ -166,9 +166,9 @@ class ReasoningDataModule(L.LightningDataModule):
         if self.test_path:
             self.splits["test"] = self._load(self.test_path)[0]
         if self.packing:
-            self.train_bins = pack(self.splits["train"]["length"], self.max_seq_length)
-            row_tokens = sum(self.splits["train"]["length"])
-            self.summary.packing_efficiency = row_tokens / (len(self.train_bins) * self.max_seq_length)
+            lengths = self.splits["train"]["length"]
+            self.train_bins = pack(lengths, self.max_seq_length)
+            self.summary.packing_efficiency = sum(lengths) / (len(self.train_bins) * self.max_seq_length)
         for line in self.summary.lines():
             log.info(line)
 

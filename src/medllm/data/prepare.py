@@ -161,10 +161,15 @@ def save_atomically(examples: datasets.Dataset, summary: DataSummary, target: Pa
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def is_cached(target: Path) -> bool:
+    """Whether ``target`` holds a whole prepared set (its summary is written last, then renamed in)."""
+    return (target / "summary.json").exists()
+
+
 def load_cached(target: Path, wait_s: float = 0.0) -> tuple[datasets.Dataset, DataSummary] | None:
     """The prepared set in ``target``, waiting up to ``wait_s`` for another process to write it."""
     deadline = time.monotonic() + wait_s
-    while not (target / "summary.json").exists():
+    while not is_cached(target):
         if time.monotonic() >= deadline:
             return None
         time.sleep(0.5)

@@ -51,18 +51,9 @@ def _device_map() -> dict[str, int] | None:
 
 
 def _load_hf_base(cfg: DictConfig, tokenizer) -> torch.nn.Module:
-    if is_tiny(cfg):
-        t = cfg.tiny
-        return tiny.tiny_llama(
-            tokenizer,
-            hidden_size=t.hidden_size,
-            num_hidden_layers=t.num_hidden_layers,
-            num_attention_heads=t.num_attention_heads,
-            num_key_value_heads=t.num_key_value_heads,
-            intermediate_size=t.intermediate_size,
-            seed=t.seed,
-            attn_implementation=cfg.attn_implementation,
-        )
+    if is_tiny(cfg):  # model.tiny holds tiny_llama's sizes and seed (and the tokenizer's vocab size)
+        sizes = {k: v for k, v in cfg.tiny.items() if k != "vocab_size"}
+        return tiny.tiny_llama(tokenizer, attn_implementation=cfg.attn_implementation, **sizes)
     quantization = None
     if cfg.load_in_4bit:
         from transformers import BitsAndBytesConfig
