@@ -110,15 +110,20 @@ def medical_lengths(count: int, seed: int) -> list[int]:
     return [min(high, max(low, round(rng.gauss(MEDICAL_LENGTH_MEAN, MEDICAL_LENGTH_STD)))) for _ in range(count)]
 
 
-def medical_rows(settings: Settings) -> list[Row]:
-    """Rows of medical-o1-like lengths whose first 30% is a prompt masked out of the loss."""
-    rng = random.Random(settings.seed + 1)
+def medical_rows_of(lengths: list[int], seed: int) -> list[Row]:
+    """Rows of these lengths whose first 30% is a prompt masked out of the loss."""
+    rng = random.Random(seed + 1)
     rows = []
-    for length in medical_lengths(settings.batch * settings.total_steps, settings.seed):
+    for length in lengths:
         ids = [rng.randrange(*TOKEN_ID_RANGE) for _ in range(length)]
         prompt = round(length * MEDICAL_PROMPT_FRACTION)
         rows.append(Row(ids, [IGNORE_INDEX] * prompt + ids[prompt:]))
     return rows
+
+
+def medical_rows(settings: Settings) -> list[Row]:
+    """Rows of medical-o1-like lengths (see ``medical_lengths``)."""
+    return medical_rows_of(medical_lengths(settings.batch * settings.total_steps, settings.seed), settings.seed)
 
 
 def make_rows(settings: Settings) -> list[Row]:
@@ -151,11 +156,17 @@ def padded_batches(settings: Settings) -> list[dict[str, torch.Tensor]]:
 
 
 def count_tokens(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(real tokens, trained tokens) of a model input: pads excluded, a label counts when it is predicted
-    (labels are shifted by one inside the loss, so a row's first label never is)."""
+    """(real tokens, trained tokens) of a model input: pads excluded (by the attention mask, or a packed
+    batch's own ``num_tokens``), a label counts when it is predicted (labels are shifted by one inside the
+    loss, so a row's first label never is)."""
     input_ids = batch["input_ids"]
     mask = batch.get("attention_mask")
-    tokens = mask.sum() if mask is not None else torch.tensor(input_ids.numel(), device=input_ids.device)
+    if "num_tokens" in batch:
+        tokens = torch.tensor(batch["num_tokens"])
+    elif mask is not None:
+        tokens = mask.sum()
+    else:
+        tokens = torch.tensor(input_ids.numel(), device=input_ids.device)
     labels = batch["labels"]
     return tokens, (labels[..., 1:] != IGNORE_INDEX).sum()
 
@@ -227,6 +238,7 @@ class ThroughputMeter:
             "seconds": seconds,
             "step_s_median": statistics.median(self._step_times),
             "step_s_max": max(self._step_times),
+            "step_s": [round(t, 4) for t in self._step_times],
             "tokens": tokens,
             "label_tokens": label_tokens,
             "tokens_per_s": tokens / seconds,
@@ -261,18 +273,30 @@ def parse_result_line(lines: list[str]) -> dict[str, Any] | None:
 # ---------------------------------------------------------------- training
 
 
-def train_plain_loop(model: torch.nn.Module, settings: Settings) -> ThroughputMeter:
+MODEL_INPUTS = ("input_ids", "labels", "attention_mask", "position_ids", "packed_seq_lengths", "use_cache")
+
+
+def model_inputs(batch: dict, device: torch.device) -> dict:
+    """The batch's model arguments, tensors moved to ``device`` (packed_seq_lengths stays on the CPU, where
+    Unsloth wants it)."""
+    return {
+        k: v.to(device, non_blocking=True) if torch.is_tensor(v) and k != "packed_seq_lengths" else v
+        for k, v in batch.items()
+        if k in MODEL_INPUTS
+    }
+
+
+def train_plain_loop(model: torch.nn.Module, batches: list[dict], warmup: int) -> ThroughputMeter:
     """The reference loop: fused AdamW, bf16 autocast, labels passed so the model computes the loss."""
     device = next(p for p in model.parameters() if p.requires_grad).device
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=LEARNING_RATE, fused=True)
-    meter = ThroughputMeter(settings.warmup)
+    meter = ThroughputMeter(warmup)
     model.train()
-    for batch in padded_batches(settings):
+    for batch in batches:
         meter.count(batch)
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            loss = model(**batch).loss
+            loss = model(**model_inputs(batch, device)).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

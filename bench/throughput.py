@@ -154,6 +154,12 @@ def parse_args() -> argparse.Namespace:
         help="add to the results already in --out (same settings; a path measured again is replaced)",
     )
     parser.add_argument("--path-timeout", type=float, default=None, help="seconds before a path is killed")
+    parser.add_argument(
+        "--medllm-override",
+        action="append",
+        default=[],
+        help="a Hydra override added to the medllm paths' train.py command (repeatable), e.g. +trainer.profiler=simple",
+    )
     args = parser.parse_args()
     unknown = [name for name in args.paths.split(",") if name not in PATHS]
     if unknown:
@@ -207,7 +213,10 @@ def main() -> None:
         workdir = args.workdir or Path(scratch)
         env = path_environment(workdir)
         for name in args.paths.split(","):
-            result = run_path(name, PATHS[name], settings, workdir / name, env, args.path_timeout)
+            path = PATHS[name]
+            if name.startswith("medllm") and args.medllm_override:
+                path = BenchPath(lambda s, w, p=path: p.command(s, w) + args.medllm_override, path.read_result)
+            result = run_path(name, path, settings, workdir / name, env, args.path_timeout)
             results = [r for r in results if r["path"] != name] + [result]
             if args.out:  # after every path, so an interrupted run keeps what it measured
                 write_report(args.out, settings, results)

@@ -43,7 +43,7 @@ def main() -> None:
     settings = harness.settings_from_args(harness.parse_path_args(__doc__))
     model = load_hf_peft_model(settings)
     harness.reset_peak_memory()
-    meter = harness.train_plain_loop(model, settings)
+    meter = harness.train_plain_loop(model, harness.padded_batches(settings), settings.warmup)
     harness.emit_result("hf_peft", settings, meter)
 
 

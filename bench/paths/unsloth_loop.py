@@ -38,7 +38,7 @@ def main() -> None:
     settings = harness.settings_from_args(harness.parse_path_args(__doc__))
     model, _ = load_unsloth_model(settings)
     harness.reset_peak_memory()
-    meter = harness.train_plain_loop(model, settings)
+    meter = harness.train_plain_loop(model, harness.padded_batches(settings), settings.warmup)
     harness.emit_result("unsloth_loop", settings, meter)
 
 

@@ -50,7 +50,10 @@ def test_pack_rejects_a_row_longer_than_the_sequence():
         pack([10, 600], 512)
 
 
-def test_packed_loss_equals_token_weighted_loss_of_rows_alone(rows, tokenizer):
+@pytest.mark.parametrize("train_on", ["answer", "all"])
+def test_packed_loss_equals_token_weighted_loss_of_rows_alone(rows, tokenizer, train_on):
+    if train_on == "all":  # every token a label, the first of each row too: none may be predicted across rows
+        rows = [{"input_ids": r["input_ids"], "labels": list(r["input_ids"])} for r in rows]
     model = tiny_llama(tokenizer, seed=3).eval()
     bins = [rows[:4], rows[4:]]
     batch = PackCollator(pad_token_id=tokenizer.pad_token_id, pad_to_multiple_of=8)(bins)
@@ -79,3 +82,33 @@ def test_packed_logits_of_a_row_do_not_depend_on_its_neighbours(rows, tokenizer)
         lb = causal_lm_forward(model, b).logits
     n0, n1, n2 = (len(rows[i]["input_ids"]) for i in range(3))
     torch.testing.assert_close(la[0, n0 : n0 + n1], lb[0, n2 : n2 + n1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("static", [True, False])
+def test_packed_loader_gives_every_row_once_in_single_row_batches(tokenizer, tmp_path, static):
+    from medllm.data.datamodule import ReasoningDataModule
+
+    data = ReasoningDataModule(
+        tokenizer,
+        batch_size=2,
+        val_size=2,
+        max_seq_length=512,
+        packing=True,
+        packed_static_shape=static,
+        cache_dir=str(tmp_path),
+        seed=1,
+    )
+    data.setup("fit")
+    batches = list(data.train_dataloader())
+    shapes = {tuple(b["input_ids"].shape) for b in batches}
+    if static:  # one shape for every step, the last (possibly short) batch too
+        assert shapes == {(1, 2 * 512)}
+    else:
+        assert all(rows == 1 and length % 8 == 0 and length <= 2 * 512 for rows, length in shapes)
+    # Every training row exactly once: the rows' own first tokens (position 0) count them.
+    starts = sum(int((b["position_ids"][0, : b["num_tokens"]] == 0).sum()) for b in batches)
+    assert starts == len(data.splits["train"])
+    assert sum(b["num_tokens"] for b in batches) == sum(data.splits["train"]["length"])
+    assert sum(b["num_trained"] for b in batches) == sum(
+        count_trained(torch.tensor([labels])) for labels in data.splits["train"]["labels"]
+    )

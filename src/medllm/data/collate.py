@@ -40,10 +40,11 @@ class PadCollator:
         input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+        ids_view, labels_view = input_ids.numpy(), labels.numpy()  # rows are lists or NumPy arrays
         for i, row in enumerate(rows):
             n = len(row["input_ids"])
-            input_ids[i, :n] = torch.as_tensor(row["input_ids"])
-            labels[i, :n] = torch.as_tensor(row["labels"])
+            ids_view[i, :n] = row["input_ids"]
+            labels_view[i, :n] = row["labels"]
             attention_mask[i, :n] = 1
         return {
             "input_ids": input_ids,
@@ -61,21 +62,31 @@ class PackCollator(PadCollator):
     The rows of all items of the batch go end to end in a single ``[1, T]`` row, as TRL's padding-free
     batches do: Unsloth infers the row boundaries from restarting positions only at batch size 1,
     and flash attention's variable-length kernels want them there too. The padding at the end (to
-    ``pad_to_multiple_of``) is one more segment of its own, attended by nothing real, trains nothing.
+    ``pad_to_multiple_of``, or to exactly ``length`` tokens when given) is one more segment of its own,
+    attended by nothing real, trains nothing. A fixed ``length`` gives every batch one shape, so
+    compiled kernels are built once instead of once per new length.
     """
+
+    length: int | None = None
 
     def __call__(self, bins: Sequence[Sequence[dict]]) -> dict[str, torch.Tensor]:
         rows = [row for rows in bins for row in rows]
         num_tokens = sum(len(r["input_ids"]) for r in rows)
-        length = self._length(num_tokens)
+        length = self.length or self._length(num_tokens)
+        if num_tokens > length:
+            raise ValueError(f"{num_tokens} packed tokens don't fit a batch of {length}")
         input_ids = torch.full((1, length), self.pad_token_id, dtype=torch.long)
         labels = torch.full((1, length), IGNORE_INDEX, dtype=torch.long)
         position_ids = torch.zeros((1, length), dtype=torch.long)
+        ids_view, labels_view = input_ids.numpy(), labels.numpy()  # rows are lists or NumPy arrays
         start = 0
         for row in rows:
             n = len(row["input_ids"])
-            input_ids[0, start : start + n] = torch.as_tensor(row["input_ids"])
-            labels[0, start : start + n] = torch.as_tensor(row["labels"])
+            ids_view[0, start : start + n] = row["input_ids"]
+            labels_view[0, start : start + n] = row["labels"]
+            # A row's first token is never predicted from within the row; in a packed sequence its label
+            # would teach predicting it from the previous row's end.
+            labels[0, start] = IGNORE_INDEX
             position_ids[0, start : start + n] = torch.arange(n)
             start += n
         position_ids[0, start:] = torch.arange(length - start)

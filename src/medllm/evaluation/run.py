@@ -229,7 +229,8 @@ def validation_metrics(model: Any, datamodule: Any, cfg: DictConfig) -> dict[str
         enable_model_summary=False,
         default_root_dir=cfg.paths.output_dir,
     )
-    [out] = trainer.validate(module, dataloaders=datamodule.val_dataloader(), verbose=False)
+    trainer.validate(module, dataloaders=datamodule.val_dataloader(), verbose=False)
+    out = {name: float(value) for name, value in trainer.callback_metrics.items()}
     metrics = {"n": len(datamodule.splits["val"]), "loss": out["val/loss"], "perplexity": out["val/ppl"]}
     if "val/token_accuracy" in out:
         metrics["token_accuracy"] = out["val/token_accuracy"]

@@ -9,6 +9,8 @@ import time
 import lightning as L
 import torch
 
+from medllm.training.module import is_last_step, is_logging_step
+
 
 def peak_memory_gib(device: torch.device) -> float:
     """Peak GPU memory allocated by this process, or its peak resident memory on the CPU."""
@@ -27,8 +29,8 @@ class ThroughputMonitor(L.Callback):
 
     def __init__(self, warmup_steps: int = 1):
         self.warmup_steps = warmup_steps
-        self.tokens = 0
-        self.trained = 0
+        self._counted = (0, 0)  # (tokens, trained tokens) of the micro-batches since the window opened
+        self._timed = (0, 0)  # the counts at the last clock reading
         self._start: float | None = None
         self._last: float | None = None
         self._step_seen = 0
@@ -45,17 +47,24 @@ class ThroughputMonitor(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._start is not None:
-            self.tokens += batch["num_tokens"]
-            self.trained += batch["num_trained"]
+            tokens, trained = self._counted
+            self._counted = (tokens + batch["num_tokens"], trained + batch["num_trained"])
         if trainer.global_step == self._step_seen:
             return
         self._step_seen = trainer.global_step
+        # The clock is read (and the GPU waited for) only where the window opens, on logging steps and at
+        # the last step: a wait at every step would leave the GPU idle while the host prepares the next.
+        opening = trainer.global_step == self.warmup_steps
+        logging = is_logging_step(trainer)
+        if not (opening or logging or is_last_step(trainer)):
+            return
         now = self._now(pl_module.device)
-        if trainer.global_step == self.warmup_steps:
+        if opening:
             self._start = now
-        self._last = now
+        elif self._start is not None:
+            self._last, self._timed = now, self._counted
         # Keyed by the optimizer step, like train/* (Lightning's own counter counts micro-batches here).
-        if self.seconds > 0 and trainer.is_global_zero and trainer.global_step % trainer.log_every_n_steps == 0:
+        if logging and self.seconds > 0 and trainer.is_global_zero:
             row = {"perf/tokens_per_s": self.tokens_per_s, "perf/peak_mem_gib": peak_memory_gib(pl_module.device)}
             for logger in trainer.loggers:
                 logger.log_metrics(row, step=trainer.global_step)
@@ -70,8 +79,8 @@ class ThroughputMonitor(L.Callback):
 
     @property
     def tokens_per_s(self) -> float:
-        return self.tokens / self.seconds if self.seconds > 0 else float("nan")
+        return self._timed[0] / self.seconds if self.seconds > 0 else float("nan")
 
     @property
     def trained_tokens_per_s(self) -> float:
-        return self.trained / self.seconds if self.seconds > 0 else float("nan")
+        return self._timed[1] / self.seconds if self.seconds > 0 else float("nan")

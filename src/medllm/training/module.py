@@ -27,6 +27,45 @@ log = logging.getLogger(__name__)
 MODEL_INPUTS = ("input_ids", "attention_mask", "labels", "position_ids")
 
 
+def is_last_step(trainer: L.Trainer) -> bool:
+    """Whether the optimizer step just taken is the run's last (max_steps, or the last batch of max_epochs)."""
+    max_epochs = trainer.max_epochs or -1  # -1: no limit
+    return (trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps) or (
+        trainer.is_last_batch and 0 < max_epochs <= trainer.current_epoch + 1
+    )
+
+
+def is_logging_step(trainer: L.Trainer) -> bool:
+    """Whether the optimizer step just taken gets a logger row: every ``trainer.log_every_n_steps``
+    optimizer steps, and the last step of the run."""
+    every = trainer.log_every_n_steps
+    return every >= 1 and (trainer.global_step % every == 0 or is_last_step(trainer))
+
+
+class LossReadback:
+    """A step's (loss sum, trained tokens), copied to the host as soon as the GPU has them, without
+    making the host wait: ``values()`` waits for that copy only, not for the work queued after it."""
+
+    def __init__(self, stats: torch.Tensor, step: int):
+        self.step = step
+        self._ready = None
+        if stats.is_cuda:
+            self._host = torch.empty(stats.shape, dtype=stats.dtype, pin_memory=True)
+            self._host.copy_(stats, non_blocking=True)
+            self._ready = torch.cuda.Event()
+            self._ready.record()
+        else:
+            self._host = stats.detach().clone()
+
+    def values(self) -> tuple[float, float]:
+        """(mean loss per trained token, trained tokens)."""
+        if self._ready is not None:
+            self._ready.synchronize()
+        loss_sum, tokens = self._host.tolist()
+        tokens = max(tokens, 1.0)
+        return loss_sum / tokens, tokens
+
+
 class NonFiniteLossError(MedllmError):
     """The loss became nan or inf."""
 
@@ -65,6 +104,7 @@ class ReasoningSFTModule(L.LightningModule):
         self._window_loss = torch.zeros(())
         self._window_tokens = 0  # trained tokens of this process in the current window
         self._window_batches = 0
+        self._pending: LossReadback | None = None  # a step whose loss is not checked yet
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -99,66 +139,96 @@ class ReasoningSFTModule(L.LightningModule):
 
     def _step_optimizer(self) -> None:
         optimizer = self.optimizers()
-        stats = torch.stack([self._window_loss, torch.tensor(float(self._window_tokens), device=self.device)])
-        stats = self.trainer.strategy.reduce(stats, reduce_op="sum")
-        loss_sum, tokens = stats[0], stats[1].clamp(min=1)
+        # torch.full, not torch.tensor: a fill kernel, where a host-to-device copy would wait for the GPU.
+        tokens = torch.full((), float(self._window_tokens), device=self.device)
+        stats = self.trainer.strategy.reduce(torch.stack([self._window_loss, tokens]), reduce_op="sum")
         self._window_loss = torch.zeros((), device=self.device)
         self._window_tokens = 0
         self._window_batches = 0
-        if not torch.isfinite(loss_sum):
-            optimizer.zero_grad(set_to_none=True)
-            self._on_nonfinite_loss()
-            return
-        # DDP averages gradients over processes; undo that, then divide by the window's trained tokens.
-        params = self.trainable_parameters()
-        grads = [p.grad for p in params if p.grad is not None]
-        torch._foreach_mul_(grads, self.trainer.world_size / tokens)
-        max_norm = self.gradient_clip_val if self.gradient_clip_val else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        self._settle()  # the previous step's loss: computed long ago, so no wait
+        readback = LossReadback(stats, step=self.global_step + 1)
+        # torch's fused optimizers can skip an update on the GPU (found_inf, as under AMP): the loss is then
+        # checked at the next step and the host never waits for the GPU, which keeps it a step ahead.
+        # Other optimizers wait here, since whether to update at all depends on the loss.
+        raw = optimizer.optimizer
+        skips_on_gpu = getattr(raw, "_step_supports_amp_scaling", False)
+        if skips_on_gpu:
+            self._pending, finite = readback, True
+        else:
+            finite = self._record(readback)
+        params = [p for group in optimizer.param_groups for p in group["params"]]  # the trainable ones
+        if finite:
+            # DDP averages gradients over processes; undo that, then divide by the window's trained tokens.
+            grads = [p.grad for p in params if p.grad is not None]
+            torch._foreach_mul_(grads, self.trainer.world_size / stats[1].clamp(min=1))
+            max_norm = self.gradient_clip_val if self.gradient_clip_val else math.inf
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        else:
+            optimizer.zero_grad(set_to_none=True)  # no gradients: the step below updates nothing
+            grad_norm = torch.full((), math.nan)
         lr = optimizer.param_groups[0]["lr"]  # the rate of this step, before the scheduler moves it
-        optimizer.step()
+        if skips_on_gpu:
+            raw.found_inf = (~torch.isfinite(stats[0])).float()
+        try:
+            optimizer.step()
+        finally:
+            if skips_on_gpu:
+                del raw.found_inf
         optimizer.zero_grad(set_to_none=True)
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
-        loss = loss_sum / tokens
-        metrics = {
-            "train/loss": loss,
-            "train/ppl": torch.exp(loss.clamp(max=20)),
-            "train/grad_norm": grad_norm,
-            "train/lr": lr,
-            "train/tokens_trained": tokens,
-        }
-        # Progress bar and callback_metrics only: Lightning would key logger rows by micro-batch under manual
-        # optimization and repeat them on every micro-batch of the next window. _log_step writes them instead.
-        self.log("train/loss", loss, prog_bar=True, logger=False, on_step=True, on_epoch=False)
-        others = {name: value for name, value in metrics.items() if name != "train/loss"}
-        # "step" keeps callback_metrics' step (ModelCheckpoint's {step}) current after a validation logged one.
-        self.log_dict({**others, "step": float(self.global_step)}, logger=False, on_step=True, on_epoch=False)
-        self._log_step(metrics)
-        if self.first_train_loss is None:
-            self.first_train_loss = float(loss)
-        self.last_train_loss = float(loss)
+        if is_logging_step(self.trainer):
+            self._settle()  # this step's loss: a wait for the GPU, on logging steps only
+            loss, tokens = readback.values()
+            # Only on logging steps: self.log costs milliseconds of host time, during which the GPU would idle.
+            self.log("train/loss", loss, prog_bar=True, logger=False, on_step=True, on_epoch=False)
+            self._write_row(
+                {
+                    "train/loss": loss,
+                    "train/ppl": math.exp(min(loss, 20.0)),
+                    "train/grad_norm": grad_norm,
+                    "train/lr": lr,
+                    "train/tokens_trained": tokens,
+                    "epoch": self.trainer.current_epoch,
+                }
+            )
 
-    def _log_step(self, metrics: dict[str, torch.Tensor | float]) -> None:
-        """One logger row per optimizer step, keyed by ``global_step`` (1: the first update), every
-        ``trainer.log_every_n_steps`` optimizer steps and at the last."""
-        trainer = self.trainer
-        every = trainer.log_every_n_steps
-        max_epochs = trainer.max_epochs or -1  # -1: no limit
-        last = (trainer.max_steps > 0 and self.global_step >= trainer.max_steps) or (
-            trainer.is_last_batch and 0 < max_epochs <= trainer.current_epoch + 1
-        )
-        if not self.loggers or not trainer.is_global_zero or every < 1 or (self.global_step % every and not last):
+    def _settle(self) -> None:
+        """Check the loss of a step whose update was queued without waiting for it."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self._record(pending)
+
+    def _record(self, readback: LossReadback) -> bool:
+        """Note a step's loss; False if it was not finite (the step then updates nothing)."""
+        loss, _ = readback.values()
+        if not math.isfinite(loss):
+            self._on_nonfinite_loss(readback.step)
+            return False
+        if self.first_train_loss is None:
+            self.first_train_loss = loss
+        self.last_train_loss = loss
+        return True
+
+    def on_train_end(self) -> None:
+        self._settle()
+
+    def _write_row(self, metrics: dict[str, torch.Tensor | float]) -> None:
+        """One logger row keyed by the optimizer step (``global_step``, 1 after the first update).
+
+        Written here rather than by ``self.log``: under manual optimization Lightning keys its rows by
+        micro-batch and repeats on_step values on every micro-batch of the next window.
+        """
+        if not self.loggers or not self.trainer.is_global_zero:
             return
         row = {name: float(value) for name, value in metrics.items()}
-        row["epoch"] = trainer.current_epoch
         for logger in self.loggers:
             logger.log_metrics(row, step=self.global_step)
+            logger.save()
 
-    def _on_nonfinite_loss(self) -> None:
+    def _on_nonfinite_loss(self, step: int) -> None:
         """Skip the update (up to ``skip_nonfinite_steps`` times), then stop; checkpoints stay as they were."""
-        step = self.trainer.global_step + 1
         if self.nonfinite_steps_skipped < self.skip_nonfinite_steps:
             self.nonfinite_steps_skipped += 1
             log.warning(
@@ -192,9 +262,10 @@ class ReasoningSFTModule(L.LightningModule):
         metrics = {"val/loss": loss, "val/ppl": torch.exp(loss.clamp(max=20))}
         if self._val_has_logits:
             metrics["val/token_accuracy"] = self.val_accuracy.compute()
-        self.log_dict(metrics, prog_bar=True, sync_dist=False)
-        # Lightning keys the row by a logged "step": the optimizer step, like the train rows, not the micro-batch count.
-        self.log("step", float(self.global_step), sync_dist=False)
+        # callback_metrics and the progress bar; the logger row is written with the optimizer step.
+        self.log_dict(metrics, prog_bar=True, logger=False, sync_dist=False)
+        if not self.trainer.sanity_checking:
+            self._write_row(metrics)
         self.val_loss.reset()
         self.val_accuracy.reset()
         self._val_has_logits = False

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import math
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -23,6 +24,10 @@ from medllm.training.module import ReasoningSFTModule
 from medllm.training.wandb_logging import build_logger, finishing_wandb_run, redact_secrets, sample_callbacks
 
 log = logging.getLogger(__name__)
+
+# Lightning warns that, under manual optimization, step checkpoints hold the state after the update:
+# that is the state to resume from.
+warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
 
 # Trainer knobs that medllm applies itself (token-weighted accumulation, clipping after rescaling).
 MODULE_TRAINER_KEYS = ("accumulate_grad_batches", "gradient_clip_val")
@@ -102,13 +107,14 @@ def train(cfg: DictConfig) -> dict:
             "keep the effective batch), lower max_seq_length, or turn on model.gradient_checkpointing=unsloth."
         ) from err
     trainer.save_checkpoint(out_dir / "checkpoints" / "last.ckpt")
-    val = trainer.validate(module, datamodule=datamodule, verbose=False)
+    trainer.validate(module, datamodule=datamodule, verbose=False)
+    val = {name: float(value) for name, value in trainer.callback_metrics.items() if name.startswith("val/")}
 
     summary = {
         "train_loss_first": module.first_train_loss,
         "train_loss_last": module.last_train_loss,
-        "val_loss": val[0].get("val/loss") if val else None,
-        "val_ppl": val[0].get("val/ppl") if val else None,
+        "val_loss": val.get("val/loss"),
+        "val_ppl": val.get("val/ppl"),
         "steps": trainer.global_step,
         "tokens_per_s": _finite_or_none(throughput.tokens_per_s),
         "trained_tokens_per_s": _finite_or_none(throughput.trained_tokens_per_s),
