@@ -3,19 +3,20 @@
 A variant is a batch layout trained by a runner. Layouts (``seq``-token sequences, ``bins`` per step):
 
 * ``dense``: ``[bins, seq]`` random rows, every token trained, no attention mask (the fixed-mode batches
-  of bench/throughput.py); ``dense_mask``: the same with the all-ones attention mask and
-  ``use_cache=False`` that medllm's collator and module pass;
+  of bench/throughput.py); ``dense_mask``: the same with the all-ones attention mask that medllm's
+  collator passes;
 * ``packed``: medical-o1-length rows packed by medllm (``pack`` into bins of ``seq``, ``PackCollator``)
   into one ``[1, T]`` row with restarting ``position_ids``, T the rows' sum (a new shape each step);
 * ``packed_static``: the same padded to ``bins x seq`` tokens, one shape for every step (medllm's
   ``data.packed_static_shape``); ``packed_static_lengths``: also passing ``packed_seq_lengths``, as TRL does;
 * ``padded``: 8 medical rows padded to the longest, with an attention mask (TRL without padding-free).
 
-Runners: ``loop`` (bench.harness's plain loop), ``math`` (the plain loop plus medllm's step arithmetic:
+Runners: ``loop`` (bench.harness's plain loop, waiting for the GPU at each step end to time it;
+``loop_async`` never waits, timed by CUDA events), ``math`` (the plain loop plus medllm's step arithmetic:
 loss times trained tokens, gradients divided by them, norm clipping, backward inside autocast as under
 Lightning; ``math_noclip`` and ``math_bwd_outside`` leave one of those out), ``lightning`` (medllm's
-LightningModule in a Lightning Trainer, bf16-mixed). Variants are ``layout:runner``; every runner
-synchronizes at each step end, so their times compare.
+LightningModule in a Lightning Trainer, bf16-mixed, timed by CUDA events as it never waits for the GPU
+either). Variants are ``layout:runner``.
 
     python bench/step_variants.py --checkpoint /tmp/r1-8b-random --out step_variants.json \\
         --variants dense:loop,dense:lightning,packed:loop,packed_static:loop
@@ -67,7 +68,7 @@ def dense_batches(settings: harness.Settings, bins: int, mask: bool = False) -> 
         ids = torch.tensor([[rng.randrange(*harness.TOKEN_ID_RANGE) for _ in range(settings.seq)] for _ in range(bins)])
         batch = {"input_ids": ids, "labels": ids.clone()}
         if mask:
-            batch.update(attention_mask=torch.ones_like(ids), use_cache=False)
+            batch["attention_mask"] = torch.ones_like(ids)
         batches.append(with_counts(batch))
     return batches
 
@@ -115,6 +116,11 @@ def run_loop(model: torch.nn.Module, batches: list[dict], warmup: int) -> harnes
     return harness.train_plain_loop(model, batches, warmup)
 
 
+def run_loop_async(model: torch.nn.Module, batches: list[dict], warmup: int) -> harness.ThroughputMeter:
+    """The plain loop never waiting for the GPU (timed by CUDA events)."""
+    return harness.train_plain_loop(model, batches, warmup, harness.AsyncThroughputMeter(warmup))
+
+
 def run_math(
     model: torch.nn.Module, batches: list[dict], warmup: int, clip: bool = True, backward_in_autocast: bool = True
 ) -> harness.ThroughputMeter:
@@ -127,9 +133,8 @@ def run_math(
     model.train()
     for batch in batches:
         meter.count(batch)
-        inputs = {**harness.model_inputs(batch, device), "use_cache": False}
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            loss_sum = model(**inputs).loss.float() * batch["num_trained"]
+            loss_sum = model(**harness.model_inputs(batch, device), use_cache=False).loss.float() * batch["num_trained"]
             if backward_in_autocast:
                 loss_sum.backward()
         if not backward_in_autocast:
@@ -151,7 +156,7 @@ def run_lightning(model: torch.nn.Module, batches: list[dict], warmup: int) -> h
 
     from medllm.training.module import ReasoningSFTModule
 
-    meter = harness.ThroughputMeter(warmup)
+    meter = harness.AsyncThroughputMeter(warmup)  # as train.py: no wait for the GPU at each step
 
     class Meter(L.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
@@ -177,12 +182,15 @@ def run_lightning(model: torch.nn.Module, batches: list[dict], warmup: int) -> h
         callbacks=[Meter()],
     )
     loader = torch.utils.data.DataLoader(batches, batch_size=None, collate_fn=lambda b: b, pin_memory=True)
+    device = next(model.parameters()).device
     trainer.fit(module, train_dataloaders=loader)
+    model.to(device)  # Lightning's teardown moved it to the CPU; the next variant trains it on the GPU
     return meter
 
 
 RUNNERS = {
     "loop": run_loop,
+    "loop_async": run_loop_async,
     "math": run_math,
     "math_noclip": functools.partial(run_math, clip=False),
     "math_bwd_outside": functools.partial(run_math, backward_in_autocast=False),

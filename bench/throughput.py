@@ -30,6 +30,8 @@ from typing import Any
 if __package__ in (None, ""):  # run as a file: make the `bench` package importable from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import torch
+
 from bench import harness
 from bench.paths import medllm
 
@@ -72,6 +74,10 @@ PATHS: dict[str, BenchPath] = {
     # medllm's train.py (Unsloth backend), with Unsloth's offloaded checkpointing and with `auto`.
     "medllm": BenchPath(lambda s, w: medllm.command(s, w, "unsloth"), medllm.read_summary),
     "medllm_auto": BenchPath(lambda s, w: medllm.command(s, w, "auto"), medllm.read_summary),
+    # The same as "medllm" on every GPU of the machine under torchrun (hardware=ddp), `batch` rows per GPU.
+    "medllm_ddp": BenchPath(
+        lambda s, w: medllm.command(s, w, "unsloth", gpus=torch.cuda.device_count()), medllm.read_summary
+    ),
 }
 
 
@@ -140,6 +146,16 @@ def table(results: list[dict], mode: str) -> str:
         speeds = f"{r['tokens_per_s']:,.0f} | {r['label_tokens_per_s']:,.0f}"
         lines.append(f"| {r['path']} | {speeds} | {r['peak_gib']:.2f} | {ratio} |")
     return "\n".join(lines)
+
+
+def scaling_line(results: list[dict], mode: str) -> str | None:
+    """medllm on all GPUs against medllm on one, when both ran."""
+    by_path = {r["path"]: r for r in results if "error" not in r}
+    if "medllm" not in by_path or "medllm_ddp" not in by_path:
+        return None
+    metric = primary_metric(mode)
+    ratio = by_path["medllm_ddp"][metric] / by_path["medllm"][metric]
+    return f"medllm_ddp on {by_path['medllm_ddp'].get('gpus')} GPUs / medllm on 1 GPU: {ratio:.2f}x"
 
 
 def parse_args() -> argparse.Namespace:
@@ -222,6 +238,9 @@ def main() -> None:
                 write_report(args.out, settings, results)
     heading = f"{settings.mode} mode on {report_card(results)}, batch {settings.batch}, {settings.steps} timed steps"
     print(f"\n{heading}:\n{table(results, settings.mode)}")
+    scaling = scaling_line(results, settings.mode)
+    if scaling:
+        print(scaling)
     if args.out:
         print(f"wrote {args.out}")
 

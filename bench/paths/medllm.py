@@ -32,12 +32,12 @@ def _text_of_length(tokenizer, rng: random.Random, n: int) -> str:
     return tokenizer.decode(ids, skip_special_tokens=True)
 
 
-def write_rows(settings: harness.Settings, path: Path) -> None:
+def write_rows(settings: harness.Settings, path: Path, gpus: int = 1) -> None:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(settings.checkpoint)
     rng = random.Random(settings.seed)
-    count = settings.batch * settings.total_steps + 8  # a few more for the validation split
+    count = settings.batch * settings.total_steps * gpus + 8  # a few more for the validation split
     if settings.mode == "fixed":
         lengths = [settings.seq + 64] * count  # truncated to exactly `seq` by data.too_long=truncate
     else:
@@ -53,17 +53,22 @@ def write_rows(settings: harness.Settings, path: Path) -> None:
             f.write(json.dumps(row) + "\n")
 
 
-def command(settings: harness.Settings, workdir: Path, checkpointing: str) -> list[str]:
+def command(settings: harness.Settings, workdir: Path, checkpointing: str, gpus: int = 1) -> list[str]:
+    """train.py's command; ``gpus`` > 1: under torchrun with ``hardware=ddp``, ``settings.batch`` rows per GPU."""
     rows = workdir / "rows.jsonl"
-    write_rows(settings, rows)
+    write_rows(settings, rows, gpus)
     if settings.mode == "fixed":
         data = [f"data.batch_size={settings.batch}", "data.train_on=all", "data.too_long=truncate"]
     else:
         data = [f"data.batch_size={MEDICAL_PACKED_BATCH}", "data.packing=true", "data.too_long=drop"]
+    launcher = [sys.executable]
+    if gpus > 1:
+        launcher += ["-m", "torch.distributed.run", f"--nproc_per_node={gpus}"]
     return [
-        sys.executable,
+        *launcher,
         "train.py",
         "experiment=qlora_r16",
+        *(["hardware=ddp"] if gpus > 1 else []),
         f"model.name_or_path={settings.checkpoint}",
         f"model.gradient_checkpointing={checkpointing}",
         f"max_seq_length={settings.seq}",
@@ -98,5 +103,6 @@ def read_summary(lines: list[str], workdir: Path) -> dict[str, Any] | None:
         "peak_gib": summary["peak_mem_gib"],
         "steps": summary["steps"],
         "gradient_checkpointing": summary["gradient_checkpointing"],
+        "gpus": summary.get("world_size", 1),
         "last_loss": summary["train_loss_last"],
     }

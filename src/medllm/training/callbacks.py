@@ -24,7 +24,8 @@ class ThroughputMonitor(L.Callback):
     """Tokens per second over the optimizer steps after ``warmup_steps`` (compilation, allocator warm-up),
     and the peak memory of training.
 
-    Tokens are row tokens without padding; trained tokens are those with a label.
+    Tokens are row tokens without padding; trained tokens are those with a label. Under DDP the counts
+    are those of all processes; the peak memory is this process's.
     """
 
     def __init__(self, warmup_steps: int = 1):
@@ -62,12 +63,19 @@ class ThroughputMonitor(L.Callback):
         if opening:
             self._start = now
         elif self._start is not None:
-            self._last, self._timed = now, self._counted
+            self._last, self._timed = now, self._global_counts(trainer, pl_module.device)
         # Keyed by the optimizer step, like train/* (Lightning's own counter counts micro-batches here).
         if logging and self.seconds > 0 and trainer.is_global_zero:
             row = {"perf/tokens_per_s": self.tokens_per_s, "perf/peak_mem_gib": peak_memory_gib(pl_module.device)}
             for logger in trainer.loggers:
                 logger.log_metrics(row, step=trainer.global_step)
+
+    def _global_counts(self, trainer, device: torch.device) -> tuple[int, int]:
+        """The token counts of all processes together (every process calls this at the same steps)."""
+        if trainer.world_size == 1:
+            return self._counted
+        counts = trainer.strategy.reduce(torch.tensor(self._counted, device=device), reduce_op="sum")
+        return tuple(int(n) for n in counts.tolist())
 
     def on_train_end(self, trainer, pl_module) -> None:
         # Read here: saving the checkpoint and the adapter afterwards may allocate more.
@@ -76,6 +84,11 @@ class ThroughputMonitor(L.Callback):
     @property
     def seconds(self) -> float:
         return (self._last - self._start) if self._start is not None and self._last is not None else 0.0
+
+    @property
+    def timed_tokens(self) -> int:
+        """Tokens of the timed steps (all processes)."""
+        return self._timed[0]
 
     @property
     def tokens_per_s(self) -> float:

@@ -116,6 +116,8 @@ def train(cfg: DictConfig) -> dict:
         "val_loss": val.get("val/loss"),
         "val_ppl": val.get("val/ppl"),
         "steps": trainer.global_step,
+        "world_size": trainer.world_size,
+        "timed_tokens": throughput.timed_tokens,
         "tokens_per_s": _finite_or_none(throughput.tokens_per_s),
         "trained_tokens_per_s": _finite_or_none(throughput.trained_tokens_per_s),
         "peak_mem_gib": throughput.peak_gib,
