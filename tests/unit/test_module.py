@@ -45,3 +45,28 @@ def test_batch_8x1_equals_batch_1_x_accumulation_8(tokenizer, tmp_path):
     assert any(not torch.equal(v, dict(untrained.named_parameters())[k]) for k, v in big.items() if "lora_B" in k)
     for name, value in big.items():
         torch.testing.assert_close(accumulated[name], value, rtol=1e-4, atol=1e-6)
+
+
+def test_a_model_handed_over_in_eval_mode_trains_in_train_mode(tokenizer, tmp_path):
+    # Unsloth's from_pretrained returns the model in eval mode, where its checkpointing and LoRA dropout stay off.
+    model = get_peft_model(tiny_llama(tokenizer, seed=0), LoraSpec(r=4, alpha=8, dropout=0.1).peft_config()).eval()
+    modes: list[bool] = []
+
+    class RecordModes(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            modes.append(all(m.training for m in model.modules()))
+
+    data = ReasoningDataModule(tokenizer, batch_size=4, val_size=2, cache_dir=str(tmp_path), seed=1)
+    module = ReasoningSFTModule(model, optimizer=functools.partial(torch.optim.SGD, lr=0.1))
+    trainer = L.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[RecordModes()],
+    )
+    trainer.fit(module, datamodule=data)
+    assert modes == [True, True]

@@ -113,9 +113,10 @@ class ReasoningSFTModule(L.LightningModule):
         return causal_lm_forward(self.model, batch)
 
     # ---- training ----------------------------------------------------------------------------
-    def on_train_start(self) -> None:
+    def on_fit_start(self) -> None:
         # Unsloth (and from_pretrained) return models in eval mode, and Lightning keeps modules' modes:
-        # without this, LoRA dropout and Unsloth's gradient checkpointing would stay off.
+        # without this, LoRA dropout and Unsloth's gradient checkpointing would stay off. Set before the
+        # fit loop starts, which warns about modules left in eval mode.
         self.model.train()
 
     def _sync_context(self, last_in_window: bool):

@@ -1,0 +1,53 @@
+"""The batch layouts that bench/step_variants.py compares hold the same rows, in the shapes they claim."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench import harness, step_variants
+from medllm.data.chat_format import IGNORE_INDEX
+
+SETTINGS = harness.Settings("unused", "medical", batch=8, seq=2048, steps=4, warmup=1, seed=0)
+
+
+@pytest.fixture(scope="module")
+def layouts():
+    return {name: make(SETTINGS, 3) for name, make in step_variants.LAYOUTS.items()}
+
+
+def test_packed_layouts_hold_the_same_rows_at_their_own_or_one_static_length(layouts):
+    packed, static, with_lengths = layouts["packed"], layouts["packed_static"], layouts["packed_static_lengths"]
+    assert len(packed) == len(static) == len(with_lengths) == SETTINGS.total_steps
+    assert {tuple(b["input_ids"].shape) for b in static} == {(1, 3 * SETTINGS.seq)}
+    assert len({b["input_ids"].shape[1] for b in packed}) > 1  # a new length nearly every step
+    for dynamic, fixed, lengths in zip(packed, static, with_lengths):
+        n = dynamic["num_tokens"]
+        assert n == fixed["num_tokens"] and torch.equal(dynamic["input_ids"][:, :n], fixed["input_ids"][:, :n])
+        assert dynamic["num_trained"] == fixed["num_trained"] == harness.count_tokens(fixed)[1]
+        # packed_seq_lengths: the rows, then the padding tail, covering the whole sequence
+        seq_lengths = lengths["packed_seq_lengths"]
+        assert seq_lengths.dtype == torch.int32 and int(seq_lengths.sum()) == fixed["input_ids"].shape[1]
+        starts = torch.cumsum(seq_lengths, 0)[:-1]
+        assert (fixed["position_ids"][0, starts] == 0).all() and (fixed["labels"][0, starts] == IGNORE_INDEX).all()
+
+
+def test_dense_and_padded_layouts_count_real_tokens_only(layouts):
+    for batch in layouts["dense"]:
+        assert batch["input_ids"].shape == (3, SETTINGS.seq) and batch["num_tokens"] == 3 * SETTINGS.seq
+    for batch in layouts["padded"]:
+        assert batch["input_ids"].shape[0] == 8
+        assert batch["num_tokens"] == int(batch["attention_mask"].sum()) < batch["input_ids"].numel()
+
+
+def test_async_meter_times_and_counts_the_steps_the_waiting_meter_does():
+    waiting, never_waiting = harness.ThroughputMeter(1), harness.AsyncThroughputMeter(1)
+    batch = {"input_ids": torch.ones(2, 8, dtype=torch.long), "labels": torch.ones(2, 8, dtype=torch.long)}
+    for _ in range(4):
+        for meter in (waiting, never_waiting):
+            meter.count(batch)
+            meter.step_end(torch.tensor(1.5))
+    a, b = waiting.summary(), never_waiting.summary()
+    assert a["steps"] == b["steps"] == 3 and a["tokens"] == b["tokens"] == 3 * 16
+    assert a["label_tokens"] == b["label_tokens"] == 3 * 14
+    assert never_waiting.last_loss == 1.5 and b["seconds"] > 0
