@@ -14,6 +14,19 @@ from medllm.models.tiny import tiny_llama
 from medllm.training.module import ReasoningSFTModule
 
 
+def quiet_cpu_trainer(**kwargs) -> L.Trainer:
+    """A CPU Trainer without logger, checkpoints, progress bar or validation."""
+    return L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        **kwargs,
+    )
+
+
 def one_step_adapter(tokenizer, batch_size: int, accumulate: int, tmp_path) -> dict[str, torch.Tensor]:
     L.seed_everything(0)
     data = ReasoningDataModule(tokenizer, batch_size=batch_size, val_size=2, cache_dir=str(tmp_path), seed=1)
@@ -24,15 +37,7 @@ def one_step_adapter(tokenizer, batch_size: int, accumulate: int, tmp_path) -> d
         accumulate_grad_batches=accumulate,
         gradient_clip_val=None,
     )
-    trainer = L.Trainer(
-        max_steps=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
+    trainer = quiet_cpu_trainer(max_steps=1)
     trainer.fit(module, datamodule=data)
     assert trainer.global_step == 1
     return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
@@ -58,15 +63,6 @@ def test_a_model_handed_over_in_eval_mode_trains_in_train_mode(tokenizer, tmp_pa
 
     data = ReasoningDataModule(tokenizer, batch_size=4, val_size=2, cache_dir=str(tmp_path), seed=1)
     module = ReasoningSFTModule(model, optimizer=functools.partial(torch.optim.SGD, lr=0.1))
-    trainer = L.Trainer(
-        max_steps=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=[RecordModes()],
-    )
+    trainer = quiet_cpu_trainer(max_steps=2, callbacks=[RecordModes()])
     trainer.fit(module, datamodule=data)
     assert modes == [True, True]
