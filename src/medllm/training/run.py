@@ -108,6 +108,8 @@ def train(cfg: DictConfig) -> dict:
         ) from err
     trainer.save_checkpoint(out_dir / "checkpoints" / "last.ckpt")
     trainer.validate(module, datamodule=datamodule, verbose=False)
+    # Lightning's teardown leaves the module on the CPU: exports (merging, GGUF) run where training ran.
+    module.to(trainer.strategy.root_device)
     val = {name: float(value) for name, value in trainer.callback_metrics.items() if name.startswith("val/")}
 
     summary = {
