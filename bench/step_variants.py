@@ -15,8 +15,9 @@ Runners: ``loop`` (bench.harness's plain loop, waiting for the GPU at each step 
 ``loop_async`` never waits, timed by CUDA events), ``math`` (the plain loop plus medllm's step arithmetic:
 loss times trained tokens, gradients divided by them, norm clipping, backward inside autocast as under
 Lightning; ``math_noclip`` and ``math_bwd_outside`` leave one of those out), ``lightning`` (medllm's
-LightningModule in a Lightning Trainer, bf16-mixed, timed by CUDA events as it never waits for the GPU
-either). Variants are ``layout:runner``.
+LightningModule in a bare Lightning Trainer, bf16-mixed, timed by CUDA events as it never waits for the
+GPU either), ``trainpy`` (the module in the Trainer train.py builds for experiment=qlora_r16: its
+callbacks, logger, schedule and clipping). Variants are ``layout:runner``.
 
     python bench/step_variants.py --checkpoint /tmp/r1-8b-random --out step_variants.json \\
         --variants dense:loop,dense:lightning,packed:loop,packed_static:loop
@@ -29,7 +30,9 @@ import functools
 import json
 import math
 import random
+import shutil
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict
@@ -43,6 +46,8 @@ import torch
 
 from bench import harness
 from bench.paths.unsloth_loop import load_unsloth_model
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 DEFAULT_VARIANTS = (
     "dense:loop,dense_mask:loop,dense:math,dense:lightning,"
@@ -150,13 +155,12 @@ def run_math(
     return meter
 
 
-def run_lightning(model: torch.nn.Module, batches: list[dict], warmup: int) -> harness.ThroughputMeter:
-    """medllm's ReasoningSFTModule in a Lightning Trainer, as train.py builds it for one GPU."""
+def fit_with_meter(model: torch.nn.Module, batches: list[dict], warmup: int, build) -> harness.ThroughputMeter:
+    """Fits the module that ``build(callbacks)`` returns with its Trainer, on ``batches``, timed by CUDA
+    events: like train.py, the module never waits for the GPU at a step, so neither does the meter."""
     import lightning as L
 
-    from medllm.training.module import ReasoningSFTModule
-
-    meter = harness.AsyncThroughputMeter(warmup)  # as train.py: no wait for the GPU at each step
+    meter = harness.AsyncThroughputMeter(warmup)
 
     class Meter(L.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
@@ -165,27 +169,82 @@ def run_lightning(model: torch.nn.Module, batches: list[dict], warmup: int) -> h
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             meter.step_end()
 
-    module = ReasoningSFTModule(
-        model, optimizer=functools.partial(torch.optim.AdamW, lr=harness.LEARNING_RATE, fused=True)
-    )
-    trainer = L.Trainer(
-        accelerator="auto",
-        devices=1,
-        precision="bf16-mixed",
-        max_steps=len(batches),
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        callbacks=[Meter()],
-    )
+    module, trainer = build([Meter()])
     loader = torch.utils.data.DataLoader(batches, batch_size=None, collate_fn=lambda b: b, pin_memory=True)
     device = next(model.parameters()).device
     trainer.fit(module, train_dataloaders=loader)
     model.to(device)  # Lightning's teardown moved it to the CPU; the next variant trains it on the GPU
     return meter
+
+
+def run_lightning(model: torch.nn.Module, batches: list[dict], warmup: int) -> harness.ThroughputMeter:
+    """medllm's ReasoningSFTModule in a bare Lightning Trainer (no logger, callbacks or schedule)."""
+    import lightning as L
+
+    from medllm.training.module import ReasoningSFTModule
+
+    def build(callbacks):
+        optimizer = functools.partial(torch.optim.AdamW, lr=harness.LEARNING_RATE, fused=True)
+        trainer = L.Trainer(
+            accelerator="auto",
+            devices=1,
+            precision="bf16-mixed",
+            max_steps=len(batches),
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
+            callbacks=callbacks,
+        )
+        return ReasoningSFTModule(model, optimizer=optimizer), trainer
+
+    return fit_with_meter(model, batches, warmup, build)
+
+
+def run_trainpy(model: torch.nn.Module, batches: list[dict], warmup: int) -> harness.ThroughputMeter:
+    """The module in the Trainer that train.py builds for ``experiment=qlora_r16``: its callbacks (checkpoints,
+    progress bar, throughput), CSV logger, cosine schedule and clipping, on the same in-memory batches.
+    Against ``lightning``: what train.py's Trainer adds; against throughput.py's ``medllm`` path: what its
+    data pipeline adds."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from medllm.resolvers import register
+    from medllm.training.callbacks import ThroughputMonitor
+    from medllm.training.module import ReasoningSFTModule
+    from medllm.training.run import build_trainer
+
+    register()
+    out = tempfile.mkdtemp(prefix="step-variants-")
+    overrides = [
+        "experiment=qlora_r16",
+        f"paths.output_dir={out}",
+        f"trainer.max_steps={len(batches)}",
+        "trainer.max_epochs=-1",
+        "trainer.limit_val_batches=0",
+        "trainer.accumulate_grad_batches=1",
+        "scheduler.num_warmup_steps=0",
+        *([] if torch.cuda.is_available() else ["hardware=cpu"]),
+    ]
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+
+    def build(callbacks):
+        module = ReasoningSFTModule(
+            model,
+            optimizer=instantiate(cfg.optimizer),
+            scheduler=instantiate(cfg.scheduler),
+            gradient_clip_val=cfg.trainer.gradient_clip_val,
+        )
+        callbacks = [instantiate(c) for c in cfg.callbacks.values()] + [ThroughputMonitor(warmup), *callbacks]
+        return module, build_trainer(cfg, callbacks)
+
+    try:
+        return fit_with_meter(model, batches, warmup, build)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 RUNNERS = {
@@ -195,6 +254,7 @@ RUNNERS = {
     "math_noclip": functools.partial(run_math, clip=False),
     "math_bwd_outside": functools.partial(run_math, backward_in_autocast=False),
     "lightning": run_lightning,
+    "trainpy": run_trainpy,
 }
 
 

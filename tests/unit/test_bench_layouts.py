@@ -51,3 +51,24 @@ def test_async_meter_times_and_counts_the_steps_the_waiting_meter_does():
     assert a["steps"] == b["steps"] == 3 and a["tokens"] == b["tokens"] == 3 * 16
     assert a["label_tokens"] == b["label_tokens"] == 3 * 14
     assert never_waiting.last_loss == 1.5 and b["seconds"] > 0
+
+
+def test_every_runner_trains_every_step_and_counts_the_same_tokens(tokenizer):
+    from peft import get_peft_model
+
+    from medllm.models.lora import LoraSpec
+    from medllm.models.tiny import tiny_llama
+
+    settings = harness.Settings("unused", "fixed", batch=2, seq=32, steps=3, warmup=1, seed=0)
+    batches = step_variants.LAYOUTS["dense"](settings, 2)
+    for batch in batches:  # the harness draws Llama-3-sized token ids: fold them into the tiny vocabulary
+        batch["input_ids"] %= len(tokenizer)
+        batch["labels"] = batch["input_ids"].clone()
+    summaries = {}
+    for name, runner in step_variants.RUNNERS.items():
+        model = get_peft_model(tiny_llama(tokenizer, seed=0), LoraSpec(r=4, alpha=8).peft_config())
+        before = {k: v.clone() for k, v in model.named_parameters() if "lora_B" in k}
+        summaries[name] = runner(model, batches, settings.warmup).summary()
+        after = dict(model.named_parameters())
+        assert any(not torch.equal(after[k], v) for k, v in before.items()), name  # it trained
+    assert {(s["steps"], s["tokens"], s["label_tokens"]) for s in summaries.values()} == {(3, 3 * 64, 3 * 62)}
