@@ -86,7 +86,7 @@ class PackCollator(PadCollator):
             labels_view[0, start : start + n] = row["labels"]
             # A row's first token is never predicted from within the row; in a packed sequence its label
             # would teach predicting it from the previous row's end.
-            labels[0, start] = IGNORE_INDEX
+            labels_view[0, start] = IGNORE_INDEX
             position_ids[0, start : start + n] = torch.arange(n)
             start += n
         position_ids[0, start:] = torch.arange(length - start)
