@@ -59,11 +59,9 @@ DEFAULT_VARIANTS = (
 
 
 def with_counts(batch: dict) -> dict:
-    from medllm.data.collate import count_trained
-
-    mask = batch.get("attention_mask")
-    tokens = int(mask.sum()) if mask is not None else batch["input_ids"].numel()
-    return {**batch, "num_tokens": tokens, "num_trained": count_trained(batch["labels"])}
+    """The batch with the CPU-side counts medllm's collators add (the module reads ``num_trained``)."""
+    tokens, trained = harness.count_tokens(batch)
+    return {**batch, "num_tokens": int(tokens), "num_trained": int(trained)}
 
 
 def dense_batches(settings: harness.Settings, bins: int, mask: bool = False) -> list[dict]:
