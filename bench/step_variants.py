@@ -9,7 +9,9 @@ A variant is a batch layout trained by a runner. Layouts (``seq``-token sequence
   into one ``[1, T]`` row with restarting ``position_ids``, T the rows' sum (a new shape each step);
 * ``packed_static``: the same padded to ``bins x seq`` tokens, one shape for every step (medllm's
   ``data.packed_static_shape``); ``packed_static_lengths``: also passing ``packed_seq_lengths``, as TRL does;
-* ``padded``: 8 medical rows padded to the longest, with an attention mask (TRL without padding-free).
+* ``padded``: 8 medical rows padded to the longest, with an attention mask (TRL without padding-free);
+* ``medllm_rows``: the batches train.py trains on in bench/throughput.py's ``medllm`` path (text rows
+  through medllm's DataModule: chat format, tokenization, collation), ``bins`` rows per step.
 
 Runners: ``loop`` (bench.harness's plain loop, waiting for the GPU at each step end to time it;
 ``loop_async`` never waits, timed by CUDA events), ``math`` (the plain loop plus medllm's step arithmetic:
@@ -26,6 +28,7 @@ callbacks, logger, schedule and clipping). Variants are ``layout:runner``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import math
@@ -35,7 +38,6 @@ import sys
 import tempfile
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +104,40 @@ def padded_batches(settings: harness.Settings) -> list[dict]:
     return [with_counts(harness.pad_batch(rows[i : i + 8])) for i in range(0, len(rows), 8)]
 
 
+def compose_train_config(overrides: list[str]):
+    """train.py's config for these overrides (``hydra.*`` ones left out: no run dir is made)."""
+    from hydra import compose, initialize_config_dir
+
+    from medllm.resolvers import register
+
+    register()
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=[o for o in overrides if not o.startswith("hydra.")])
+
+
+def medllm_overrides(settings: harness.Settings, bins: int, workdir: Path) -> list[str]:
+    """The overrides of throughput.py's ``medllm`` path (Unsloth checkpointing), ``bins`` rows a step."""
+    from bench.paths import medllm
+
+    return medllm.train_overrides(dataclasses.replace(settings, batch=bins), workdir, "unsloth")
+
+
+def medllm_rows_batches(settings: harness.Settings, bins: int) -> list[dict]:
+    from hydra.utils import instantiate
+
+    from medllm.models.loader import load_tokenizer
+
+    workdir = Path(tempfile.mkdtemp(prefix="medllm-rows-"))
+    try:
+        cfg = compose_train_config(medllm_overrides(settings, bins, workdir))
+        datamodule = instantiate(cfg.data, tokenizer=load_tokenizer(cfg.model))
+        datamodule.setup("fit")
+        loader = iter(datamodule.train_dataloader())
+        return [next(loader) for _ in range(settings.total_steps)]
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 LAYOUTS: dict[str, Callable[[harness.Settings, int], list[dict]]] = {
     "dense": dense_batches,
     "dense_mask": functools.partial(dense_batches, mask=True),
@@ -109,6 +145,7 @@ LAYOUTS: dict[str, Callable[[harness.Settings, int], list[dict]]] = {
     "packed_static": functools.partial(packed_batches, static=True, lengths=False),
     "packed_static_lengths": functools.partial(packed_batches, static=True, lengths=True),
     "padded": lambda settings, bins: padded_batches(settings),
+    "medllm_rows": medllm_rows_batches,
 }
 
 
@@ -206,15 +243,12 @@ def run_trainpy(model: torch.nn.Module, batches: list[dict], warmup: int) -> har
     progress bar, throughput), CSV logger, cosine schedule and clipping, on the same in-memory batches.
     Against ``lightning``: what train.py's Trainer adds; against throughput.py's ``medllm`` path: what its
     data pipeline adds."""
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from medllm.resolvers import register
     from medllm.training.callbacks import ThroughputMonitor
     from medllm.training.module import ReasoningSFTModule
     from medllm.training.run import build_trainer
 
-    register()
     out = tempfile.mkdtemp(prefix="step-variants-")
     overrides = [
         "experiment=qlora_r16",
@@ -226,8 +260,7 @@ def run_trainpy(model: torch.nn.Module, batches: list[dict], warmup: int) -> har
         "scheduler.num_warmup_steps=0",
         *([] if torch.cuda.is_available() else ["hardware=cpu"]),
     ]
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
+    cfg = compose_train_config(overrides)
 
     def build(callbacks):
         module = ReasoningSFTModule(
@@ -308,7 +341,7 @@ def main() -> None:
         )
         print(json.dumps(results[-1]), flush=True)
         if args.out:
-            report = {"card": harness.device_name(), "settings": asdict(settings), "bins": args.bins}
+            report = {"card": harness.device_name(), "settings": dataclasses.asdict(settings), "bins": args.bins}
             args.out.write_text(json.dumps({**report, "results": results}, indent=1))
     for request in filter(None, args.profile.split(",")):
         variant, path = request.split("=")

@@ -53,20 +53,23 @@ def write_rows(settings: harness.Settings, path: Path, gpus: int = 1) -> None:
             f.write(json.dumps(row) + "\n")
 
 
-def command(settings: harness.Settings, workdir: Path, checkpointing: str, gpus: int = 1) -> list[str]:
-    """train.py's command; ``gpus`` > 1: under torchrun with ``hardware=ddp``, ``settings.batch`` rows per GPU."""
+def train_overrides(settings: harness.Settings, workdir: Path, checkpointing: str, gpus: int = 1) -> list[str]:
+    """train.py's Hydra overrides for this benchmark, after writing its rows into ``workdir``."""
     rows = workdir / "rows.jsonl"
     write_rows(settings, rows, gpus)
     if settings.mode == "fixed":
-        data = [f"data.batch_size={settings.batch}", "data.train_on=all", "data.too_long=truncate"]
+        # Rows of exactly `seq` tokens in a [batch, seq] batch, as the other paths train them. Not packed
+        # (experiment=qlora_r16 packs): packing would put the batch's rows end to end in one [1, batch x seq]
+        # sequence with restarting positions, a different attention layout.
+        data = [
+            f"data.batch_size={settings.batch}",
+            "data.packing=false",
+            "data.train_on=all",
+            "data.too_long=truncate",
+        ]
     else:
         data = [f"data.batch_size={MEDICAL_PACKED_BATCH}", "data.packing=true", "data.too_long=drop"]
-    launcher = [sys.executable]
-    if gpus > 1:
-        launcher += ["-m", "torch.distributed.run", f"--nproc_per_node={gpus}"]
     return [
-        *launcher,
-        "train.py",
         "experiment=qlora_r16",
         *(["hardware=ddp"] if gpus > 1 else []),
         f"model.name_or_path={settings.checkpoint}",
@@ -91,6 +94,14 @@ def command(settings: harness.Settings, workdir: Path, checkpointing: str, gpus:
     ]
 
 
+def command(settings: harness.Settings, workdir: Path, checkpointing: str, gpus: int = 1) -> list[str]:
+    """train.py's command; ``gpus`` > 1: under torchrun with ``hardware=ddp``, ``settings.batch`` rows per GPU."""
+    launcher = [sys.executable]
+    if gpus > 1:
+        launcher += ["-m", "torch.distributed.run", f"--nproc_per_node={gpus}"]
+    return [*launcher, "train.py", *train_overrides(settings, workdir, checkpointing, gpus)]
+
+
 def read_summary(lines: list[str], workdir: Path) -> dict[str, Any] | None:
     path = workdir / "run" / "summary.json"
     if not path.exists():
@@ -102,6 +113,7 @@ def read_summary(lines: list[str], workdir: Path) -> dict[str, Any] | None:
         "label_tokens_per_s": summary["trained_tokens_per_s"],
         "peak_gib": summary["peak_mem_gib"],
         "steps": summary["steps"],
+        "tokens": summary.get("timed_tokens"),
         "gradient_checkpointing": summary["gradient_checkpointing"],
         "gpus": summary.get("world_size", 1),
         "last_loss": summary["train_loss_last"],
