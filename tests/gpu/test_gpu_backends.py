@@ -60,6 +60,7 @@ BACKENDS = {
         "model.dtype=auto",
         "model.gradient_checkpointing=unsloth",
         "data.packing=true",
+        "export.merged_16bit=true",
     ],
     "unsloth-bf16-auto": [
         "model.backend=unsloth",
@@ -104,6 +105,25 @@ def test_unsloth_adapter_loads_with_plain_peft(small_llama, runs):
         "plain = base(ids).logits;"
         f"tuned = PeftModel.from_pretrained(base, {str(run_dir / 'adapter')!r})(ids).logits;"
         "assert torch.isfinite(tuned).all() and not torch.allclose(plain, tuned, atol=1e-4); print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, env={**os.environ})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("ok")
+
+
+def test_unsloth_run_exports_the_base_with_its_adapter_merged(small_llama, runs):
+    """The merged export of a QLoRA run on the GPU: plain transformers, the 16-bit base plus the adapter.
+    Its logits match base + adapter up to bf16 rounding, far closer than the base alone is."""
+    run_dir, _ = runs["unsloth-4bit-packed"]
+    check = (
+        "import torch; from peft import PeftModel; from transformers import AutoModelForCausalLM as M;"
+        "ids = torch.tensor([[1, 5, 9, 12, 40, 77, 3]]);"
+        f"base = M.from_pretrained({str(small_llama)!r}, dtype=torch.float32);"
+        "plain = base(ids).logits;"
+        f"tuned = PeftModel.from_pretrained(base, {str(run_dir / 'adapter')!r})(ids).logits;"
+        f"merged = M.from_pretrained({str(run_dir / 'merged_16bit')!r}, dtype=torch.float32)(ids).logits;"
+        "effect, error = (plain - tuned).abs().max().item(), (merged - tuned).abs().max().item();"
+        "print(effect, error); assert torch.isfinite(merged).all() and error < 0.2 * effect; print('ok')"
     )
     out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, env={**os.environ})
     assert out.returncode == 0, out.stderr[-2000:]

@@ -13,7 +13,8 @@ SETTINGS = harness.Settings("unused", "medical", batch=8, seq=2048, steps=4, war
 
 @pytest.fixture(scope="module")
 def layouts():
-    return {name: make(SETTINGS, 3) for name, make in step_variants.LAYOUTS.items()}
+    # medllm_rows reads a checkpoint's tokenizer: tested on its own below
+    return {name: make(SETTINGS, 3) for name, make in step_variants.LAYOUTS.items() if name != "medllm_rows"}
 
 
 def test_packed_layouts_hold_the_same_rows_at_their_own_or_one_static_length(layouts):
@@ -38,6 +39,18 @@ def test_dense_and_padded_layouts_count_real_tokens_only(layouts):
     for batch in layouts["padded"]:
         assert batch["input_ids"].shape[0] == 8
         assert batch["num_tokens"] == int(batch["attention_mask"].sum()) < batch["input_ids"].numel()
+
+
+def test_medllm_rows_are_the_unpacked_fixed_batches_the_other_paths_train(tokenizer, tmp_path):
+    """In fixed mode train.py gets [batch, seq] rows of exactly seq tokens, all trained, as the loop does;
+    experiment=qlora_r16 alone would pack them into one [1, batch x seq] sequence."""
+    tokenizer.save_pretrained(tmp_path)  # the layout reads only the checkpoint's tokenizer
+    settings = harness.Settings(str(tmp_path), "fixed", batch=2, seq=64, steps=2, warmup=1, seed=0)
+    batches = step_variants.LAYOUTS["medllm_rows"](settings, 2)
+    assert len(batches) == settings.total_steps
+    for batch in batches:
+        assert batch["input_ids"].shape == (2, 64) and "position_ids" not in batch
+        assert batch["num_tokens"] == 2 * 64 and batch["num_trained"] == harness.count_tokens(batch)[1] == 2 * 63
 
 
 def test_async_meter_times_and_counts_the_steps_the_waiting_meter_does():
