@@ -115,21 +115,17 @@ def compose_train_config(overrides: list[str]):
         return compose("train", overrides=[o for o in overrides if not o.startswith("hydra.")])
 
 
-def medllm_overrides(settings: harness.Settings, bins: int, workdir: Path) -> list[str]:
-    """The overrides of throughput.py's ``medllm`` path (Unsloth checkpointing), ``bins`` rows a step."""
-    from bench.paths import medllm
-
-    return medllm.train_overrides(dataclasses.replace(settings, batch=bins), workdir, "unsloth")
-
-
 def medllm_rows_batches(settings: harness.Settings, bins: int) -> list[dict]:
+    """What train.py trains on in throughput.py's ``medllm`` path, ``bins`` rows a step."""
     from hydra.utils import instantiate
 
+    from bench.paths import medllm
     from medllm.models.loader import load_tokenizer
 
     workdir = Path(tempfile.mkdtemp(prefix="medllm-rows-"))
     try:
-        cfg = compose_train_config(medllm_overrides(settings, bins, workdir))
+        overrides = medllm.train_overrides(dataclasses.replace(settings, batch=bins), workdir, "unsloth")
+        cfg = compose_train_config(overrides)
         datamodule = instantiate(cfg.data, tokenizer=load_tokenizer(cfg.model))
         datamodule.setup("fit")
         loader = iter(datamodule.train_dataloader())
