@@ -83,6 +83,13 @@ def runs(small_llama, tmp_path_factory):
     }
 
 
+def assert_python_prints_ok(code: str) -> None:
+    """Runs ``code`` in a fresh Python (plain transformers + PEFT, no Unsloth patches); it must print ok."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("ok")
+
+
 @pytest.mark.parametrize("backend", list(BACKENDS))
 def test_a_few_steps_train_on_the_gpu(runs, backend):
     _, summary = runs[backend]
@@ -106,9 +113,7 @@ def test_unsloth_adapter_loads_with_plain_peft(small_llama, runs):
         f"tuned = PeftModel.from_pretrained(base, {str(run_dir / 'adapter')!r})(ids).logits;"
         "assert torch.isfinite(tuned).all() and not torch.allclose(plain, tuned, atol=1e-4); print('ok')"
     )
-    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, env={**os.environ})
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().endswith("ok")
+    assert_python_prints_ok(check)
 
 
 def test_unsloth_run_exports_the_base_with_its_adapter_merged(small_llama, runs):
@@ -125,6 +130,4 @@ def test_unsloth_run_exports_the_base_with_its_adapter_merged(small_llama, runs)
         "effect, error = (plain - tuned).abs().max().item(), (merged - tuned).abs().max().item();"
         "print(effect, error); assert torch.isfinite(merged).all() and error < 0.2 * effect; print('ok')"
     )
-    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, env={**os.environ})
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().endswith("ok")
+    assert_python_prints_ok(check)
