@@ -7,6 +7,7 @@ the model's 128,256 rows, which the Unsloth and transformers loaders accept.
 
     python bench/make_checkpoint.py /tmp/r1-8b-random            # skips the work if already there
     python bench/make_checkpoint.py /tmp/tiny --shape tiny --device cpu   # a few MB, for smoke tests
+    python bench/make_checkpoint.py /tmp/r1-8b-random --adapter /tmp/r1-adapter   # + a random LoRA adapter
 """
 
 from __future__ import annotations
@@ -191,20 +192,47 @@ def write_checkpoint(out: Path, shape: str, device: str, seed: int) -> None:
     )
 
 
+def write_adapter(out: Path, checkpoint: Path, seed: int) -> None:
+    """A LoRA adapter of the checkpoint (r 16 on all 7 projections, random non-zero B), as PEFT saves one.
+
+    The model is built on the meta device, so this takes seconds and no GPU: only the LoRA tensors are drawn.
+    """
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    config = LoraConfig(r=16, lora_alpha=16, target_modules=targets, base_model_name_or_path=str(checkpoint))
+    with torch.device("meta"):
+        model = get_peft_model(AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(checkpoint)), config)
+    gen = torch.Generator().manual_seed(seed)
+    state = {
+        name: torch.randn(tensor.shape, generator=gen, dtype=torch.float32).mul_(0.01).to(torch.bfloat16)
+        for name, tensor in get_peft_model_state_dict(model).items()
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(out)
+    save_file(state, out / "adapter_model.safetensors")
+    print(f"wrote {out}: {len(state)} LoRA tensors")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path, help="checkpoint folder to write")
     parser.add_argument("--shape", choices=sorted(SHAPES), default="llama8b")
     parser.add_argument("--device", default="cuda", help="where the weights are drawn (cuda is ~10x faster)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--adapter", type=Path, default=None, help="also write a random LoRA adapter of it here")
     args = parser.parse_args()
     if is_complete(args.out):
         print(f"{args.out} already holds a checkpoint; nothing to do")
-        return
-    if args.out.exists():
+    elif args.out.exists():
         raise SystemExit(f"{args.out} exists but holds no complete checkpoint: remove it or choose another folder")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_checkpoint(args.out, args.shape, args.device, args.seed)
+    else:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        write_checkpoint(args.out, args.shape, args.device, args.seed)
+    if args.adapter:
+        write_adapter(args.adapter, args.out, args.seed + 1)
 
 
 if __name__ == "__main__":

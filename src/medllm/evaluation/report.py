@@ -39,6 +39,11 @@ CHARTED = ("accuracy", "macro_f1")
 PREDICTION_FIELDS = ("id", "parsed", "gold")
 
 
+def adapter_label(path: str) -> str:
+    """An adapter's name in the report."""
+    return f"adapter:{path}"
+
+
 def _group(results: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Mapping[str, Any]]]:
     """Results as ``{benchmark: {model: result}}``, checked for shape, duplicates and counts."""
     grouped: dict[str, dict[str, Mapping[str, Any]]] = {}

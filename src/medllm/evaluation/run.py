@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,21 +18,26 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from medllm.data.chat_format import R1ChatFormat
 from medllm.errors import MedllmError
 from medllm.evaluation.benchmarks import LOADERS, BenchmarkItem, load_benchmark
+from medllm.evaluation.decoding import Decoder, Sampling, kv_bytes_per_token
 from medllm.evaluation.extraction import extract_answer
 from medllm.evaluation.generation import generate, majority_vote, stream_answer
+from medllm.evaluation.merged import each_merged_model
 from medllm.evaluation.metrics import reasoning_stats, score
-from medllm.evaluation.report import BASE, write_report
-from medllm.models.loader import load_model, load_tokenizer
+from medllm.evaluation.report import BASE, adapter_label, write_report
+from medllm.models.loader import is_tiny, load_model, load_tokenizer
 
 log = logging.getLogger(__name__)
 
 VAL_BENCHMARK = "medical_o1_val"
 MODES = ("benchmark", "generate")
+ENGINES = ("auto", "merged", "peft")
+# The merged engine is chosen by `auto` where the 16-bit weights and this many rows of KV cache fit.
+MIN_MERGED_ROWS = 8
 ADAPTER_CONFIG = "adapter_config.json"
 
 
@@ -95,11 +101,6 @@ def check_adapter_base(path: str, model_cfg: DictConfig) -> None:
         )
 
 
-def adapter_label(path: str) -> str:
-    """The model's name in the report (see ``medllm.evaluation.report``)."""
-    return f"adapter:{path}"
-
-
 def each_model(
     model_cfg: DictConfig, tokenizer: Any, adapters: list[str], include_base: bool = True, seed: int = 0
 ) -> Iterator[tuple[str, Any]]:
@@ -140,6 +141,63 @@ def _for_inference(model: Any, backend: str) -> None:
         from unsloth import FastLanguageModel
 
         FastLanguageModel.for_inference(model)
+
+
+def resolve_engine(cfg: DictConfig) -> str:
+    """``merged`` or ``peft``: what ``engine=auto`` means for this run and this machine.
+
+    Held-out loss is always measured on the model as trained (peft). Otherwise the merged engine runs
+    wherever its 16-bit weights fit beside ``MIN_MERGED_ROWS`` rows of KV cache; a GPU too small for
+    that falls back to the 4-bit model with the adapter unmerged.
+    """
+    if cfg.mode == "benchmark" and cfg.benchmark.name == VAL_BENCHMARK:
+        return "peft"
+    if cfg.engine != "auto":
+        return cfg.engine
+    if not torch.cuda.is_available() or is_tiny(cfg.model):
+        return "merged"
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(cfg.model.name_or_path, revision=cfg.model.get("revision"))
+    with torch.device("meta"):
+        weights = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters()) * 2
+    cache = kv_bytes_per_token(config, torch.bfloat16) * (cfg.max_new_tokens + 1024) * MIN_MERGED_ROWS
+    free, _ = torch.cuda.mem_get_info()
+    if weights + cache < 0.9 * free:
+        return "merged"
+    log.warning(
+        "engine=auto: the 16-bit weights (%.1f GiB) and a KV cache (%.1f GiB) don't fit the %.1f GiB free: "
+        "generating with the 4-bit model and the adapter unmerged (slower)",
+        weights / 2**30,
+        cache / 2**30,
+        free / 2**30,
+    )
+    return "peft"
+
+
+def _peft_model_cfg(model_cfg: DictConfig) -> DictConfig:
+    """The model config for the peft engine: Unsloth only where eval.py imported it first."""
+    if model_cfg.backend == "unsloth" and "unsloth" not in sys.modules:
+        model_cfg = model_cfg.copy()
+        with open_dict(model_cfg):
+            model_cfg.backend = "hf"
+    return model_cfg
+
+
+def decode_completions(
+    decoder: Decoder, tokenizer: Any, prompt_ids: list[list[int]], settings: dict[str, Any]
+) -> list[list[str]]:
+    """``num_samples`` completions per prompt from the merged engine, as text up to the first EOS."""
+    copies = settings["num_samples"]
+    ids = decoder.decode(
+        [p for p in prompt_ids for _ in range(copies)],
+        eos_id=tokenizer.eos_token_id,
+        pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        sampling=Sampling(settings["do_sample"], settings["temperature"], settings["top_p"]),
+        seed=settings["seed"],
+    )
+    texts = [tokenizer.decode(row, skip_special_tokens=False) for row in ids]
+    return [texts[i : i + copies] for i in range(0, len(texts), copies)]
 
 
 # ---------------------------------------------------------------------------------------------- benchmarks
@@ -183,8 +241,11 @@ def check_config(cfg: DictConfig) -> None:
         )
     if cfg.limit is not None and cfg.limit < 1:
         raise EvalConfigError(f"limit must be a positive number of items, got {cfg.limit}")
-    if cfg.num_samples < 1 or cfg.batch_size < 1 or cfg.max_new_tokens < 1:
-        raise EvalConfigError("num_samples, batch_size and max_new_tokens must be >= 1")
+    if cfg.engine not in ENGINES:
+        raise EvalConfigError(f"engine must be one of {ENGINES}, got {cfg.engine!r}")
+    batch_size_ok = cfg.batch_size == "auto" or (isinstance(cfg.batch_size, int) and cfg.batch_size >= 1)
+    if cfg.num_samples < 1 or not batch_size_ok or cfg.max_new_tokens < 1:
+        raise EvalConfigError("num_samples and max_new_tokens must be >= 1, batch_size auto or >= 1")
     if cfg.num_samples > 1 and not cfg.do_sample:
         raise EvalConfigError(
             f"num_samples={cfg.num_samples} needs do_sample=true: greedy decoding gives the same completion each time"
@@ -256,15 +317,30 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
         items = _load_items(cfg)
         fmt = R1ChatFormat(instruction=cfg.benchmark.get("instruction"))
         prompts = [fmt.generation_prompt(item.prompt_text()) for item in items]
-    results = []
-    for label, model in each_model(cfg.model, tokenizer, adapters, cfg.include_base, cfg.seed):
+        prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    engine = resolve_engine(cfg)
+    log.info("engine: %s", engine)
+    if engine == "merged":
+        models = each_merged_model(cfg.model, tokenizer, adapters, cfg.include_base)
+    else:
+        model_cfg = _peft_model_cfg(cfg.model)
+        models = each_model(model_cfg, tokenizer, adapters, cfg.include_base, cfg.seed)
+    results, decoder = [], None
+    for label, model in models:
         log.info("%s: %s", name, label)
         if name == VAL_BENCHMARK:
             results.append({"benchmark": name, "model": label, "metrics": validation_metrics(model, datamodule, cfg)})
             continue
-        model = _to_accelerator(model, cfg.trainer.accelerator)
-        _for_inference(model, cfg.model.backend)
-        completions = generate(model, tokenizer, prompts, **settings)
+        if engine == "merged":
+            batch_size = None if cfg.batch_size == "auto" else cfg.batch_size
+            rows = len(prompt_ids) * cfg.num_samples
+            decoder = decoder or Decoder(model, max(map(len, prompt_ids)), cfg.max_new_tokens, batch_size, rows)
+            completions = decode_completions(decoder, tokenizer, prompt_ids, settings)
+        else:
+            model = _to_accelerator(model, cfg.trainer.accelerator)
+            _for_inference(model, model_cfg.backend)
+            batch_size = 8 if settings["batch_size"] == "auto" else settings["batch_size"]
+            completions = generate(model, tokenizer, prompts, **(settings | {"batch_size": batch_size}))
         metrics, predictions = score_completions(items, prompts, completions, tokenizer)
         results.append({"benchmark": name, "model": label, "metrics": metrics, "predictions": predictions})
     paths = write_report(cfg.paths.output_dir, results)
@@ -279,9 +355,10 @@ def answer_question(cfg: DictConfig, tokenizer: Any, adapters: list[str]) -> lis
     instruction = cfg.benchmark.get("instruction", cfg.data.get("instruction"))
     prompt = R1ChatFormat(instruction=instruction).generation_prompt(question)
     answers = []
-    for label, model in each_model(cfg.model, tokenizer, adapters, cfg.include_base, cfg.seed):
+    model_cfg = _peft_model_cfg(cfg.model)
+    for label, model in each_model(model_cfg, tokenizer, adapters, cfg.include_base, cfg.seed):
         model = _to_accelerator(model, cfg.trainer.accelerator)
-        _for_inference(model, cfg.model.backend)
+        _for_inference(model, model_cfg.backend)
         print(f"\n===== {label} =====", flush=True)
         text = stream_answer(model, tokenizer, prompt, max_new_tokens=cfg.max_new_tokens)
         print(flush=True)

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 from peft import PeftModel
 
 from medllm.errors import MedllmError
@@ -26,13 +26,11 @@ class ExportError(MedllmError):
 
 def export_merged_16bit(model_cfg: DictConfig, tokenizer, adapter_dir: Path, out_dir: Path) -> Path:
     """Base (16-bit) + adapter merged into plain weights, saved as safetensors with the tokenizer."""
-    from medllm.models.loader import _load_hf_base
+    from medllm.models.loader import is_tiny, load_hf_base
 
-    cfg = model_cfg.copy()
-    with open_dict(cfg):
-        cfg.load_in_4bit = False
-        cfg.dtype = "float32" if cfg.get("name_or_path") is None else "bfloat16"
-    base = _load_hf_base(cfg, tokenizer)
+    base = load_hf_base(
+        model_cfg, tokenizer, dtype=torch.float32 if is_tiny(model_cfg) else torch.bfloat16, quantize=False
+    )
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     merged.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)

@@ -50,12 +50,16 @@ def _device_map() -> dict[str, int] | None:
     return {"": int(os.environ.get("LOCAL_RANK", 0))} if torch.cuda.is_available() else None
 
 
-def _load_hf_base(cfg: DictConfig, tokenizer) -> torch.nn.Module:
+def load_hf_base(
+    cfg: DictConfig, tokenizer, dtype: torch.dtype | None = None, quantize: bool | None = None
+) -> torch.nn.Module:
+    """The base through transformers: in ``dtype`` (the config's by default), 4-bit when ``quantize``
+    (``model.load_in_4bit`` by default)."""
     if is_tiny(cfg):  # model.tiny holds tiny_llama's sizes and seed (and the tokenizer's vocab size)
         sizes = {k: v for k, v in cfg.tiny.items() if k != "vocab_size"}
         return tiny.tiny_llama(tokenizer, attn_implementation=cfg.attn_implementation, **sizes)
     quantization = None
-    if cfg.load_in_4bit:
+    if cfg.load_in_4bit if quantize is None else quantize:
         from transformers import BitsAndBytesConfig
 
         quantization = BitsAndBytesConfig(
@@ -68,7 +72,7 @@ def _load_hf_base(cfg: DictConfig, tokenizer) -> torch.nn.Module:
         return AutoModelForCausalLM.from_pretrained(
             cfg.name_or_path,
             revision=cfg.get("revision"),
-            dtype=DTYPES[cfg.dtype],
+            dtype=dtype or DTYPES[cfg.dtype],
             quantization_config=quantization,
             attn_implementation=cfg.attn_implementation,
             device_map=_device_map(),
@@ -96,7 +100,7 @@ def load_model(
         return load_unsloth(cfg, adapter_path, trainable, seed, tokens_per_batch)
     if cfg.backend != "hf":
         raise ModelLoadError(f"model.backend must be 'hf' or 'unsloth', got {cfg.backend!r}")
-    base = _load_hf_base(cfg, tokenizer)
+    base = load_hf_base(cfg, tokenizer)
     plan = plan_checkpointing(cfg.gradient_checkpointing, base.config, tokens_per_batch, offloaded=True)
     checkpointing = bool(plan.setting) and trainable
     if cfg.load_in_4bit:

@@ -1,0 +1,320 @@
+"""Generation speed: medllm's evaluation engine beside the libraries it is built on, all in one call.
+
+Every path runs in its own process on the same prompts (random token ids, 300-500 tokens, seeded),
+sorted longest first and batched alike, greedy:
+
+| path | what it is |
+|---|---|
+| `medllm` | eval.py's merged engine: the base rounded through NF4 as QLoRA trained on it (then the |
+|  | adapter merged in); static KV cache, a compiled step with CUDA graphs |
+| `unsloth_generate` | Unsloth 4-bit, `FastLanguageModel.for_inference`, plain `model.generate` |
+| `hf_generate` | transformers bf16, SDPA, plain `model.generate` |
+
+Modes: `fixed` (every row generates `--new-tokens` tokens) and `r1` (each row stops at its own length,
+drawn like R1 reasoning, N(1000, 400) clipped to 64..`--new-tokens`, by forcing EOS there; the measure is
+useful tokens/s, the tokens before each row's EOS). Each mode is timed after a warm-up call (compilation,
+allocator); medllm's first-call time, compilation included, is reported too.
+
+    python bench/make_checkpoint.py /tmp/r1 --adapter /tmp/r1-adapter
+    python bench/generation.py --checkpoint /tmp/r1 --adapter /tmp/r1-adapter --modes fixed,r1 \\
+        --paths hf_generate,unsloth_generate,medllm --out bench/results/generation.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+from bench import harness  # noqa: E402
+from bench.throughput import package_versions  # noqa: E402
+
+PROMPT_LENGTHS = (300, 500)
+R1_LENGTH_MEAN, R1_LENGTH_STD, R1_LENGTH_MIN = 1000, 400, 64
+EOS_ID = 128001  # the R1 tokenizer's <｜end▁of▁sentence｜>
+PAD_ID = 0
+
+
+def workload(mode: str, count: int, new_tokens: int, seed: int) -> tuple[list[list[int]], list[int]]:
+    """Prompts and each row's budget of new tokens."""
+    rng = random.Random(seed)
+    prompts = [[rng.randrange(1000, 128000) for _ in range(rng.randint(*PROMPT_LENGTHS))] for _ in range(count)]
+    if mode == "fixed":
+        return prompts, [new_tokens] * count
+    lengths = [int(rng.gauss(R1_LENGTH_MEAN, R1_LENGTH_STD)) for _ in range(count)]
+    return prompts, [max(R1_LENGTH_MIN, min(new_tokens, n)) for n in lengths]
+
+
+def useful(ids: list[int]) -> list[int]:
+    return ids[: ids.index(EOS_ID)] if EOS_ID in ids else ids
+
+
+# ---------------------------------------------------------------------------------------------- paths
+
+
+def _generate_in_batches(model, prompts, budgets, batch: int, fixed: bool) -> list[list[int]]:
+    """Plain ``model.generate`` over batches of left-padded prompts, longest first; R1 lengths by forced EOS."""
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    class ForceEOS(LogitsProcessor):
+        def __init__(self, lengths: list[int], width: int) -> None:
+            self.lengths, self.width = torch.tensor(lengths, device=model.device), width
+
+        def __call__(self, input_ids, scores):
+            done = self.lengths <= input_ids.shape[1] - self.width
+            scores[done] = float("-inf")
+            scores[done, EOS_ID] = 0.0
+            return scores
+
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
+    out: list[list[int]] = [[] for _ in prompts]
+    for start in range(0, len(order), batch):
+        rows = order[start : start + batch]
+        width = max(len(prompts[i]) for i in rows)
+        ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, i in enumerate(rows):
+            ids[r, width - len(prompts[i]) :] = torch.tensor(prompts[i])
+            mask[r, width - len(prompts[i]) :] = 1
+        steps = max(budgets[i] for i in rows)
+        extra = (
+            {"min_new_tokens": steps}
+            if fixed
+            else {"logits_processor": LogitsProcessorList([ForceEOS([budgets[i] for i in rows], width)])}
+        )
+        new = model.generate(
+            input_ids=ids.to(model.device),
+            attention_mask=mask.to(model.device),
+            max_new_tokens=steps,
+            do_sample=False,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            eos_token_id=EOS_ID,
+            pad_token_id=PAD_ID,
+            **extra,
+        )[:, width:].tolist()
+        for r, i in enumerate(rows):
+            out[i] = useful(new[r])
+    return out
+
+
+def run_plain(args, load) -> list[dict[str, Any]]:
+    model = load()
+    results = []
+    for mode in args.modes:
+        prompts, budgets = workload(mode, args.prompts[mode], args.new_tokens[mode], args.seed)
+        batch = int(args.batch) if args.batch != "auto" else 64
+        _generate_in_batches(model, prompts[:batch], budgets[:batch], batch, mode == "fixed")  # a whole warm-up call
+        harness.reset_peak_memory()
+        start = time.perf_counter()
+        completions = _generate_in_batches(model, prompts, budgets, batch, mode == "fixed")
+        harness.synchronize()
+        results.append(result(args, mode, "", time.perf_counter() - start, completions, batch))
+    return results
+
+
+def load_unsloth(args):
+    import unsloth  # noqa: F401  (patches transformers first)
+    from unsloth import FastLanguageModel
+
+    model, _ = FastLanguageModel.from_pretrained(
+        model_name=args.checkpoint, max_seq_length=4096, load_in_4bit=True, dtype=None
+    )
+    FastLanguageModel.for_inference(model)
+    return model
+
+
+def load_hf(args):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        args.checkpoint, dtype=torch.bfloat16, attn_implementation="sdpa", device_map={"": 0}
+    ).eval()
+
+
+def run_medllm(args) -> list[dict[str, Any]]:
+    """eval.py's merged engine as ``medllm.evaluation.run.evaluate`` drives it: one base, the adapter merged in."""
+    from omegaconf import OmegaConf
+
+    from medllm.evaluation.decoding import Decoder
+    from medllm.evaluation.merged import each_merged_model
+
+    model_cfg = OmegaConf.load(REPO_ROOT / "conf/model/r1_distill_llama_8b.yaml")
+    model_cfg.name_or_path, model_cfg.max_seq_length = args.checkpoint, 4096
+    results, decoders = [], {}
+    batch = None if args.batch == "auto" else int(args.batch)
+    for label, model in each_merged_model(model_cfg, None, [args.adapter] if args.adapter else []):
+        for mode in args.modes:
+            prompts, budgets = workload(mode, args.prompts[mode], args.new_tokens[mode], args.seed)
+            first_s = None
+            if mode not in decoders:  # the first model of the run compiles; the others reuse it
+                start = time.perf_counter()
+                decoders[mode] = Decoder(model, max(map(len, prompts)), args.new_tokens[mode], batch, len(prompts))
+                rows = decoders[mode].batch_size
+                decoders[mode].decode(prompts[:rows], eos_id=EOS_ID, pad_id=PAD_ID, row_budgets=[32] * rows)
+                first_s = time.perf_counter() - start
+            harness.reset_peak_memory()
+            start = time.perf_counter()
+            completions = decoders[mode].decode(prompts, eos_id=EOS_ID, pad_id=PAD_ID, row_budgets=budgets)
+            harness.synchronize()
+            seconds = time.perf_counter() - start
+            extra = {"warmup_s": first_s}
+            if label == "base" and mode == "fixed":  # the same weights through plain generate, for agreement
+                attention = model.config._attn_implementation
+                model.set_attn_implementation("sdpa")
+                plain = _generate_in_batches(model, prompts, budgets, decoders[mode].batch_size, fixed=False)
+                model.set_attn_implementation(attention)
+                extra |= agreement(completions, plain)
+            results.append(result(args, mode, label, seconds, completions, decoders[mode].batch_size, **extra))
+    return results
+
+
+def agreement(fast: list[list[int]], plain: list[list[int]]) -> dict[str, float]:
+    """How far greedy completions of the same weights agree: whole rows, and tokens before they part."""
+    common = []
+    for a, b in zip(fast, plain, strict=True):
+        same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        common.append(same / max(len(a), len(b), 1))
+    return {
+        "identical_to_plain_generate": sum(a == b for a, b in zip(fast, plain)) / len(fast),
+        "mean_share_before_divergence": sum(common) / len(common),
+    }
+
+
+def result(args, mode: str, model: str, seconds: float, completions: list[list[int]], batch: int, **extra) -> dict:
+    tokens = sum(len(c) for c in completions)
+    peak, _ = harness.peak_memory_gib()
+    name = args.run_path + (f"[{model.split(':')[0]}]" if model else "")  # medllm[base], medllm[adapter]
+    out = Path(args.workdir) / f"{name}_{mode}.json"
+    out.write_text(json.dumps(completions))
+    return {
+        "path": name,
+        "mode": mode,
+        "prompts": len(completions),
+        "batch": batch,
+        "seconds": seconds,
+        "new_tokens": tokens,
+        "tokens_per_s": tokens / seconds,
+        "peak_gib": peak,
+        "completions_file": str(out),
+        **extra,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- driver
+
+
+def run_streaming(name: str, command: list[str], timeout: float | None) -> list[str]:
+    """Runs one path, echoing its output with a prefix as it comes (a killed path still shows how far it got)."""
+    lines: list[str] = []
+    with subprocess.Popen(
+        command, cwd=REPO_ROOT, env=os.environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as process:
+        killer = threading.Timer(timeout, process.kill) if timeout else None
+        if killer:
+            killer.start()
+        for line in process.stdout:
+            lines.append(line.rstrip("\n"))
+            print(f"[{name}] {line}", end="", flush=True)
+        if killer:
+            killer.cancel()
+        if process.wait():
+            print(f"[{name}] exited with {process.returncode}", flush=True)
+    return lines
+
+
+def table(results: list[dict]) -> str:
+    lines = []
+    for mode in dict.fromkeys(r["mode"] for r in results):
+        rows = [r for r in results if r["mode"] == mode]
+        base = next((r for r in rows if r["path"] == "unsloth_generate"), None)
+        lines += [
+            f"\n{mode}: new tokens/s (useful: before EOS)",
+            f"{'path':<30}{'prompts':>8}{'batch':>7}{'tok/s':>10}{'s':>8}{'peak GiB':>10}{'vs unsloth':>12}",
+        ]
+        for r in rows:
+            ratio = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x" if base else ""
+            lines.append(
+                f"{r['path']:<30}{r['prompts']:>8}{r['batch']:>7}{r['tokens_per_s']:>10,.0f}"
+                f"{r['seconds']:>8.1f}{r['peak_gib']:>10.1f}{ratio:>12}"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--adapter", default=None, help="a LoRA adapter of the checkpoint for medllm to merge")
+    parser.add_argument("--paths", default="hf_generate,unsloth_generate,medllm")
+    parser.add_argument("--modes", default="fixed,r1")
+    parser.add_argument("--prompts", default="fixed=64,r1=512", help="prompts per mode, e.g. fixed=64,r1=512")
+    parser.add_argument("--batch", default="64", help="rows per batch, or auto (medllm: as many as fit)")
+    parser.add_argument("--medllm-batch", default=None, help="medllm's batch if not --batch, e.g. auto")
+    parser.add_argument("--new-tokens", default="fixed=256,r1=2048", help="most new tokens a row, per mode")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--path-timeout", type=float, default=None, help="seconds before a path is killed")
+    parser.add_argument("--run-path", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", default="/tmp/medllm-generation-bench", help="completions of each path")
+    args = parser.parse_args()
+    args.modes = args.modes.split(",")
+    args.prompts, args.new_tokens = (
+        {k: int(v) for k, v in (i.split("=") for i in a.split(","))} for a in (args.prompts, args.new_tokens)
+    )
+    Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    if args.run_path:  # inside one path's process
+        runners = {
+            "medllm": lambda: run_medllm(args),
+            "unsloth_generate": lambda: run_plain(args, lambda: load_unsloth(args)),
+            "hf_generate": lambda: run_plain(args, lambda: load_hf(args)),
+        }
+        for r in runners[args.run_path]():
+            print(harness.RESULT_PREFIX + json.dumps(r), flush=True)
+        return
+
+    results: list[dict] = []
+    for name in args.paths.split(","):
+        batch = args.medllm_batch if name == "medllm" and args.medllm_batch else args.batch
+        argv = [a for a in sys.argv[1:] if a not in (args.out, "--out")]
+        command = [sys.executable, __file__, *argv, "--run-path", name, "--batch", batch]
+        print(f"[{name}] $ {' '.join(command)}", flush=True)
+        start = time.perf_counter()
+        lines = run_streaming(name, command, args.path_timeout)
+        seconds = time.perf_counter() - start  # the whole process: imports, loading, compiling, every mode
+        results += [
+            json.loads(line[len(harness.RESULT_PREFIX) :]) | {"process_s": seconds}
+            for line in lines
+            if line.startswith(harness.RESULT_PREFIX)
+        ]
+    print(table(results))
+    for r in results:
+        if "identical_to_plain_generate" in r:
+            print(
+                f"{r['path']} {r['mode']}: {r['identical_to_plain_generate']:.0%} of completions identical to plain "
+                f"generate on the same weights; on average {r['mean_share_before_divergence']:.0%} of a "
+                "completion comes before the first differing token"
+            )
+    if args.out:
+        record = {
+            "card": harness.device_name(),
+            "versions": package_versions(),
+            "argv": sys.argv[1:],
+            "results": results,
+        }
+        Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

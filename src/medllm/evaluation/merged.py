@@ -1,0 +1,89 @@
+"""The merged engine: a 16-bit base with each adapter merged into its weights, one at a time.
+
+A LoRA adapter left unmerged costs two small matmuls per projection per token, and a 4-bit base
+dequantizes every weight at every step; merged 16-bit weights decode at the speed of the plain model.
+An adapter trained on the 4-bit base (QLoRA) learned on the NF4-rounded weights, so the base is
+rounded to NF4 and back exactly as bitsandbytes did when training loaded it: base and adapters are
+scored on the weights they were trained on, in the precision generation runs at.
+
+Adapters are merged in place with PEFT and the base's weights are restored from a copy afterwards
+(an unmerge would subtract in bf16 and drift), so the model's tensors never move: compiled decoding
+steps stay valid from one adapter to the next.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from peft import PeftModel
+
+from medllm.evaluation.report import BASE, adapter_label
+from medllm.models.loader import DTYPES, ModelLoadError, is_tiny, load_hf_base
+
+log = logging.getLogger(__name__)
+
+
+def _round_trip_nf4(model: torch.nn.Module) -> None:
+    """Every linear layer but the output head, rounded to NF4 as bitsandbytes' 4-bit loading does."""
+    try:
+        import bitsandbytes.functional as bnb
+    except ImportError as err:
+        raise ModelLoadError(
+            f"the merged engine needs bitsandbytes to rebuild the 4-bit base the adapter was trained on ({err}); "
+            "`pip install -e '.[gpu]'`, or engine=peft"
+        ) from err
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and not name.endswith("lm_head"):
+            packed, state = bnb.quantize_4bit(module.weight.data, compress_statistics=True, quant_type="nf4")
+            module.weight.data.copy_(bnb.dequantize_4bit(packed, state))
+
+
+def load_merged_base(model_cfg: DictConfig, tokenizer: Any) -> torch.nn.Module:
+    """The base in 16-bit on the GPU (the tiny model in its own dtype, where it runs), as training saw it."""
+    on_gpu = torch.cuda.is_available()
+    dtype = DTYPES[model_cfg.dtype] if is_tiny(model_cfg) or not on_gpu else torch.bfloat16
+    model = load_hf_base(model_cfg, tokenizer, dtype=dtype, quantize=False)
+    if on_gpu and model.device.type == "cpu":
+        model = model.to("cuda")
+    if model_cfg.get("load_in_4bit"):
+        _round_trip_nf4(model)
+    return model.eval()
+
+
+@contextmanager
+def merged(model: torch.nn.Module, adapter_path: str) -> Iterator[torch.nn.Module]:
+    """``model`` with the adapter at ``adapter_path`` merged into its weights; restored on exit."""
+    pristine: dict[str, torch.Tensor] = {}
+    peft_model = PeftModel.from_pretrained(model, adapter_path, is_trainable=False)
+    for name, module in peft_model.base_model.model.named_modules():
+        base_layer = getattr(module, "base_layer", None)
+        if isinstance(base_layer, torch.nn.Linear):
+            pristine[name] = base_layer.weight.detach().to("cpu", copy=True)
+    plain = peft_model.merge_and_unload()  # in place: the weights keep their storage
+    try:
+        yield plain.eval()
+    finally:
+        modules = dict(plain.named_modules())
+        with torch.no_grad():
+            for name, weight in pristine.items():
+                modules[name].weight.copy_(weight)
+
+
+def each_merged_model(
+    model_cfg: DictConfig, tokenizer: Any, adapters: list[str], include_base: bool = True
+) -> Iterator[tuple[str, torch.nn.Module]]:
+    """``(label, model)`` for the base (unless ``include_base`` is false and adapters are given), then each adapter.
+
+    One model object serves all: the step that yields it must be done with it before the next.
+    """
+    model = load_merged_base(model_cfg, tokenizer)
+    if include_base or not adapters:
+        yield BASE, model
+    for path in adapters:
+        with merged(model, path) as with_adapter:
+            yield adapter_label(path), with_adapter

@@ -1,0 +1,149 @@
+"""The merged engine's decoding (static cache, grouped attention) and adapter merging, on the tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+
+from medllm.data.chat_format import R1ChatFormat
+from medllm.evaluation.decoding import GROUPED_ATTENTION, Decoder, Sampling
+from medllm.evaluation.generation import generate
+from medllm.evaluation.merged import merged
+from medllm.evaluation.run import evaluate, resolve_engine
+from medllm.models.tiny import tiny_llama, tiny_tokenizer
+from tests.unit.test_eval_generation_report import QUESTIONS
+from tests.unit.test_eval_run import compose_eval, save_adapter
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def prompt_ids(tokenizer) -> list[list[int]]:
+    fmt = R1ChatFormat()
+    return tokenizer([fmt.generation_prompt(q) for q in QUESTIONS], add_special_tokens=False)["input_ids"]
+
+
+def fresh_model(tokenizer):
+    return tiny_llama(tokenizer, seed=0).eval()
+
+
+def decode(model, tokenizer, prompt_ids, batch_size=None, max_new_tokens=24, **kwargs) -> list[list[int]]:
+    decoder = Decoder(model, max(map(len, prompt_ids)), max_new_tokens, batch_size, len(prompt_ids))
+    return decoder.decode(
+        prompt_ids, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, progress=False, **kwargs
+    )
+
+
+def test_grouped_attention_gives_the_logits_of_transformers_sdpa(tokenizer, prompt_ids) -> None:
+    """One decoding step after a prompt: the cache read once per key head equals repeating it per query head."""
+    ids = torch.tensor([prompt_ids[1]])
+
+    def next_logits(attention: str) -> torch.Tensor:
+        model = fresh_model(tokenizer)
+        model.set_attn_implementation(attention)
+        with torch.no_grad():
+            out = model(ids[:, :-1], use_cache=True)
+            return model(ids[:, -1:], past_key_values=out.past_key_values, use_cache=True).logits
+
+    assert fresh_model(tokenizer).config.num_attention_heads > fresh_model(tokenizer).config.num_key_value_heads
+    torch.testing.assert_close(next_logits(GROUPED_ATTENTION), next_logits("sdpa"), rtol=1e-5, atol=1e-5)
+
+
+def test_greedy_decoding_equals_plain_generate_whatever_the_batch(tokenizer, prompt_ids) -> None:
+    """Left padding, the static cache and a short last batch filled with copies change no completion."""
+    expected = [
+        tokenizer(text[0], add_special_tokens=False)["input_ids"]
+        for text in generate(
+            fresh_model(tokenizer),
+            tokenizer,
+            tokenizer.batch_decode(prompt_ids, skip_special_tokens=False),
+            max_new_tokens=24,
+            batch_size=1,
+            progress=False,
+        )
+    ]
+    for batch_size in (1, 2, None):  # 2: the last batch of 5 prompts is filled up; None: all at once
+        got = decode(fresh_model(tokenizer), tokenizer, prompt_ids, batch_size)
+        assert [tokenizer.decode(ids, skip_special_tokens=False) for ids in got] == [
+            tokenizer.decode(ids, skip_special_tokens=False) for ids in expected
+        ], batch_size
+
+
+def test_row_budgets_cut_each_row_and_results_keep_the_callers_order(tokenizer, prompt_ids) -> None:
+    model = fresh_model(tokenizer)
+    full = decode(model, tokenizer, prompt_ids, batch_size=2)
+    budgets = [3, 24, 1, 10, 7]
+    cut = decode(model, tokenizer, prompt_ids, batch_size=2, row_budgets=budgets)
+    assert cut == [ids[:budget] for ids, budget in zip(full, budgets)]
+    assert all(tokenizer.eos_token_id not in ids for ids in full)  # completions end before their EOS
+
+
+def test_sampling_is_seeded(tokenizer, prompt_ids) -> None:
+    model = fresh_model(tokenizer)
+    sampling = Sampling(do_sample=True, temperature=1.0, top_p=0.9)
+    first = decode(model, tokenizer, prompt_ids, 2, sampling=sampling, seed=3)
+    assert first == decode(model, tokenizer, prompt_ids, 2, sampling=sampling, seed=3)
+    assert first != decode(model, tokenizer, prompt_ids, 2)  # not the greedy completions
+
+
+def test_a_merged_adapter_acts_like_the_unmerged_one_and_leaves_the_base_as_it_was(tokenizer, tmp_path) -> None:
+    adapter = save_adapter(tmp_path / "adapter")
+    ids = tokenizer("<｜User｜>Chest pain?<｜Assistant｜><think>\n", return_tensors="pt")["input_ids"]
+    model = fresh_model(tokenizer)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    storage = {name: p.data_ptr() for name, p in model.named_parameters()}
+    with torch.no_grad():
+        unmerged = PeftModel.from_pretrained(fresh_model(tokenizer), adapter)(ids).logits
+        base = model(ids).logits
+        with merged(model, str(adapter)) as with_adapter:
+            assert with_adapter is model
+            torch.testing.assert_close(with_adapter(ids).logits, unmerged, rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(unmerged, base, atol=1e-3)
+        torch.testing.assert_close(model(ids).logits, base, rtol=0, atol=0)
+    for name, param in model.named_parameters():
+        assert torch.equal(param, before[name]), name  # restored bit for bit, not unmerged in rounding
+        assert param.data_ptr() == storage[name], name  # in place: compiled steps keep their tensors
+
+
+def test_engine_choice(tmp_path) -> None:
+    assert resolve_engine(compose_eval(f"paths.output_dir={tmp_path}")) == "merged"  # the CPU runs merged
+    assert resolve_engine(compose_eval("engine=peft", f"paths.output_dir={tmp_path}")) == "peft"
+    val = compose_eval("benchmark=medical_o1_val", "engine=merged", f"paths.output_dir={tmp_path}")
+    assert resolve_engine(val) == "peft"  # held-out loss is measured on the model as trained
+
+
+def test_batch_size_one_and_auto_write_identical_predictions(tmp_path) -> None:
+    """The must-hold of the fast path: the batch changes no completion, so it changes no score either."""
+    rows = [
+        {"id": f"q{i}", "question": QUESTIONS[i % len(QUESTIONS)] + " " * i, "options": ["yes", "no"], "answer": "A"}
+        for i in range(7)
+    ]
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("\n".join(json.dumps(r) for r in rows))
+    adapter = save_adapter(tmp_path / "adapter")
+    outputs: dict[str, Path] = {}
+    for engine, batch_size in (("merged", "1"), ("merged", "auto"), ("peft", "3")):
+        outputs[f"{engine}{batch_size}"] = out = tmp_path / f"{engine}{batch_size}"
+        evaluate(
+            compose_eval(
+                "benchmark=mcq",
+                f"benchmark.path={questions}",
+                f"adapter_path={adapter}",
+                "max_new_tokens=20",
+                f"engine={engine}",
+                f"batch_size={batch_size}",
+                f"paths.output_dir={out}",
+            )
+        )
+    predictions = {name: (out / "predictions.jsonl").read_text() for name, out in outputs.items()}
+    reports = {name: json.loads((out / "report.json").read_text()) for name, out in outputs.items()}
+    assert predictions["merged1"] == predictions["mergedauto"]
+    assert reports["merged1"] == reports["mergedauto"]
+    assert predictions["merged1"] == predictions["peft3"]  # float32: merging changes no greedy choice here
