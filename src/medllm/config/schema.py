@@ -291,7 +291,10 @@ class MedMCQA(Benchmark):
 
 
 @dataclass
-class MedicalO1Val:
+class MedicalO1Val(Benchmark):
+    """Scores the data group's validation split; path and instruction are accepted (and unused) so that one
+    sweep over benchmarks can pass ``++benchmark.path``."""
+
     name: str = "medical_o1_val"
     batch_size: Optional[int] = setting(None, POSITIVE)
 
