@@ -5,7 +5,8 @@
     python eval.py sweep_dir=multirun/2025-01-01/12-00-00 benchmark=medqa limit=200
     python eval.py mode=generate question="..." adapter_path=outputs/.../adapter
 
-Imports stay light here, as in train.py: Unsloth must be imported before transformers and peft.
+Imports stay light here, as in train.py: the config is checked first, then Unsloth is imported (before
+transformers and peft).
 """
 
 import sys
@@ -16,14 +17,16 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    from medllm.backend import import_backend
-
-    import_backend(cfg.model.backend)
-
+    from medllm.config_checks import check_eval_config
     from medllm.errors import MedllmError
-    from medllm.evaluation.run import evaluate
 
     try:
+        check_eval_config(cfg)  # a mistake fails here in seconds, before the backend's slow import
+        from medllm.backend import import_backend
+
+        import_backend(cfg.model.backend)
+        from medllm.evaluation.run import evaluate
+
         evaluate(cfg)
     except MedllmError as err:
         sys.exit(f"error: {err}")

@@ -6,7 +6,8 @@
     python train.py experiment=qlora_r16 --cfg job  # print the composed config, load nothing
 
 Imports stay light here: Unsloth must be imported before transformers and peft to patch them, so
-medllm's training code (which imports both) is imported only after the backend is known.
+medllm's training code (which imports both) is imported only after the backend is known, and the
+config is checked before that (Unsloth takes ~40 s to import on a GPU machine; a typo fails in seconds).
 """
 
 import sys
@@ -21,14 +22,16 @@ register_resolvers()  # before Hydra composes: configs use ${medllm.mul:...}
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from medllm.backend import import_backend
-
-    import_backend(cfg.model.backend)
-
+    from medllm.config_checks import check_train_config
     from medllm.errors import MedllmError
-    from medllm.training.run import train
 
     try:
+        check_train_config(cfg)  # a mistake fails here in seconds, before the backend's slow import
+        from medllm.backend import import_backend
+
+        import_backend(cfg.model.backend)
+        from medllm.training.run import train
+
         return train(cfg)["val_loss"]
     except MedllmError as err:
         from hydra.core.hydra_config import HydraConfig

@@ -1,6 +1,9 @@
-"""Checks of a composed config that run before any data or model is loaded.
+"""Checks of a composed config that run before any data or model is loaded (and before Unsloth is imported).
 
-Each failure is a one-line message that names the key and says what to change.
+First the schema (``medllm.config.schema``: types, ranges, choices, unknown keys), then what relates
+several keys or the machine: files that must exist, the GPU, precision with a 4-bit base. Each failure
+is a one-line message that names the key and says what to change. torch is imported only where a GPU is
+asked for, so a typo fails in the time it takes to start Python.
 """
 
 from __future__ import annotations
@@ -9,25 +12,98 @@ import os
 import tempfile
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
-from medllm.errors import MedllmError
-from medllm.models.export import ExportError, find_llama_cpp
+from medllm.config.schema import EvalConfig, TrainConfig
+from medllm.config.validate import ConfigError, validate
+
+__all__ = ["ConfigError", "check_eval_config", "check_train_config"]
 
 
-class ConfigError(MedllmError):
-    """A config value that can't work; the message names the key."""
+def check_train_config(cfg: DictConfig) -> None:
+    validate(cfg, TrainConfig)
+    trainer = cfg.trainer
+    if trainer.get("max_steps", -1) == -1 and trainer.get("max_epochs") in (None, -1):
+        raise ConfigError(
+            f"trainer.max_steps=-1 (run max_epochs) needs trainer.max_epochs >= 1, not "
+            f"{trainer.get('max_epochs')}: the run would not end; set one of them."
+        )
+    if cfg.data.get("source") == "local":
+        _check_file(cfg, "data.path", "data=local needs data.path=<a .json, .jsonl, .parquet or .csv file>.")
+    _check_hardware(cfg)
+    _check_writable(cfg)
+    gguf = cfg.get("export", {}).get("gguf")
+    if gguf and cfg.model.backend != "unsloth":
+        raise ConfigError(f"export.gguf={gguf} needs model.backend=unsloth; or use export.merged_16bit=true.")
+    if gguf:
+        from medllm.models.export import ExportError, find_llama_cpp  # torch and peft: only when asked for
+
+        try:
+            find_llama_cpp(cfg.export.llama_cpp_dir)
+        except ExportError as err:
+            raise ConfigError(str(err)) from None
+    ckpt = cfg.get("ckpt_path")
+    if ckpt not in (None, "auto") and not os.path.isfile(str(ckpt)):
+        raise ConfigError(f"ckpt_path={ckpt}: no such checkpoint; give a .ckpt file, or ckpt_path=auto.")
 
 
-def _positive(cfg: DictConfig, key: str) -> None:
-    value = cfg
-    for part in key.split("."):
-        value = value.get(part) if value is not None else None
-    if value is None:
+def check_eval_config(cfg: DictConfig) -> None:
+    validate(cfg, EvalConfig)
+    if cfg.mode == "generate" and not str(cfg.get("question") or "").strip():
+        raise ConfigError('mode=generate needs a question: question="A 60-year-old man presents with ..."')
+    if cfg.do_sample and cfg.temperature <= 0:
+        raise ConfigError(
+            f"temperature={cfg.temperature} must be > 0 with do_sample=true; for greedy decoding set do_sample=false."
+        )
+    if cfg.num_samples > 1 and not cfg.do_sample:
+        raise ConfigError(
+            f"num_samples={cfg.num_samples} needs do_sample=true: greedy decoding gives the same completion each time."
+        )
+    if cfg.mode == "benchmark":
+        bench = cfg.benchmark
+        if bench.name == "medical_o1_val":
+            if cfg.data.get("source") == "local":
+                _check_file(cfg, "data.path", "benchmark=medical_o1_val with data=local needs data.path=<file>.")
+        elif OmegaConf.is_missing(bench, "path"):
+            raise ConfigError(f"benchmark={bench.name} needs benchmark.path=<a .json or .jsonl file>.")
+        elif bench.get("path") is not None and not Path(str(bench.path)).expanduser().exists():
+            raise ConfigError(f"benchmark.path={bench.path}: no such file or folder.")
+    _check_hardware(cfg)
+    _check_writable(cfg)
+
+
+def _check_file(cfg: DictConfig, key: str, needed: str) -> None:
+    if OmegaConf.is_missing(cfg, key) or not OmegaConf.select(cfg, key):
+        raise ConfigError(needed)
+    path = OmegaConf.select(cfg, key)
+    if not Path(str(path)).expanduser().is_file():
+        raise ConfigError(f"{key}={path}: no such file.")
+
+
+def _check_hardware(cfg: DictConfig) -> None:
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    precision = str(cfg.trainer.get("precision", "32-true"))
+    if precision in ("16", "16-mixed", "16-true"):
+        raise ConfigError("trainer.precision=16-mixed is not supported (loss scaling); use bf16-mixed or 32-true.")
+    if precision == "bf16-true" and cfg.model.get("load_in_4bit"):
+        raise ConfigError("trainer.precision=bf16-true casts and breaks the 4-bit base; use bf16-mixed.")
+    if accelerator not in ("gpu", "cuda"):
         return
-    if not isinstance(value, (int, float)) or value <= 0:
-        raise ConfigError(f"{key}={value} must be a number > 0; set {key}=<positive value>.")
+    import torch  # seconds to import: only here, where a GPU is asked for
+
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} but no CUDA GPU is visible; use hardware=cpu (and model=tiny_llama or "
+            "model=r1_distill_llama_8b_hf) on this machine."
+        )
+    if precision.startswith("bf16") and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"trainer.precision={precision} but this GPU has no bfloat16; use trainer.precision=32-true.")
+
+
+def _check_writable(cfg: DictConfig) -> None:
+    out_dir = Path(cfg.paths.output_dir)
+    if not _writable(out_dir):
+        raise ConfigError(f"paths.output_dir={out_dir} is not writable; set hydra.run.dir=<a writable folder>.")
 
 
 def _writable(path: Path) -> bool:
@@ -40,42 +116,3 @@ def _writable(path: Path) -> bool:
             return True
     except OSError:
         return False
-
-
-def check_train_config(cfg: DictConfig) -> None:
-    for key in ("optimizer.lr", "model.lora.r", "model.lora.alpha", "max_seq_length", "data.batch_size"):
-        _positive(cfg, key)
-    if cfg.trainer.get("accumulate_grad_batches", 1) < 1:
-        raise ConfigError("trainer.accumulate_grad_batches must be >= 1.")
-    if cfg.data.get("source") == "local":
-        if OmegaConf.is_missing(cfg.data, "path") or not cfg.data.path:
-            raise ConfigError("data=local needs data.path=<a .json, .jsonl, .parquet or .csv file>.")
-        if not Path(str(cfg.data.path)).expanduser().is_file():
-            raise ConfigError(f"data.path={cfg.data.path}: no such file.")
-    accelerator = str(cfg.trainer.get("accelerator", "auto"))
-    precision = str(cfg.trainer.get("precision", "32-true"))
-    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ConfigError(
-            f"trainer.accelerator={accelerator} but no CUDA GPU is visible; use hardware=cpu (and model=tiny_llama or "
-            "model=r1_distill_llama_8b_hf) on this machine."
-        )
-    if precision in ("16", "16-mixed", "16-true"):
-        raise ConfigError("trainer.precision=16-mixed is not supported (loss scaling); use bf16-mixed or 32-true.")
-    if precision.startswith("bf16") and accelerator in ("gpu", "cuda") and not torch.cuda.is_bf16_supported():
-        raise ConfigError(f"trainer.precision={precision} but this GPU has no bfloat16; use trainer.precision=32-true.")
-    if precision == "bf16-true" and cfg.model.get("load_in_4bit"):
-        raise ConfigError("trainer.precision=bf16-true casts and breaks the 4-bit base; use bf16-mixed.")
-    out_dir = Path(cfg.paths.output_dir)
-    if not _writable(out_dir):
-        raise ConfigError(f"paths.output_dir={out_dir} is not writable; set hydra.run.dir=<a writable folder>.")
-    gguf = cfg.get("export", {}).get("gguf")
-    if gguf and cfg.model.backend != "unsloth":
-        raise ConfigError(f"export.gguf={gguf} needs model.backend=unsloth; or use export.merged_16bit=true.")
-    if gguf:
-        try:
-            find_llama_cpp(cfg.export.llama_cpp_dir)
-        except ExportError as err:
-            raise ConfigError(str(err)) from None
-    ckpt = cfg.get("ckpt_path")
-    if ckpt not in (None, "auto") and not os.path.isfile(str(ckpt)):
-        raise ConfigError(f"ckpt_path={ckpt}: no such checkpoint; give a .ckpt file, or ckpt_path=auto.")

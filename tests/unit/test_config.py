@@ -8,9 +8,16 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
+from medllm.config.schema import EvalConfig, TrainConfig
+from medllm.config.validate import validate
 from tests.conftest import CONF, ROOT, compose_train
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+def options(*groups: str) -> list[str]:
+    """``group=option`` for every option of each group (conf/<group>/*.yaml)."""
+    return [f"{group}={p.stem}" for group in groups for p in sorted((CONF / group).glob("*.yaml"))]
 
 
 def test_experiment_files_start_with_their_command():
@@ -26,6 +33,25 @@ def test_every_experiment_composes_and_resolves(experiment, tmp_path):
     OmegaConf.resolve(cfg)
     assert cfg.optimizer.lr > 0 and cfg.model.lora.r > 0
     assert cfg.data.max_seq_length == cfg.max_seq_length == cfg.model.max_seq_length
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_and_its_sweep_pass_the_schema(experiment, tmp_path):
+    validate(compose_train(f"experiment={experiment}", f"paths.output_dir={tmp_path}"), TrainConfig)
+    sweep = compose_train(f"experiment={experiment}", "hparams_search=lr_rank_grid", f"paths.output_dir={tmp_path}")
+    validate(sweep, TrainConfig)
+
+
+@pytest.mark.parametrize(
+    "option", options("model", "data", "optimizer", "scheduler", "hardware", "logger", "callbacks")
+)
+def test_every_train_group_option_passes_the_schema(option, tmp_path):
+    validate(compose_train("experiment=smoke", option, f"paths.output_dir={tmp_path}"), TrainConfig)
+
+
+@pytest.mark.parametrize("option", options("benchmark", "model", "data", "hardware"))
+def test_every_eval_group_option_passes_the_schema(option, tmp_path):
+    validate(compose_train(option, f"paths.output_dir={tmp_path}", config_name="eval"), EvalConfig)
 
 
 def test_qlora_r16_is_the_documented_recipe(tmp_path):

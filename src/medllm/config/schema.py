@@ -1,0 +1,333 @@
+"""Every key train.yaml and eval.yaml (and their groups) may hold: its type, and the rule its value follows.
+
+A new knob is one line here, next to its line in the YAML; a key missing here is refused as unknown
+("did you mean ...?"). Defaults here only fill keys a config leaves out while checking; the YAML files
+hold the real defaults. Checks that relate two keys live in ``medllm.config_checks``.
+
+Step counts: trainer.max_steps, trainer.log_every_n_steps, scheduler.num_warmup_steps,
+callbacks.checkpoint.every_n_train_steps, skip_nonfinite_steps and throughput_warmup_steps count optimizer
+steps; trainer.val_check_interval (an int) counts micro-batches, as in Lightning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+from medllm.config.rules import Rule, above, at_least, between, dispatch, fraction_or_count, one_of, setting
+
+# Optional[...] and Union[...] rather than "X | None": OmegaConf reads these annotations on Python 3.10.
+# setting() and dispatch() return dataclasses.field(...), which RUF009 can't tell.
+# ruff: noqa: UP007, UP045, RUF009
+
+POSITIVE = above(0)
+COUNT = at_least(0)  # 0 allowed: none
+BETAS = Rule("two numbers in [0, 1)", lambda v: len(v) == 2 and all(between(0, 1, high_open=True).ok(b) for b in v))
+DEVICES = Rule(
+    "a number >= 1, -1 (all), auto, or a list of device indices",
+    lambda v: one_of(-1, "auto").ok(v) or at_least(1).ok(v) or (isinstance(v, list) and all(COUNT.ok(i) for i in v)),
+)
+PRECISIONS = one_of(
+    "32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true", "32", "bf16", "16", "64", 32, 16, 64
+)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------- model
+@dataclass
+class Lora:
+    r: int = setting(8, POSITIVE)
+    alpha: int = setting(16, POSITIVE)
+    dropout: float = setting(0.0, between(0, 1, high_open=True))
+    target_modules: list[str] = setting(factory=list)
+    use_rslora: bool = False
+
+
+@dataclass
+class TinyModel:
+    vocab_size: int = setting(512, POSITIVE)
+    hidden_size: int = setting(64, POSITIVE)
+    num_hidden_layers: int = setting(2, POSITIVE)
+    num_attention_heads: int = setting(4, POSITIVE)
+    num_key_value_heads: int = setting(2, POSITIVE)
+    intermediate_size: int = setting(128, POSITIVE)
+    seed: int = 0
+
+
+@dataclass
+class Model:
+    backend: str = setting("hf", one_of("hf", "unsloth"))
+    name_or_path: Optional[str] = None
+    revision: Optional[str] = None
+    tiny: Optional[TinyModel] = None
+    dtype: str = setting("auto", one_of("auto", "float32", "bfloat16", "float16"))
+    load_in_4bit: bool = False
+    attn_implementation: Optional[str] = None
+    gradient_checkpointing: Any = setting(False, one_of(False, True, "unsloth", "auto"))
+    max_seq_length: int = setting(1024, POSITIVE)
+    lora: Lora = setting(factory=Lora)
+
+
+# ---------------------------------------------------------------------------------------------- data
+@dataclass
+class Columns:
+    question: str = "Question"
+    reasoning: str = "Complex_CoT"
+    response: str = "Response"
+
+
+@dataclass
+class Data:
+    _target_: str = "medllm.data.datamodule.ReasoningDataModule"
+    source: str = setting("sample", one_of("sample", "hub", "local"))
+    path: Optional[str] = None
+    hub_name: Optional[str] = None
+    subset: Optional[str] = None
+    revision: Optional[str] = None
+    columns: Columns = setting(factory=Columns)
+    instruction: Optional[str] = None
+    train_on: str = setting("completion", one_of("completion", "all"))
+    on_bad_row: str = setting("error", one_of("error", "skip"))
+    too_long: str = setting("drop", one_of("drop", "truncate"))
+    phi_check: str = setting("warn", one_of("warn", "error", "off"))
+    val_size: Union[int, float] = setting(0.1, fraction_or_count(min_count=1, whole_fraction=False))
+    test_path: Optional[str] = None
+    max_seq_length: int = setting(1024, POSITIVE)
+    packing: bool = False
+    packed_static_shape: bool = True
+    group_by_length: bool = False
+    batch_size: int = setting(4, POSITIVE)
+    eval_batch_size: Optional[int] = setting(None, POSITIVE)
+    pad_to_multiple_of: int = setting(8, at_least(1))
+    num_workers: int = setting(0, COUNT)
+    num_proc: int = setting(1, at_least(1))
+    cache_dir: Optional[str] = None
+    seed: int = 42
+
+
+# ---------------------------------------------------------------------------------------------- optimizer
+@dataclass
+class AdamW8bit:  # bitsandbytes
+    _target_: str = "bitsandbytes.optim.AdamW8bit"
+    _partial_: bool = True
+    lr: float = setting(2.0e-4, POSITIVE)
+    weight_decay: float = setting(0.0, COUNT)
+    betas: list[float] = setting(factory=lambda: [0.9, 0.999], rule=BETAS)
+    eps: float = setting(1e-8, POSITIVE)
+
+
+@dataclass
+class AdamW(AdamW8bit):  # torch
+    _target_: str = "torch.optim.AdamW"
+    # torch's kernel choices: fused (one launch for all weights), foreach; null lets torch choose.
+    fused: Optional[bool] = None
+    foreach: Optional[bool] = None
+    amsgrad: bool = False
+
+
+OPTIMIZERS = {
+    "torch.optim.AdamW": AdamW,
+    "bitsandbytes.optim.AdamW8bit": AdamW8bit,
+    "bitsandbytes.optim.PagedAdamW8bit": AdamW8bit,
+}
+
+
+# ---------------------------------------------------------------------------------------------- scheduler
+@dataclass
+class LinearSchedule:
+    _target_: str = "transformers.get_linear_schedule_with_warmup"
+    _partial_: bool = True
+    num_warmup_steps: int = setting(0, COUNT)  # optimizer steps
+
+
+@dataclass
+class CosineSchedule(LinearSchedule):
+    _target_: str = "transformers.get_cosine_schedule_with_warmup"
+    num_cycles: float = setting(0.5, POSITIVE)
+
+
+SCHEDULERS = {
+    "transformers.get_linear_schedule_with_warmup": LinearSchedule,
+    "transformers.get_cosine_schedule_with_warmup": CosineSchedule,
+}
+
+
+# ---------------------------------------------------------------------------------------------- logger
+@dataclass
+class CSVLogger:
+    _target_: str = "lightning.pytorch.loggers.CSVLogger"
+    save_dir: str = "."
+    name: Optional[str] = "csv"
+    version: Union[int, str, None] = None
+
+
+@dataclass
+class WandbLogger:
+    _target_: str = "lightning.pytorch.loggers.WandbLogger"
+    project: Optional[str] = "medllm"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    name: Optional[str] = None
+    tags: list[str] = setting(factory=list)
+    notes: Optional[str] = None
+    save_dir: str = "."
+    mode: Optional[str] = setting(None, one_of("online", "offline", "disabled"))
+    log_model: Any = setting(False, one_of(False, True, "all"))
+    log_samples: bool = True
+    num_samples: int = setting(4, POSITIVE)
+    sample_max_new_tokens: int = setting(128, POSITIVE)
+
+
+LOGGERS = {"lightning.pytorch.loggers.CSVLogger": CSVLogger, "lightning.pytorch.loggers.WandbLogger": WandbLogger}
+
+
+# ---------------------------------------------------------------------------------------------- callbacks
+@dataclass
+class ModelCheckpoint:
+    _target_: str = "lightning.pytorch.callbacks.ModelCheckpoint"
+    dirpath: Optional[str] = None
+    filename: Optional[str] = None
+    auto_insert_metric_name: bool = True
+    monitor: Optional[str] = None
+    mode: str = setting("min", one_of("min", "max"))
+    every_n_train_steps: Optional[int] = setting(None, COUNT)  # optimizer steps; 0: none
+    every_n_epochs: Optional[int] = setting(None, COUNT)
+    save_top_k: int = setting(1, at_least(0, {-1: "keep all"}))
+    save_last: Optional[bool] = None
+    save_on_train_epoch_end: Optional[bool] = None
+    verbose: bool = False
+
+
+@dataclass
+class TQDMProgressBar:
+    _target_: str = "lightning.pytorch.callbacks.TQDMProgressBar"
+    refresh_rate: int = setting(1, COUNT)
+    process_position: int = setting(0, COUNT)
+    leave: bool = False
+
+
+CALLBACKS = {
+    "lightning.pytorch.callbacks.ModelCheckpoint": ModelCheckpoint,
+    "lightning.pytorch.callbacks.TQDMProgressBar": TQDMProgressBar,
+}
+
+
+# ---------------------------------------------------------------------------------------------- trainer
+@dataclass
+class Hardware:
+    """The hardware group's keys (train.py's and eval.py's ``trainer``)."""
+
+    accelerator: str = setting("auto", one_of("auto", "cpu", "gpu", "cuda", "mps"))
+    devices: Any = setting("auto", DEVICES)
+    strategy: Any = "auto"
+    precision: Any = setting("32-true", PRECISIONS)
+
+
+@dataclass
+class Trainer(Hardware):
+    """Lightning Trainer keys medllm passes on (add one here to use it), and two it applies itself."""
+
+    max_steps: int = setting(-1, at_least(1, {-1: "run max_epochs instead"}))  # optimizer steps
+    max_epochs: Optional[int] = setting(None, at_least(1, {-1: "no limit"}))
+    accumulate_grad_batches: int = setting(1, at_least(1))
+    gradient_clip_val: Optional[float] = setting(None, at_least(0))  # 0 or null: no clipping
+    val_check_interval: Union[int, float, None] = setting(1.0, fraction_or_count(min_count=1))  # micro-batches
+    check_val_every_n_epoch: Optional[int] = setting(1, at_least(1))
+    limit_val_batches: Union[int, float] = setting(1.0, fraction_or_count(min_count=0, zero_fraction=True))
+    limit_train_batches: Union[int, float] = setting(1.0, fraction_or_count(min_count=1))
+    log_every_n_steps: int = setting(50, COUNT)  # optimizer steps; 0: no training rows
+    num_sanity_val_steps: int = setting(2, at_least(0, {-1: "all"}))
+    num_nodes: int = setting(1, at_least(1))
+    deterministic: Any = setting(None, one_of(None, False, True, "warn"))
+    profiler: Optional[str] = setting(None, one_of("simple", "advanced", "pytorch"))
+    enable_progress_bar: Optional[bool] = None
+    enable_model_summary: Optional[bool] = None
+
+
+# ---------------------------------------------------------------------------------------------- train.yaml
+@dataclass
+class Paths:
+    output_dir: str = "."
+    cache_dir: str = "~/.cache/medllm"
+
+
+@dataclass
+class Export:
+    merged_16bit: bool = False
+    gguf: Optional[str] = None
+    llama_cpp_dir: str = "llama.cpp"
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 42
+    max_seq_length: int = setting(1024, POSITIVE)
+    ckpt_path: Optional[str] = None
+    skip_nonfinite_steps: int = setting(0, COUNT)  # optimizer steps
+    throughput_warmup_steps: int = setting(1, COUNT)  # optimizer steps
+    lora_alpha_ratio: Optional[float] = setting(None, POSITIVE)  # hparams_search=lr_rank_grid
+    model: Model = setting(factory=Model)
+    data: Data = setting(factory=Data)
+    optimizer: Any = dispatch("_target_", OPTIMIZERS)
+    scheduler: Any = dispatch("_target_", SCHEDULERS)
+    trainer: Trainer = setting(factory=Trainer)
+    logger: Any = dispatch("_target_", LOGGERS)
+    callbacks: Any = dispatch("_target_", CALLBACKS, many=True)
+    export: Export = setting(factory=Export)
+    paths: Paths = setting(factory=Paths)
+
+
+# ---------------------------------------------------------------------------------------------- eval.yaml
+@dataclass
+class Benchmark:
+    name: str = "pubmedqa"
+    # A file or folder of the benchmark (mcq: required); null: the hub's copy.
+    path: Optional[str] = None
+    instruction: Optional[str] = None
+
+
+@dataclass
+class MedMCQA(Benchmark):
+    cop_base: Optional[int] = setting(None, one_of(0, 1))
+
+
+@dataclass
+class MedicalO1Val(Benchmark):
+    """Scores the data group's validation split; path and instruction are accepted (and unused) so that one
+    sweep over benchmarks can pass ``++benchmark.path``."""
+
+    name: str = "medical_o1_val"
+    batch_size: Optional[int] = setting(None, POSITIVE)
+
+
+BENCHMARKS = {
+    "pubmedqa": Benchmark,
+    "medqa": Benchmark,
+    "medmcqa": MedMCQA,
+    "mcq": Benchmark,
+    "medical_o1_val": MedicalO1Val,
+}
+
+
+@dataclass
+class EvalConfig:
+    mode: str = setting("benchmark", one_of("benchmark", "generate"))
+    question: Optional[str] = None
+    adapter_path: Optional[str] = None
+    adapters: list[str] = setting(factory=list)
+    sweep_dir: Optional[str] = None
+    include_base: bool = True
+    limit: Optional[int] = setting(None, POSITIVE)
+    seed: int = 42
+    max_seq_length: int = setting(1024, POSITIVE)
+    max_new_tokens: int = setting(2048, POSITIVE)
+    batch_size: Union[int, str] = setting("auto", at_least(1, {"auto": "chosen to fit"}))
+    engine: str = setting("auto", one_of("auto", "merged", "peft"))
+    do_sample: bool = False
+    temperature: float = setting(0.6, at_least(0))
+    top_p: float = setting(0.95, between(0, 1, low_open=True))
+    num_samples: int = setting(1, POSITIVE)
+    model: Model = setting(factory=Model)
+    data: Data = setting(factory=Data)
+    trainer: Hardware = setting(factory=Hardware)
+    benchmark: Any = dispatch("name", BENCHMARKS, strict=True)
+    paths: Paths = setting(factory=Paths)

@@ -1,0 +1,147 @@
+"""Check a composed config against its schema (``medllm.config.schema``): one one-line error per mistake.
+
+OmegaConf does the typing: merging the config into the schema's structured config refuses unknown keys
+and values of the wrong type. This module turns those errors into messages that name the key (with a
+"did you mean" from difflib), then applies the schema's rules (ranges, choices).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from medllm.config.rules import Dispatch, show
+from medllm.errors import MedllmError
+from medllm.resolvers import register as register_resolvers
+
+
+class ConfigError(MedllmError):
+    """A config value that can't work; the message names the key."""
+
+
+def validate(cfg: DictConfig, schema: type) -> None:
+    """Raise ConfigError naming the first key of ``cfg`` that ``schema`` refuses (Hydra's own node left out)."""
+    register_resolvers()  # the configs' ${medllm.*} resolvers, should the caller not have registered them
+    mine = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
+    try:
+        values = OmegaConf.to_container(mine, resolve=True)
+    except OmegaConfBaseException as err:  # an interpolation that can't resolve
+        raise ConfigError(f"{err.full_key}: {err.msg}") from None
+    _Checker(OmegaConf.to_container(mine, resolve=False)).node(values, schema, prefix="")
+
+
+class _Checker:
+    """Checks resolved values; names a value copied by interpolation (``data.seed: ${seed}``) by its source."""
+
+    def __init__(self, raw: dict[str, Any]):
+        self.raw = raw
+
+    def source(self, key: str) -> str:
+        value = _lookup(self.raw, key)
+        match = re.fullmatch(r"\$\{([\w.]+)\}", value) if isinstance(value, str) else None
+        return self.source(match[1]) if match else key
+
+    def node(self, values: Any, schema: type, prefix: str) -> None:
+        try:
+            typed = OmegaConf.merge(OmegaConf.structured(schema), values)
+        except ConfigKeyError as err:
+            raise ConfigError(_unknown_key(prefix + err.full_key, err.object_type)) from None
+        except ValidationError as err:
+            key = prefix + err.full_key
+            words = _type_words(key, err.object_type)
+            raise ConfigError(f"{self.source(key)}={show(_lookup(values, err.full_key))} must be {words}.") from None
+        self.rules(typed, schema, prefix)
+
+    def rules(self, typed: DictConfig, schema: type, prefix: str) -> None:
+        hints = typing.get_type_hints(schema)
+        for field in dataclasses.fields(schema):
+            key = prefix + field.name
+            if OmegaConf.is_missing(typed, field.name):
+                continue  # ??? : a required value, named by the checks that need it
+            value = typed[field.name]
+            if value is None:
+                continue
+            nested = _dataclass_in(hints[field.name])
+            if nested is not None:
+                self.rules(value, nested, key + ".")
+            elif "dispatch" in field.metadata:
+                self.dispatch(OmegaConf.to_container(value), field.metadata["dispatch"], key)
+            elif (rule := field.metadata.get("rule")) is not None:
+                plain = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+                if not rule.ok(plain):
+                    hint = _did_you_mean(plain, rule.choices, "")
+                    raise ConfigError(f"{self.source(key)}={show(plain)} must be {rule.expect}{hint or '.'}")
+
+    def dispatch(self, values: Any, how: Dispatch, key: str) -> None:
+        nodes = values.items() if how.many else [(None, values)]
+        for name, node in nodes:
+            where = key if name is None else f"{key}.{name}"
+            if not isinstance(node, dict):
+                raise ConfigError(f"{where}={show(node)} must be a group of settings with {how.key}.")
+            kind = node.get(how.key)
+            if kind in how.schemas:
+                self.node(node, how.schemas[kind], where + ".")
+            elif how.strict:
+                choices = tuple(how.schemas)
+                hint = _did_you_mean(kind, choices, "")
+                raise ConfigError(f"{where}.{how.key}={show(kind)} must be one of {' | '.join(choices)}{hint or '.'}")
+
+
+def _lookup(values: Any, key: str) -> Any:
+    for part in key.split("."):
+        values = values.get(part) if isinstance(values, dict) else None
+    return values
+
+
+def _unknown_key(full_key: str, object_type: type | None) -> str:
+    parent, _, name = full_key.rpartition(".")
+    known = [f.name for f in dataclasses.fields(object_type)] if dataclasses.is_dataclass(object_type) else []
+    hint = _did_you_mean(name, known, parent + "." if parent else "")
+    if not hint and known:
+        hint = f"; {parent or 'the top level'} takes {', '.join(k for k in known if not k.startswith('_'))}"
+    return f"unknown key {full_key}{hint if hint.endswith('?') else hint + '.'}"
+
+
+def _did_you_mean(value: Any, choices: Any, prefix: str) -> str:
+    if not isinstance(value, str):
+        return ""
+    close = difflib.get_close_matches(value, [c for c in choices if isinstance(c, str)], n=1)
+    return f"; did you mean {prefix}{close[0]}?" if close else ""
+
+
+def _type_words(full_key: str, object_type: type | None) -> str:
+    name = full_key.rpartition(".")[2]
+    hint = typing.get_type_hints(object_type).get(name) if dataclasses.is_dataclass(object_type) else None
+    return _words(hint)
+
+
+WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _words(hint: Any) -> str:
+    """A type as words: Optional[int] -> "an integer or null"."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        words = "a number" if set(args) == {int, float} else " or ".join(_words(a) for a in args)
+        return words + (" or null" if len(args) < len(typing.get_args(hint)) else "")
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint) or (Any,)
+        return f"a list of {_words(item).removeprefix('an ').removeprefix('a ')}s"
+    if dataclasses.is_dataclass(hint):
+        return "a group of settings"
+    return WORDS.get(hint, "a value of another type")
+
+
+def _dataclass_in(hint: Any) -> type | None:
+    """The schema of a nested group: ``Lora`` in ``Lora`` or ``Optional[Lora]``."""
+    for candidate in (hint, *typing.get_args(hint)):
+        if dataclasses.is_dataclass(candidate):
+            return candidate
+    return None
