@@ -54,7 +54,9 @@ def read_json_rows(path: Path, error: type[Exception]) -> list[Any]:
         except json.JSONDecodeError as err:
             raise error(f"{path}: not valid JSON ({err}).") from err
     rows = []
-    for line_no, line in enumerate(text.splitlines(), start=1):
+    # Lines end at "\n" only: str.splitlines() would also split at U+2028 and other characters that
+    # JSON strings may hold as they are.
+    for line_no, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:

@@ -122,11 +122,9 @@ def _problem(value: object) -> str | None:
         return "missing"
     if not isinstance(value, str):
         return f"not a string ({type(value).__name__})"
-    if not value.strip():
-        return "empty"
     if all(map(_is_invisible, value)):
-        shown = ", ".join(sorted({f"U+{ord(c):04X}" for c in value if not c.isspace() or ord(c) > 127}))
-        return f"empty (only invisible characters: {shown})"
+        unusual = sorted({f"U+{ord(c):04X}" for c in value if ord(c) > 127})
+        return "empty" + (f" (only invisible characters: {', '.join(unusual)})" if unusual else "")
     return None
 
 

@@ -115,15 +115,15 @@ def validation_count(val_size: Any, n_rows: int, source: str) -> int:
         raise records.DataError(f"data.val_size={val_size!r} is neither a fraction nor a count of rows. {fix}")
     if isinstance(val_size, float):
         if not 0 < val_size < 1:
-            raise records.DataError(f"data.val_size={val_size}: a fraction must lie between 0 and 1. {fix}")
+            raise records.DataError(f"data.val_size={val_size!r}: a fraction must lie between 0 and 1. {fix}")
         n_val = math.ceil(val_size * n_rows)
     else:
         n_val = val_size
     if n_val < 1:
-        raise records.DataError(f"data.val_size={val_size} holds out no rows, and training validates on them. {fix}")
+        raise records.DataError(f"data.val_size={val_size!r} holds out no rows, and training validates on them. {fix}")
     if n_val >= n_rows:
         raise records.DataError(
-            f"data.val_size={val_size} holds out {n_val} of {source}'s {n_rows} usable rows, leaving none to "
+            f"data.val_size={val_size!r} holds out {n_val} of {source}'s {n_rows} usable rows, leaving none to "
             f"train on. {fix}"
         )
     return n_val
