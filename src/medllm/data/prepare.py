@@ -182,7 +182,7 @@ def rows_digest(rows: datasets.Dataset) -> str:
     """A digest of the clean rows' text: the cache follows the content, whatever file or column it came from."""
     digest = hashlib.sha256()
     for name in FIELDS:
-        for text in rows[name]:
+        for text in rows.data.column(name).to_pylist():
             data = text.encode()
             digest.update(len(data).to_bytes(8, "little") + data)
     return digest.hexdigest()[:16]

@@ -96,7 +96,7 @@ def _validate(source: RowSource, columns: records.Columns, on_bad_row, phi_check
         log.warning("%s: skipped %d bad row(s), e.g. %s", source.name, len(report.bad_rows), report.bad_rows[0])
     counts: dict[str, int] = {}
     if source.path is not None and phi_check != "off":
-        finding = phi.scan([rows[f] for f in records.FIELDS])
+        finding = phi.scan([rows.data.column(f).to_pylist() for f in records.FIELDS])
         if finding and phi_check == "error":
             raise records.DataError(finding.describe(source.name) + ". Remove them, or set data.phi_check=warn|off.")
         if finding:
@@ -123,8 +123,8 @@ def validation_count(val_size: Any, n_rows: int, source: str) -> int:
         raise records.DataError(f"data.val_size={val_size!r} holds out no rows, and training validates on them. {fix}")
     if n_val >= n_rows:
         raise records.DataError(
-            f"data.val_size={val_size!r} holds out {n_val} of {source}'s {n_rows} usable rows, leaving none to "
-            f"train on. {fix}"
+            f"data.val_size={val_size!r} holds out {n_val} rows, but {source} has {n_rows} usable rows: none "
+            f"would be left to train on. {fix}"
         )
     return n_val
 
