@@ -25,9 +25,11 @@ CACHE_WAIT_S = 3600.0
 class ReasoningDataModule(L.LightningDataModule):
     """Loads, validates, formats (R1 chat format), tokenizes, masks, splits and batches reasoning rows.
 
-    Preparation runs once per distinct input and settings and is cached on disk, so a second run
-    starts at once. ``prepare_data`` raises a :class:`records.DataError` naming the file, row and
-    field of the first bad rows before any model is loaded.
+    Every run reads and validates the rows and applies the PHI policy (``validate.load_valid_rows``,
+    done once per process, so an entry point's early ``validate.check_data`` costs nothing twice).
+    Tokenizing runs once per distinct rows, settings and code, and is cached on disk, so a second run
+    starts at once. Bad input raises a :class:`records.DataError` naming the file, row and field (or
+    the setting) before any model is loaded.
     """
 
     def __init__(
