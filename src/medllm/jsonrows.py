@@ -62,8 +62,21 @@ def read_json_rows(path: Path, error: type[Exception]) -> list[Any]:
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as err:
+            if _is_one_object(text):
+                raise error(
+                    f"{path}: one JSON object, not rows. Give a list of objects ([{{...}}, ...]) or one object "
+                    "per line (JSON lines)."
+                ) from None
             raise error(f"{path}: line {line_no} is not valid JSON ({err}).") from err
     return rows
+
+
+def _is_one_object(text: str) -> bool:
+    """Whether ``text`` is a single JSON object spread over several lines (say, ``{"data": [...]}``)."""
+    try:
+        return isinstance(json.loads(text), dict)
+    except json.JSONDecodeError:
+        return False
 
 
 def read_csv_rows(path: Path, error: type[Exception]) -> list[dict[str, str | None]]:

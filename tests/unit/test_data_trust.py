@@ -332,3 +332,10 @@ def test_jsonl_strings_may_hold_unicode_line_separators(tmp_path):
     path = write_jsonl(tmp_path / "rows.jsonl", rows)
     (checked,) = validate.check_data({"source": "local", "path": str(path), "val_size": 1})
     assert checked.rows["reasoning"][0] == rows[0]["Complex_CoT"]
+
+
+def test_a_pretty_printed_json_object_is_named_as_not_rows(tmp_path):
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps({"data": ROWS}, indent=2), "utf-8")
+    with pytest.raises(DataError, match=rf"{path}: one JSON object, not rows"):
+        validate.check_data({"source": "local", "path": str(path)})
