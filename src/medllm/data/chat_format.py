@@ -4,12 +4,23 @@ The tokenizer's own R1 chat template deletes everything before ``</think>`` in a
 rendering training rows through it would silently train on the answer alone. This module renders the
 format itself and builds the loss mask while it renders: the prompt is tokenized apart from the
 completion, and only the completion (reasoning, answer and the final EOS) carries labels.
+
+Text from the data (question, reasoning, answer, instruction) is data, never control: a row whose
+answer spells ``<｜end▁of▁sentence｜>`` or whose question spells ``<｜Assistant｜>`` is encoded as those
+characters, not as the control tokens, so it can neither end an answer early nor forge a turn. Only
+the format's own markers become control tokens.
 """
 
 from __future__ import annotations
 
+import json
+import re
+import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
+
+from tokenizers import Tokenizer
 
 IGNORE_INDEX = -100
 
@@ -25,20 +36,69 @@ SPECIAL_TOKENS = (BOS, EOS, USER, ASSISTANT, THINK_OPEN, THINK_CLOSE, PAD)
 TrainOn = Literal["completion", "all"]
 
 
-def encode_batch(tokenizer, texts: list[str]) -> list[list[int]]:
-    """Token ids of ``texts`` (no special tokens added). A fast tokenizer's ``encode_batch_fast``
-    skips the character offsets that ``tokenizer(texts)`` computes: ~4x faster, same ids."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None and hasattr(backend, "encode_batch_fast"):
-        return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
-    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+class PlainTextEncoder:
+    """Token ids of text taken literally: no substring becomes one of the tokenizer's added tokens.
+
+    ``split_special_tokens`` alone is not enough: it splits only tokens flagged *special*, while the R1
+    distill tokenizers add ``<｜User｜>``, ``<｜Assistant｜>``, ``<think>`` and ``</think>`` as non-special
+    added tokens (and transformers leaves the flag switched on in the tokenizer afterwards). So a copy
+    of the fast tokenizer marks every added token special and splits them all; the caller's tokenizer
+    is left as it was. Between control tokens the ids are those the tokenizer itself gives, because it
+    too encodes the text between added tokens on its own.
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.vocab_size = len(tokenizer)
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        self.backend: Tokenizer | None = None
+        if backend is not None:
+            spec = json.loads(backend.to_str())
+            for token in spec["added_tokens"]:
+                token["special"] = True
+            self.backend = Tokenizer.from_str(json.dumps(spec))
+            self.backend.encode_special_tokens = True
+        self.added = tokenizer.get_added_vocab()
+        longest_first = sorted(self.added, key=len, reverse=True)
+        self.control_text = re.compile("|".join(map(re.escape, longest_first))) if self.added else None
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        if self.backend is not None:
+            # encode_batch_fast skips the character offsets: ~4x faster than tokenizer(texts), same ids.
+            return [e.ids for e in self.backend.encode_batch_fast(list(texts), add_special_tokens=False)]
+        # A slow (Python) tokenizer takes the flag per call and then splits every added token.
+        return self.tokenizer(list(texts), add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+    def markers(self, tokens: Sequence[str]) -> list[list[int]]:
+        """The ids of control markers: the added token's id (an R1 tokenizer has them all), else the text's.
+
+        Looked up, not encoded, so a flag left on the tokenizer (``split_special_tokens``) can't split them.
+        """
+        return [[self.added[t]] if t in self.added else self.encode([t])[0] for t in tokens]
+
+    def has_control_text(self, text: str) -> bool:
+        """Whether ``text`` spells one of the tokenizer's added tokens."""
+        return self.control_text is not None and self.control_text.search(text) is not None
+
+
+_ENCODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def plain_text_encoder(tokenizer) -> PlainTextEncoder:
+    """The tokenizer's encoder, built once (building copies the whole tokenizer); rebuilt if tokens were added."""
+    encoder = _ENCODERS.get(tokenizer)
+    if encoder is None or encoder.vocab_size != len(tokenizer):
+        encoder = _ENCODERS[tokenizer] = PlainTextEncoder(tokenizer)
+    return encoder
 
 
 @dataclass(frozen=True)
 class R1ChatFormat:
     """Renders ``Question`` / ``Complex_CoT`` / ``Response`` rows as one R1 conversation.
 
-    ``instruction`` (optional) is prepended to every question, separated by a blank line.
+    ``instruction`` (optional) is prepended to every question, separated by a blank line. The string
+    methods (``prompt``, ``render``...) show the text; the ``encode``/``tokenize`` methods give the ids
+    the model sees, with the data's text kept literal.
     """
 
     instruction: str | None = None
@@ -62,6 +122,19 @@ class R1ChatFormat:
     def render(self, question: str, reasoning: str, response: str) -> str:
         return self.prompt(question) + self.completion(reasoning, response)
 
+    def _prompt_ids(self, encoder: PlainTextEncoder, questions: Sequence[str]) -> list[list[int]]:
+        bos, user, assistant = encoder.markers([BOS, USER, ASSISTANT])
+        users = encoder.encode([self.user_text(q) for q in questions])
+        return [bos + user + text + assistant for text in users]
+
+    def encode_generation_prompts(self, tokenizer, questions: Sequence[str]) -> list[list[int]]:
+        """The ids of ``generation_prompt(q)`` for each question, its text literal: what evaluation feeds
+        the model (no BOS to add: the prompt starts with it)."""
+        encoder = plain_text_encoder(tokenizer)
+        (think_open,) = encoder.markers([THINK_OPEN])
+        (newline,) = encoder.encode(["\n"])
+        return [ids + think_open + newline for ids in self._prompt_ids(encoder, questions)]
+
     def tokenize_batch(
         self,
         tokenizer,
@@ -69,20 +142,25 @@ class R1ChatFormat:
         reasonings: list[str],
         responses: list[str],
         train_on: TrainOn = "completion",
-    ) -> dict[str, list[list[int]]]:
-        """Token ids and labels for a batch of rows (the shape ``datasets.map(batched=True)`` wants).
+    ) -> dict[str, list]:
+        """Token ids and labels for a batch of rows (the shape ``datasets.map(batched=True)`` wants), and
+        ``control_text``: whether the row's text spells a control token (kept literal; counted).
 
-        Prompt and completion are tokenized apart and joined: the boundary is the special token
-        ``<｜Assistant｜>``, which the tokenizer never merges with its neighbours, so the ids equal
-        those of the whole rendered text. The first token (BOS) is never a label, so in a packed
-        sequence no row is trained to predict the start of the next.
+        Each stretch of text between the format's markers is encoded on its own and the markers' ids
+        put between them; for text without control tokens that equals tokenizing the rendered row.
+        The first token (BOS) is never a label, so in a packed sequence no row is trained to predict
+        the start of the next.
         """
         if train_on not in ("completion", "all"):
             raise ValueError(f"train_on must be 'completion' or 'all', got {train_on!r}")
-        prompts = encode_batch(tokenizer, [self.prompt(q) for q in questions])
-        completions = encode_batch(tokenizer, [self.completion(c, r) for c, r in zip(reasonings, responses)])
-        input_ids, labels = [], []
-        for prompt_ids, completion_ids in zip(prompts, completions):
+        encoder = plain_text_encoder(tokenizer)
+        prompts = self._prompt_ids(encoder, questions)
+        think_open, think_close, eos = encoder.markers([THINK_OPEN, THINK_CLOSE, EOS])
+        reasoning_ids = encoder.encode([f"\n{c}\n" for c in reasonings])
+        response_ids = encoder.encode([f"\n\n{r}" for r in responses])
+        input_ids, labels, control_text = [], [], []
+        for i, prompt_ids in enumerate(prompts):
+            completion_ids = think_open + reasoning_ids[i] + think_close + response_ids[i] + eos
             ids = prompt_ids + completion_ids
             if train_on == "completion":
                 row_labels = [IGNORE_INDEX] * len(prompt_ids) + completion_ids
@@ -90,4 +168,6 @@ class R1ChatFormat:
                 row_labels = [IGNORE_INDEX, *ids[1:]]
             input_ids.append(ids)
             labels.append(row_labels)
-        return {"input_ids": input_ids, "labels": labels}
+            texts = (self.user_text(questions[i]), reasonings[i], responses[i])
+            control_text.append(any(encoder.has_control_text(t) for t in texts))
+        return {"input_ids": input_ids, "labels": labels, "control_text": control_text}

@@ -2,39 +2,40 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
-from typing import Literal
 
 import datasets
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from medllm.data import phi, prepare, records
+from medllm.data import phi, prepare, records, validate
 from medllm.data.chat_format import R1ChatFormat, TrainOn
 from medllm.data.collate import PackCollator, PackedDataset, PadCollator, pack
 from medllm.data.sampler import ResumableBatchSampler
 
 log = logging.getLogger(__name__)
 
-Source = Literal["sample", "hub", "local"]
 CACHE_WAIT_S = 3600.0
 
 
 class ReasoningDataModule(L.LightningDataModule):
     """Loads, validates, formats (R1 chat format), tokenizes, masks, splits and batches reasoning rows.
 
-    Preparation runs once per distinct input and settings and is cached on disk, so a second run
-    starts at once. ``prepare_data`` raises a :class:`records.DataError` naming the file, row and
-    field of the first bad rows before any model is loaded.
+    Every run reads and validates the rows and applies the PHI policy (``validate.load_valid_rows``,
+    done once per process, so an entry point's early ``validate.check_data`` costs nothing twice).
+    Tokenizing runs once per distinct rows, settings and code, and is cached on disk, so a second run
+    starts at once. Bad input raises a :class:`records.DataError` naming the file, row and field (or
+    the setting) before any model is loaded.
     """
 
     def __init__(
         self,
         tokenizer,
-        source: Source = "sample",
+        source: validate.Source = "sample",
         path: str | None = None,
         hub_name: str = "FreedomIntelligence/medical-o1-reasoning-SFT",
         subset: str = "en",
@@ -60,15 +61,11 @@ class ReasoningDataModule(L.LightningDataModule):
         seed: int = 42,
     ):
         super().__init__()
-        if source not in ("sample", "hub", "local"):
-            raise ValueError(f"data.source must be sample, hub or local, got {source!r}")
-        if phi_check not in ("warn", "error", "off"):
-            raise ValueError(f"data.phi_check must be warn, error or off, got {phi_check!r}")
-        if source == "local" and not path:
-            raise records.DataError("data=local needs data.path=<a .json, .jsonl, .parquet or .csv file>.")
         self.tokenizer = tokenizer
-        self.source, self.path, self.test_path = source, path, test_path
-        self.hub_name, self.subset, self.revision = hub_name, subset, revision
+        hub = {"hub_name": hub_name, "subset": subset, "revision": revision}
+        self.sources = validate.row_sources(
+            {"source": source, "path": path, "test_path": test_path, "cache_dir": cache_dir, **hub}
+        )
         self.columns = records.Columns(**(columns or {}))
         self.chat_format = R1ChatFormat(instruction=instruction)
         self.train_on, self.on_bad_row, self.too_long, self.phi_check = train_on, on_bad_row, too_long, phi_check
@@ -76,7 +73,7 @@ class ReasoningDataModule(L.LightningDataModule):
         self.packing, self.packed_static_shape, self.group_by_length = packing, packed_static_shape, group_by_length
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.pad_to_multiple_of, self.num_workers, self.num_proc = pad_to_multiple_of, num_workers, num_proc
-        self.cache_dir = Path(cache_dir or "~/.cache/medllm").expanduser()
+        self.cache_dir = Path(cache_dir or validate.DEFAULT_CACHE_DIR).expanduser()
         self.seed = seed
         self.splits: dict[str, datasets.Dataset] = {}
         self.summary: prepare.DataSummary | None = None
@@ -84,88 +81,70 @@ class ReasoningDataModule(L.LightningDataModule):
         self._sampler_state: dict | None = None
 
     # ---- preparation -------------------------------------------------------------------------
-    def _describe(self, path: str | None) -> tuple[str, dict]:
-        """A readable name of the input and what identifies its content for the cache."""
-        if path is not None:
-            return str(path), prepare.file_identity(path)
-        if self.source == "hub":
-            name = f"{self.hub_name} ({self.subset}, revision {self.revision})"
-            return name, {"hub": self.hub_name, "subset": self.subset, "revision": self.revision}
-        return "medllm sample data", {"sample": len(records.sample_rows())}
-
-    def _cache_dir(self, path: str | None) -> Path:
-        _, identity = self._describe(path)
+    def _cache_dir(self, rows: datasets.Dataset) -> Path:
+        # Keyed by the rows' content and every setting and code version that shapes the examples.
         key = prepare.cache_key(
-            input=identity,
-            columns=self.columns.items(),
+            rows=prepare.rows_digest(rows),
             instruction=self.chat_format.instruction,
             train_on=self.train_on,
-            on_bad_row=self.on_bad_row,
             too_long=self.too_long,
             max_seq_length=self.max_seq_length,
             tokenizer=prepare.tokenizer_digest(self.tokenizer),
         )
         return self.cache_dir / "prepared" / key
 
-    def _read(self, path: str | None) -> list[dict]:
-        if path is not None:
-            return records.read_local(path)
-        if self.source == "hub":
-            return records.read_hub(self.hub_name, self.subset, self.revision, cache_dir=str(self.cache_dir / "hub"))
-        return records.sample_rows()
-
-    def _prepare_one(self, path: str | None) -> None:
-        target = self._cache_dir(path)
-        if prepare.is_cached(target):
-            return
-        name, _ = self._describe(path)
-        cleaned, report = records.clean(self._read(path), self.columns, name, self.on_bad_row)
-        summary = prepare.DataSummary(source=name, rows_read=report.rows_read, dropped=dict(report.dropped))
-        if report.bad_rows:
-            log.warning("%s: skipped %d bad row(s), e.g. %s", name, len(report.bad_rows), report.bad_rows[0])
-        if path is not None and self.phi_check != "off":
-            finding = phi.scan([cleaned[f] for f in records.FIELDS])
-            summary.phi = {kind: len(rows) for kind, rows in finding.rows.items()}
-            if finding and self.phi_check == "error":
-                raise records.DataError(finding.describe(name) + ". Remove them, or set data.phi_check=warn|off.")
-            if finding:
-                log.warning(finding.describe(name))
-        examples, dropped, truncated = prepare.tokenize(
-            cleaned, self.tokenizer, self.chat_format, self.max_seq_length, self.train_on, self.too_long, self.num_proc
+    def _prepared(self, source: validate.RowSource, build: bool) -> tuple[datasets.Dataset, prepare.DataSummary]:
+        """Rows validated afresh (bad rows and the PHI policy are checked every run, cached or not), then
+        the tokenized examples: from the cache, or built (``build``) or waited for (other DDP ranks)."""
+        valid = validate.load_valid_rows(source, self.columns, self.on_bad_row, self.phi_check)
+        target = self._cache_dir(valid.rows)
+        cached = prepare.load_cached(target) if build else prepare.wait_for_cache(target, CACHE_WAIT_S)
+        if cached is None and not build:
+            raise RuntimeError(f"prepared data for {source.name} did not appear in {target}")
+        if cached is None:
+            tokenized = prepare.tokenize(
+                valid.rows,
+                self.tokenizer,
+                self.chat_format,
+                self.max_seq_length,
+                self.train_on,
+                self.too_long,
+                self.num_proc,
+            )
+            if len(tokenized.examples) == 0:
+                raise prepare.nothing_fits_error(source.name, tokenized, self.max_seq_length)
+            token_summary = prepare.DataSummary(
+                source=source.name,
+                dropped=dict(tokenized.dropped),
+                truncated=tokenized.truncated,
+                control_text_rows=tokenized.control_text_rows,
+            )
+            cached = tokenized.examples, prepare.summarize(tokenized.examples, token_summary)
+            prepare.save_atomically(*cached, target)
+        examples, summary = cached
+        summary = dataclasses.replace(
+            summary,
+            source=source.name,
+            rows_read=valid.report.rows_read,
+            dropped={**valid.report.dropped, **summary.dropped},
+            phi=valid.phi,
         )
-        summary.dropped.update({k: summary.dropped.get(k, 0) + v for k, v in dropped.items()})
-        summary.truncated = truncated
-        if len(examples) == 0:
-            raise records.DataError(f"{name}: no usable rows left (dropped: {summary.dropped}).")
-        prepare.save_atomically(examples, prepare.summarize(examples, summary), target)
-
-    def _inputs(self) -> list[str | None]:
-        """The training input (None: hub or sample) and the optional test file."""
-        return [self.path if self.source == "local" else None] + ([self.test_path] if self.test_path else [])
+        return examples, summary
 
     def prepare_data(self) -> None:
-        for path in self._inputs():
-            self._prepare_one(path)
-
-    def _load(self, path: str | None) -> tuple[datasets.Dataset, prepare.DataSummary]:
-        cached = prepare.load_cached(self._cache_dir(path), wait_s=CACHE_WAIT_S)
-        if cached is None:
-            raise RuntimeError(f"prepared data for {path or self.source} did not appear in {self.cache_dir}")
-        return cached
+        for source in self.sources:
+            self._prepared(source, build=True)
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        if os.environ.get("LOCAL_RANK", "0") == "0":
-            self.prepare_data()
-        examples, self.summary = self._load(self._inputs()[0])
-        if len(examples) < 2:
-            raise records.DataError(f"{self.summary.source}: {len(examples)} usable row(s); need at least 2 to split.")
-        val_size = self.val_size if isinstance(self.val_size, float) else min(int(self.val_size), len(examples) - 1)
-        split = examples.train_test_split(test_size=val_size, seed=self.seed)
+        build = os.environ.get("LOCAL_RANK", "0") == "0"
+        examples, self.summary = self._prepared(self.sources[0], build)
+        n_val = validate.validation_count(self.val_size, len(examples), self.summary.source)
+        split = examples.train_test_split(test_size=n_val, seed=self.seed)
         self.splits = {"train": split["train"], "val": split["test"]}
-        if self.test_path:
-            self.splits["test"] = self._load(self.test_path)[0]
+        if len(self.sources) > 1:
+            self.splits["test"] = self._prepared(self.sources[1], build)[0]
         if self.packing:
             lengths = self.splits["train"]["length"]
             self.train_bins = pack(lengths, self.max_seq_length)

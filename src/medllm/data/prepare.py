@@ -15,13 +15,16 @@ from typing import Literal
 
 import datasets
 import numpy as np
+import tokenizers
+import transformers
 
+from medllm.data import chat_format as chat_format_module
 from medllm.data.chat_format import IGNORE_INDEX, R1ChatFormat, TrainOn
+from medllm.data.records import FIELDS, DataError
 
 log = logging.getLogger(__name__)
 
 TooLongPolicy = Literal["drop", "truncate"]
-CACHE_FORMAT_VERSION = 1
 
 
 @dataclass
@@ -41,6 +44,7 @@ class DataSummary:
     total_tokens: int = 0
     packing_efficiency: float | None = None
     phi: dict[str, int] = field(default_factory=dict)
+    control_text_rows: int = 0  # kept rows whose text spells a control token (trained on as plain text)
 
     def lines(self) -> list[str]:
         dropped = ", ".join(f"{k} {v}" for k, v in sorted(self.dropped.items())) or "none"
@@ -54,6 +58,11 @@ class DataSummary:
         ]
         if self.packing_efficiency is not None:
             out.append(f"  packing efficiency (row tokens / packed sequence tokens): {self.packing_efficiency:.1%}")
+        if self.control_text_rows:
+            out.append(
+                f"  rows whose text spells a control token (<think>, <｜end▁of▁sentence｜>...), "
+                f"kept as plain text: {self.control_text_rows}"
+            )
         if self.phi:
             out.append("  possible identifiers (rows): " + ", ".join(f"{k} {v}" for k, v in sorted(self.phi.items())))
         return out
@@ -67,6 +76,7 @@ class DataSummary:
 
 def _apply_length_policy(batch: dict, max_seq_length: int, too_long: TooLongPolicy) -> dict:
     out = {"input_ids": [], "labels": [], "keep": [], "truncated": [], "n_trained": [], "length": []}
+    out["full_length"], out["control_text"] = [len(ids) for ids in batch["input_ids"]], batch["control_text"]
     for ids, labels in zip(batch["input_ids"], batch["labels"]):
         cut = len(ids) > max_seq_length
         if cut and too_long == "truncate":
@@ -85,6 +95,17 @@ def _column(dataset: datasets.Dataset, name: str) -> np.ndarray:
     return dataset.data.column(name).to_numpy()
 
 
+@dataclass
+class Tokenized:
+    """Examples ready to train on, and what became of the other rows."""
+
+    examples: datasets.Dataset
+    dropped: Counter
+    truncated: int
+    control_text_rows: int  # kept rows whose text spells a control token
+    row_lengths: np.ndarray  # every row's full token length, before the length policy
+
+
 def tokenize(
     rows: datasets.Dataset,
     tokenizer,
@@ -93,12 +114,9 @@ def tokenize(
     train_on: TrainOn = "completion",
     too_long: TooLongPolicy = "drop",
     num_proc: int | None = None,
-) -> tuple[datasets.Dataset, Counter, int]:
-    """Tokenize clean rows; returns (examples, dropped counts by reason, truncated count).
-
-    Rows over ``max_seq_length`` are dropped or truncated (``too_long``); rows left with no trained
-    token (a prompt longer than the budget, say) are dropped.
-    """
+) -> Tokenized:
+    """Tokenize clean rows. Rows over ``max_seq_length`` are dropped or truncated (``too_long``); rows
+    left with no trained token (a prompt longer than the budget, say) are dropped."""
     if too_long not in ("drop", "truncate"):
         raise ValueError(f"data.too_long must be 'drop' or 'truncate', got {too_long!r}")
 
@@ -114,9 +132,28 @@ def tokenize(
     )
     keep, n_trained = _column(encoded, "keep"), _column(encoded, "n_trained")
     dropped = Counter({"too_long": int((~keep).sum()), "no_trained_tokens": int((keep & (n_trained == 0)).sum())})
-    truncated = int(_column(encoded, "truncated").sum())
-    examples = encoded.select(np.flatnonzero(keep & (n_trained > 0))).remove_columns(["keep", "truncated"])
-    return examples, +dropped, truncated
+    kept = keep & (n_trained > 0)
+    examples = encoded.select(np.flatnonzero(kept)).remove_columns(["keep", "truncated", "full_length", "control_text"])
+    return Tokenized(
+        examples,
+        +dropped,
+        truncated=int(_column(encoded, "truncated").sum()),
+        control_text_rows=int((kept & _column(encoded, "control_text")).sum()),
+        row_lengths=_column(encoded, "full_length"),
+    )
+
+
+def nothing_fits_error(source: str, tokenized: Tokenized, max_seq_length: int) -> DataError:
+    """No row left to train on: say which setting and the rows' lengths, so the fix is one change."""
+    lengths = tokenized.row_lengths
+    median = int(np.median(lengths))
+    enough = 1 << (median - 1).bit_length()  # the power of two at or above the median row
+    dropped = ", ".join(f"{k} {v}" for k, v in sorted(tokenized.dropped.items()))
+    return DataError(
+        f"{source}: no row fits max_seq_length={max_seq_length} (dropped: {dropped}). The rows are "
+        f"{int(lengths.min())} to {int(lengths.max())} tokens long, median {median}. Raise max_seq_length "
+        f"(max_seq_length={enough} keeps at least half of them; data.max_seq_length follows it)."
+    )
 
 
 def summarize(examples: datasets.Dataset, summary: DataSummary) -> DataSummary:
@@ -132,9 +169,28 @@ def summarize(examples: datasets.Dataset, summary: DataSummary) -> DataSummary:
     return summary
 
 
+def code_digest() -> str:
+    """A digest of the code that turns clean rows into examples: this module, the chat format and the
+    tokenizer libraries. Any edit there makes new cache keys, so no cache outlives the code that wrote it."""
+    digest = hashlib.sha256(f"tokenizers {tokenizers.__version__} transformers {transformers.__version__}".encode())
+    for module_file in (__file__, chat_format_module.__file__):
+        digest.update(Path(module_file).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def rows_digest(rows: datasets.Dataset) -> str:
+    """A digest of the clean rows' text: the cache follows the content, whatever file or column it came from."""
+    digest = hashlib.sha256()
+    for name in FIELDS:
+        for text in rows.data.column(name).to_pylist():
+            data = text.encode()
+            digest.update(len(data).to_bytes(8, "little") + data)
+    return digest.hexdigest()[:16]
+
+
 def cache_key(**parts) -> str:
     """A short digest of everything that determines the prepared examples."""
-    blob = json.dumps({"version": CACHE_FORMAT_VERSION, **parts}, sort_keys=True, default=str)
+    blob = json.dumps({"code": code_digest(), **parts}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -144,34 +200,64 @@ def tokenizer_digest(tokenizer) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def file_identity(path: str | Path) -> dict:
-    stat = Path(path).stat()
-    return {"path": str(Path(path).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
 def save_atomically(examples: datasets.Dataset, summary: DataSummary, target: Path) -> None:
-    """Write the prepared set to a temporary folder and rename it, so a cache folder is always whole."""
+    """Write the prepared set to a temporary folder and rename it, so a cache folder is always whole.
+
+    A cache that can't be written (disk full, read-only) costs only the next run's time: warned about,
+    its partial copy removed, and the run goes on with the examples in memory.
+    """
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    examples.save_to_disk(str(tmp))
-    (tmp / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
+    try:
+        examples.save_to_disk(str(tmp))
+        (tmp / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        log.warning("could not cache the prepared data in %s (%s); the next run prepares it again", target, err)
+        return
     try:
         os.replace(tmp, target)
     except OSError:  # another process finished first; its copy is equally good
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def is_cached(target: Path) -> bool:
-    """Whether ``target`` holds a whole prepared set (its summary is written last, then renamed in)."""
-    return (target / "summary.json").exists()
+class UnreadableCache(Exception):
+    """A cache folder that exists but can't be loaded (truncated, edited, written by something else)."""
 
 
-def load_cached(target: Path, wait_s: float = 0.0) -> tuple[datasets.Dataset, DataSummary] | None:
-    """The prepared set in ``target``, waiting up to ``wait_s`` for another process to write it."""
+def read_cache(target: Path) -> tuple[datasets.Dataset, DataSummary] | None:
+    """The prepared set in ``target``; None if there is none (its summary is written last, then renamed in)."""
+    if not (target / "summary.json").exists():
+        return None
+    try:
+        summary = DataSummary(**json.loads((target / "summary.json").read_text("utf-8")))
+        examples = datasets.load_from_disk(str(target))
+        if examples.num_rows != summary.rows_kept:
+            raise ValueError(f"{examples.num_rows} examples, the summary says {summary.rows_kept}")
+    except Exception as err:  # Arrow, JSON and the dataset loader each fail their own way on a broken file
+        raise UnreadableCache(f"{type(err).__name__}: {err}") from err
+    return examples, summary
+
+
+def load_cached(target: Path) -> tuple[datasets.Dataset, DataSummary] | None:
+    """The prepared set in ``target``, for the process that builds it: None if absent; an unreadable
+    one is reported, removed and None returned, so it is built again."""
+    try:
+        return read_cache(target)
+    except UnreadableCache as err:
+        log.warning("prepared data in %s is unreadable (%s); preparing it again", target, err)
+        shutil.rmtree(target, ignore_errors=True)
+        return None
+
+
+def wait_for_cache(target: Path, wait_s: float) -> tuple[datasets.Dataset, DataSummary] | None:
+    """The prepared set in ``target`` once another process has written it (or rewritten a broken one)."""
     deadline = time.monotonic() + wait_s
-    while not is_cached(target):
-        if time.monotonic() >= deadline:
-            return None
+    while True:
+        try:
+            cached = read_cache(target)
+        except UnreadableCache:
+            cached = None
+        if cached is not None or time.monotonic() >= deadline:
+            return cached
         time.sleep(0.5)
-    summary = DataSummary(**json.loads((target / "summary.json").read_text()))
-    return datasets.load_from_disk(str(target)), summary

@@ -1,8 +1,9 @@
 """Reading reasoning SFT rows from the hub, local files or the packaged sample, and validating them.
 
 Every row leaves this module as three clean strings (``question``, ``reasoning``, ``response``):
-Unicode NFC, whitespace trimmed, never lowercased. A bad row is reported with its source, its
-1-based row number and the field at fault, before any tokenizer or model is loaded.
+Unicode NFC, whitespace trimmed, never lowercased; a field of only invisible characters is empty.
+A bad row is reported with its source, its 1-based row number and the field at fault, before any
+tokenizer or model is loaded.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Literal
 import datasets
 
 from medllm.errors import MedllmError
-from medllm.jsonrows import read_json_rows
+from medllm.jsonrows import read_csv_rows, read_json_rows
 
 FIELDS = ("question", "reasoning", "response")
 LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -79,11 +80,12 @@ def read_local(path: str | Path) -> list[dict]:
         raise DataError(f"{path}: unsupported file type {suffix!r}; use one of {sorted(LOCAL_FORMATS)}.")
     if suffix in (".json", ".jsonl"):
         return _read_json(path)
+    if suffix == ".csv":
+        return read_csv_rows(path, DataError)
     try:
-        reader = datasets.Dataset.from_parquet if suffix == ".parquet" else datasets.Dataset.from_csv
-        return reader(str(path), keep_in_memory=True).to_list()
-    except Exception as err:  # the readers raise many types; all mean the file can't be parsed
-        raise DataError(f"{path}: could not be read as {suffix[1:]}: {err}") from err
+        return datasets.Dataset.from_parquet(str(path), keep_in_memory=True).to_list()
+    except Exception as err:  # the reader raises many types; all mean the file can't be parsed
+        raise DataError(f"{path}: could not be read as parquet: {err}") from err
 
 
 def read_hub(name: str, subset: str, revision: str | None, cache_dir: str | None = None) -> list[dict]:
@@ -105,13 +107,24 @@ def read_hub(name: str, subset: str, revision: str | None, cache_dir: str | None
         raise
 
 
+# Characters that render as nothing: whitespace (NBSP too), format characters (zero-width space and
+# joiners, word joiner, byte order mark, bidi marks), controls, and the blank "letters" that pass for text.
+INVISIBLE_CATEGORIES = {"Zs", "Zl", "Zp", "Cc", "Cf"}
+BLANK_LETTERS = set("\u115f\u1160\u3164\uffa0\u2800")
+
+
+def _is_invisible(char: str) -> bool:
+    return unicodedata.category(char) in INVISIBLE_CATEGORIES or char in BLANK_LETTERS
+
+
 def _problem(value: object) -> str | None:
     if value is None:
         return "missing"
     if not isinstance(value, str):
         return f"not a string ({type(value).__name__})"
-    if not value.strip():
-        return "empty"
+    if all(map(_is_invisible, value)):
+        unusual = sorted({f"U+{ord(c):04X}" for c in value if ord(c) > 127})
+        return "empty" + (f" (only invisible characters: {', '.join(unusual)})" if unusual else "")
     return None
 
 
@@ -124,6 +137,8 @@ def clean(
     """Validate, normalise and de-duplicate rows; returns ``question/reasoning/response`` columns."""
     if on_bad_row not in ("error", "skip"):
         raise DataError(f"data.on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
+    if not rows:
+        raise DataError(f"{source}: no rows (the file is empty or holds an empty list). Point data.path at your rows.")
     present = set().union(*(row.keys() for row in rows)) if rows else set()
     missing = [src for _, src in columns.items() if src not in present]
     if missing:
@@ -156,4 +171,6 @@ def clean(
             + (f"\n  ... and {more} more" if more > 0 else "")
             + "\nFix the file, or set data.on_bad_row=skip to drop such rows and count them."
         )
+    if not seen:
+        raise DataError(f"{source}: no usable rows: all {len(rows)} are bad, e.g. {report.bad_rows[0]}.")
     return datasets.Dataset.from_dict(kept), report
