@@ -105,9 +105,15 @@ def read_checkpoint(path: Path) -> Checkpoint:
     try:
         # mmap: the weights are not read, only the file's index and the small objects.
         checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or not a torch file: {reason}).") from None
+    except Exception:
+        try:  # not a zip-format torch file (which mmap needs), or a damaged one: this load says which
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CheckpointError(
+                f"{path}: not a readable checkpoint ({Path(path).stat().st_size} bytes: truncated, damaged or not a "
+                f"torch file; torch says: {reason})."
+            ) from None
     record = checkpoint.get(RECORD_KEY) if isinstance(checkpoint, dict) else None
     if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
         raise CheckpointError(
@@ -132,29 +138,35 @@ def _compared(key: str) -> bool:
     return under(SAME_ON_RESUME) and not under(FREE_ON_RESUME)
 
 
-def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """``key: old -> new`` for each setting a resume must keep that differs."""
-    old_flat, new_flat = _flatten(old), _flatten(new)
+def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """``key: old -> new`` for each dotted key whose value differs."""
+    old_flat, new_flat = _flatten(old, prefix), _flatten(new, prefix)
     missing = "(unset)"
     return [
         f"{key}: {old_flat.get(key, missing)} -> {new_flat.get(key, missing)}"
         for key in sorted(set(old_flat) | set(new_flat))
-        if _compared(key) and old_flat.get(key, missing) != new_flat.get(key, missing)
+        if old_flat.get(key, missing) != new_flat.get(key, missing)
     ]
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``key: old -> new`` for each setting a resume must keep that differs."""
+    return [change for change in _differences(old, new) if _compared(change.split(":", 1)[0])]
 
 
 def check_resumable(checkpoint: Checkpoint, cfg: DictConfig) -> None:
     """CheckpointError unless the checkpoint was trained on this base, with this LoRA shape and settings."""
     record, path = checkpoint.record, checkpoint.path
-    if record["base_model"] != base_model(cfg.model):
+    changes = _differences(record["base_model"], base_model(cfg.model), "model.")
+    if changes:
         raise CheckpointError(
-            f"{path} was trained on base model {record['base_model']}, the config has {base_model(cfg.model)}; "
-            "resume with the checkpoint's model settings."
+            f"{path} was trained on another base model ({'; '.join(changes)}); resume with the checkpoint's."
         )
-    if record["lora"] != lora_shape(cfg.model.lora):
-        old, new = record["lora"], lora_shape(cfg.model.lora)
-        diff = ", ".join(f"model.lora.{k}: {old[k]} -> {new[k]}" for k in old if old[k] != new.get(k))
-        raise CheckpointError(f"{path} holds a LoRA adapter of another shape ({diff}); resume with the checkpoint's.")
+    changes = _differences(record["lora"], lora_shape(cfg.model.lora), "model.lora.")
+    if changes:
+        raise CheckpointError(
+            f"{path} holds a LoRA adapter of another shape ({'; '.join(changes)}); resume with the checkpoint's."
+        )
     changes = config_changes(record["config"], run_record(cfg)["config"])
     if changes:
         raise CheckpointError(
@@ -184,7 +196,7 @@ def find_checkpoint(ckpt_path: str | None, run_dir: Path) -> Checkpoint | None:
         except CheckpointError as err:
             log.warning("ckpt_path=auto: skipping %s", err)
             continue
-        log.info("ckpt_path=auto: resuming from %s (step %d)", path, checkpoint.global_step)
+        log.info("ckpt_path=auto: the newest loadable checkpoint is %s (step %d)", path, checkpoint.global_step)
         return checkpoint
     if candidates:  # starting fresh would write over them: leave that decision to the user
         raise CheckpointError(
