@@ -170,6 +170,10 @@ class RunDirGuard(Callback):
         run_dir = Path(str(config.hydra.runtime.output_dir))
         sweep_file = Path(str(config.hydra.sweep.dir)) / "multirun.yaml"
         if process_rank() > 0:
+            # Rank 0 decides and writes. A finished run's summary.json predates this job, so every rank sees
+            # that it must not log into the dir (rank 0 then skips or refuses the run).
+            if (run_dir / SUMMARY).is_file():
+                _detach_file_logs(run_dir)
             return
         if config.hydra.mode == RunMode.MULTIRUN and sweep_file.is_file():
             # Hydra's sweeper wrote it after on_multirun_start, with the overrides in plain text.
