@@ -91,13 +91,18 @@ def test_no_file_of_the_run_holds_its_secrets_and_none_is_printed(finished_run):
     assert "hub_token: <redacted>" in (run_dir / ".hydra" / "config.yaml").read_text()
 
 
-def test_a_sweep_into_a_sweep_dir_that_holds_jobs_is_refused(tmp_path):
+def test_a_sweep_keeps_no_secret_and_a_second_sweep_into_its_dir_is_refused(tmp_path):
     sweep = tmp_path / "sweep"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     command = [sys.executable, "train.py", "-m", *SMOKE, "trainer.max_steps=1", "seed=1,2", f"hydra.sweep.dir={sweep}"]
+    command.append(f"+export.hub_token={KEY_SECRET}")
     first = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     assert (sweep / "0" / "summary.json").is_file() and (sweep / "1" / "summary.json").is_file()
+    # Hydra's sweeper writes multirun.yaml and logs each job's overrides: neither keeps the secret.
+    assert "+export.hub_token=<redacted>" in (sweep / "multirun.yaml").read_text()
+    assert KEY_SECRET not in first.stdout + first.stderr
+    assert not [p for p in sweep.rglob("*") if p.is_file() and KEY_SECRET.encode() in p.read_bytes()]
     before = snapshot(sweep)
     again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode != 0
