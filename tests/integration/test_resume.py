@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +15,7 @@ import pytest
 from safetensors.torch import load_file
 
 from tests.conftest import ROOT, run_train
+from tests.integration.test_run_dir import snapshot
 
 pytestmark = pytest.mark.slow
 
@@ -22,6 +25,7 @@ OVERRIDES = [
     "trainer.val_check_interval=12",
     "trainer.accumulate_grad_batches=2",
     "callbacks.checkpoint.every_n_train_steps=3",
+    "trainer.log_every_n_steps=1",
 ]
 
 
@@ -45,12 +49,31 @@ def test_killed_run_resumed_with_ckpt_path_auto_equals_an_uninterrupted_run(tmp_
     assert process.wait() == -signal.SIGKILL
     assert not (broken / "summary.json").exists()  # it really was stopped before the end
 
+    # A new run into the killed run's dir is refused and touches nothing; a resume is what it takes.
+    before = snapshot(broken)
+    refused = run_train(*OVERRIDES, f"hydra.run.dir={broken}", check=False)
+    assert refused.returncode != 0 and "resume it with ckpt_path=auto" in refused.stderr.splitlines()[-1]
+    assert snapshot(broken) == before
+    original_config = (broken / ".hydra" / "config.yaml").read_bytes()
+
     run_train(*OVERRIDES, f"hydra.run.dir={broken}", "ckpt_path=auto")
     expected = load_file(whole / "adapter" / "adapter_model.safetensors")
     resumed = load_file(broken / "adapter" / "adapter_model.safetensors")
     assert expected.keys() == resumed.keys() and expected
     for name, value in expected.items():
         assert (resumed[name] - value).abs().max() <= 1e-6, name
+
+    # The run's metrics go on from before the kill: every step once, in order; tokens/s measured.
+    assert train_steps(broken) == train_steps(whole) == list(range(1, 25))
+    assert json.loads((broken / "summary.json").read_text())["tokens_per_s"] > 0
+    # The original .hydra/ files stay; the resume's own sit beside them.
+    assert (broken / ".hydra" / "config.yaml").read_bytes() == original_config
+    assert "ckpt_path=auto" in (broken / ".hydra" / "resume-1" / "overrides.yaml").read_text()
+
+
+def train_steps(run_dir) -> list[int]:
+    with (run_dir / "csv" / "metrics.csv").open() as f:
+        return [int(row["step"]) for row in csv.DictReader(f) if row.get("train/loss")]
 
 
 def test_resume_from_an_explicit_checkpoint_of_another_run_dir(tmp_path):
@@ -61,3 +84,62 @@ def test_resume_from_an_explicit_checkpoint_of_another_run_dir(tmp_path):
     )
     summary = json.loads((second / "summary.json").read_text())
     assert summary["steps"] == 9, out.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("short")
+    run_train(*OVERRIDES, "trainer.max_steps=6", f"hydra.run.dir={run_dir}")
+    return run_dir
+
+
+def test_auto_skips_a_corrupt_newest_checkpoint_for_an_intact_last_ckpt(short_run, tmp_path):
+    partial = tmp_path / "partial"
+    (partial / "checkpoints").mkdir(parents=True)
+    shutil.copy(short_run / "checkpoints" / "last.ckpt", partial / "checkpoints" / "last.ckpt")
+    corrupt = partial / "checkpoints" / "step000009.ckpt"
+    corrupt.write_bytes((short_run / "checkpoints" / "last.ckpt").read_bytes()[:4096])  # a save cut short
+    os.utime(corrupt, (time.time() + 60, time.time() + 60))  # the newest file
+    out = run_train(*OVERRIDES, "trainer.max_steps=9", f"hydra.run.dir={partial}", "ckpt_path=auto")
+    assert f"skipping {corrupt}: not a readable checkpoint" in out.stdout + out.stderr
+    assert json.loads((partial / "summary.json").read_text())["steps"] == 9  # 6 resumed + 3
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (("model.lora.r=16",), "holds a LoRA adapter of another shape (model.lora.r: 8 -> 16)"),
+        (("model.tiny.seed=1",), "was trained on another base model (model.tiny.seed: 0 -> 1)"),
+        (
+            ("optimizer.lr=1e-3", "data.batch_size=2"),
+            "was trained with other settings (data.batch_size: 4 -> 2; optimizer.lr: 0.01 -> 0.001)",
+        ),
+    ],
+    ids=["lora-rank", "base", "lr-and-batch"],
+)
+def test_a_checkpoint_that_does_not_fit_the_config_is_named_before_the_model_loads(
+    short_run, tmp_path, overrides, message
+):
+    ckpt = short_run / "checkpoints" / "last.ckpt"
+    out = run_train(*OVERRIDES, f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'run'}", *overrides, check=False)
+    assert out.returncode != 0
+    assert out.stderr.strip().splitlines()[-1].startswith(f"error: {ckpt} {message}")
+    assert "Traceback" not in out.stderr and "Trainable params" not in out.stdout + out.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("kind", ["truncated", "foreign"])
+def test_an_unreadable_or_foreign_checkpoint_is_named_in_one_line(short_run, tmp_path, kind):
+    import torch
+
+    ckpt = tmp_path / f"{kind}.ckpt"
+    if kind == "truncated":
+        ckpt.write_bytes((short_run / "checkpoints" / "last.ckpt").read_bytes()[:4096])
+        expected = f"error: {ckpt}: not a readable checkpoint (4096 bytes: truncated"
+    else:
+        torch.save({"state_dict": {}, "global_step": 3}, ckpt)  # a Lightning-like file of another program
+        expected = f"error: {ckpt}: not a medllm checkpoint"
+    out = run_train(*OVERRIDES, f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'run'}", check=False)
+    assert out.returncode != 0
+    assert out.stderr.strip().splitlines()[-1].startswith(expected)
+    assert "Traceback" not in out.stderr

@@ -21,7 +21,10 @@ from medllm.models.loader import load_model, load_tokenizer
 from medllm.training.callbacks import ThroughputMonitor
 from medllm.training.checkpoint_io import AtomicCheckpointIO
 from medllm.training.module import ReasoningSFTModule
-from medllm.training.wandb_logging import build_logger, finishing_wandb_run, redact_secrets, sample_callbacks
+from medllm.training.resume import RunRecord, check_resumable, continue_csv_log, find_checkpoint, run_record
+from medllm.training.run_dir import SUMMARY
+from medllm.training.secrets import redact_secrets
+from medllm.training.wandb_logging import build_logger, finishing_wandb_run, sample_callbacks
 
 log = logging.getLogger(__name__)
 
@@ -56,25 +59,28 @@ def build_trainer(cfg: DictConfig, callbacks: list[L.Callback]) -> L.Trainer:
     )
 
 
-def resolve_ckpt_path(ckpt_path: str | None, out_dir: Path) -> str | None:
-    """``auto``: the newest checkpoint of this run dir (None, a fresh start, if there is none)."""
-    if ckpt_path != "auto":
-        return ckpt_path
-    found = sorted((out_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        log.info("ckpt_path=auto: no checkpoint in %s, starting fresh", out_dir / "checkpoints")
+def finished_summary(cfg: DictConfig, out_dir: Path) -> dict | None:
+    """``ckpt_path=auto`` on a run that finished: its summary, read, nothing written (RunDirGuard wrote nothing)."""
+    path = out_dir / SUMMARY
+    if cfg.get("ckpt_path") != "auto" or not path.is_file():
         return None
-    log.info("ckpt_path=auto: resuming from %s", found[-1])
-    return str(found[-1])
+    log.info("ckpt_path=auto: %s finished already (%s); nothing to resume, nothing changed", out_dir, path)
+    return json.loads(path.read_text())
 
 
 @finishing_wandb_run()  # each Hydra multirun job its own W&B run, even when one fails
 def train(cfg: DictConfig) -> dict:
     """Prepare the data (failing fast on bad rows), load the model, fit, save adapter and summary."""
     check_train_config(cfg)
-    L.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), out_dir)
+    finished = finished_summary(cfg, out_dir)
+    if finished is not None:
+        return finished
+    checkpoint = find_checkpoint(cfg.get("ckpt_path"), out_dir)  # read and checked before any model loads
+    if checkpoint is not None:
+        check_resumable(checkpoint, cfg)
+    start_step = checkpoint.global_step if checkpoint else 0
+    L.seed_everything(cfg.seed, workers=True)
 
     tokenizer = load_tokenizer(cfg.model)
     datamodule = instantiate(cfg.data, tokenizer=tokenizer)
@@ -90,17 +96,22 @@ def train(cfg: DictConfig) -> dict:
         gradient_clip_val=cfg.trainer.get("gradient_clip_val"),
         skip_nonfinite_steps=cfg.get("skip_nonfinite_steps", 0),
     )
-    throughput = ThroughputMonitor(warmup_steps=cfg.get("throughput_warmup_steps", 1))
-    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()] + [throughput]
+    # Warm-up counted from where this process starts: a resumed run is timed too.
+    throughput = ThroughputMonitor(warmup_steps=start_step + cfg.get("throughput_warmup_steps", 1))
+    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()] + [throughput, RunRecord(run_record(cfg))]
     callbacks += sample_callbacks(cfg.get("logger"))  # W&B table of generations at each validation
     trainer = build_trainer(cfg, callbacks)
+    if checkpoint is not None and trainer.is_global_zero:
+        continue_csv_log(trainer.logger, start_step)
     if trainer.logger is not None:
         trainer.logger.log_hyperparams(redact_secrets(OmegaConf.to_container(cfg, resolve=True)))
-        trainer.logger.log_metrics(datamodule.summary.metrics(), step=0)
+        if checkpoint is None:  # a resumed run's log has this row already
+            trainer.logger.log_metrics(datamodule.summary.metrics(), step=0)
 
     try:
         # weights_only=False: the checkpoint also holds RNG states (NumPy arrays); medllm wrote it itself.
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
+        resume_from = checkpoint.path if checkpoint else None
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=False)
     except torch.OutOfMemoryError as err:
         raise MedllmError(
             f"the GPU ran out of memory ({err}). Lower data.batch_size (raise trainer.accumulate_grad_batches to "
@@ -130,6 +141,6 @@ def train(cfg: DictConfig) -> dict:
         module.model.save_pretrained(out_dir / "adapter")
         tokenizer.save_pretrained(out_dir / "adapter")
         run_exports(cfg.get("export"), cfg.model, module.model, tokenizer, out_dir)
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        (out_dir / SUMMARY).write_text(json.dumps(summary, indent=2))
         log.info("adapter: %s; summary: %s", out_dir / "adapter", json.dumps(summary))
     return summary

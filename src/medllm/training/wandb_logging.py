@@ -5,10 +5,8 @@
   (``WANDB_API_KEY`` or a netrc entry for the W&B host, as ``wandb login`` writes) and offline without
   one. Offline needs no network: the run is written to ``<run dir>/wandb/offline-run-*`` and uploaded
   later with ``wandb sync``. An online run that can't start (no network) falls back to offline.
-* :func:`redact_secrets` / :func:`redact_argv`: values of secret-looking keys (``*_key``, ``*_token``,
-  ``*secret*``, ``*password*``...), known token formats and the values of secret environment
-  variables (``WANDB_API_KEY``, ``HF_TOKEN``...) replaced by ``<redacted>``, in the logged config and in
-  the command line that W&B records with the run.
+* secrets (see :mod:`medllm.training.secrets`) redacted in the logged config and in the command line
+  that W&B records with the run.
 * :class:`SampleGenerations`: a table (``val/samples``) of greedy generations for the first
   validation rows at each validation, W&B only.
 * :func:`finishing_wandb_run`: finishes the W&B run when training ends or fails, so the next job of a
@@ -23,7 +21,6 @@ import contextlib
 import logging
 import netrc
 import os
-import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,6 +37,12 @@ from omegaconf import DictConfig, OmegaConf
 from medllm.config_checks import ConfigError
 from medllm.data.chat_format import ASSISTANT, EOS, IGNORE_INDEX, THINK_OPEN
 
+# The notion of a secret lives in medllm.training.secrets; these names stay importable from here.
+from medllm.training.secrets import REDACTED as REDACTED
+from medllm.training.secrets import is_secret_key as is_secret_key
+from medllm.training.secrets import redact_argv
+from medllm.training.secrets import redact_secrets as redact_secrets
+
 log = logging.getLogger(__name__)
 
 WANDB_TARGET = "lightning.pytorch.loggers.WandbLogger"
@@ -47,71 +50,6 @@ WANDB_TARGET = "lightning.pytorch.loggers.WandbLogger"
 SAMPLE_KNOBS = ("log_samples", "num_samples", "sample_max_new_tokens")
 MODES = ("online", "offline", "disabled")
 DEFAULT_HOST = "https://api.wandb.ai"
-
-# ---- secrets -------------------------------------------------------------------------------------
-REDACTED = "<redacted>"
-_SECRET_WORDS = {"secret", "secrets", "password", "passwd", "pwd", "passphrase", "credential", "credentials"}
-_SECRET_WORDS |= {"apikey", "auth", "bearer", "cookie"}
-_SECRET_LAST_WORDS = {"key", "token"}  # api_key, hf_token; not num_key_value_heads, max_new_tokens
-_NOT_SECRET = {f"{t}_token" for t in ("pad", "eos", "bos", "unk", "sep", "cls", "mask")}  # tokenizer settings
-_SECRET_VALUE = re.compile(
-    r"\b(?:sk|pk|rk)-[A-Za-z0-9_\-]{8,}"  # OpenAI-style keys
-    r"|\bhf_[A-Za-z0-9]{20,}"  # Hugging Face
-    r"|\b(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_\w{20,})"  # GitHub
-    r"|\bxox[abprs]-[A-Za-z0-9\-]{10,}"  # Slack
-    r"|\bAKIA[0-9A-Z]{16}\b"  # AWS access key id
-)
-_URL_PASSWORD = re.compile(r"(://[^/\s:@]+:)[^/\s@]+@")  # https://user:password@host
-
-
-def is_secret_key(name: Any) -> bool:
-    """Whether a config key (or an environment variable's name) names a secret."""
-    name = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", str(name)).lower()
-    if name in _NOT_SECRET:
-        return False
-    words = [w for w in re.split(r"[^a-z0-9]+", name) if w]
-    return bool(words) and (words[-1] in _SECRET_LAST_WORDS or any(w in _SECRET_WORDS for w in words))
-
-
-def _env_secrets() -> list[str]:
-    """Values of secret-looking environment variables (WANDB_API_KEY, HF_TOKEN...), longest first."""
-    values = {v for k, v in os.environ.items() if is_secret_key(k) and len(v) >= 8}
-    return sorted(values, key=len, reverse=True)
-
-
-def redact_text(text: str, env_secrets: list[str] | None = None) -> str:
-    for secret in _env_secrets() if env_secrets is None else env_secrets:
-        text = text.replace(secret, REDACTED)
-    text = _URL_PASSWORD.sub(rf"\1{REDACTED}@", text)
-    return _SECRET_VALUE.sub(REDACTED, text)
-
-
-def redact_secrets(value: Any, env_secrets: list[str] | None = None) -> Any:
-    """A copy of a (resolved) config with the values of secret-looking keys and secret-looking strings
-    replaced by ``<redacted>``; empty values (None, "") stay as they are."""
-    env_secrets = _env_secrets() if env_secrets is None else env_secrets
-    if isinstance(value, dict):
-        return {
-            k: REDACTED if is_secret_key(k) and v not in (None, "") else redact_secrets(v, env_secrets)
-            for k, v in value.items()
-        }
-    if isinstance(value, (list, tuple)):
-        return type(value)(redact_secrets(v, env_secrets) for v in value)
-    if isinstance(value, str):
-        return redact_text(value, env_secrets)
-    return value
-
-
-def redact_argv(argv: list[str]) -> list[str]:
-    """The command line with secret overrides (``+data.hf_token=...``) and secret-looking values redacted."""
-    env_secrets = _env_secrets()
-    out = []
-    for arg in argv:
-        key, sep, _ = arg.partition("=")
-        if sep and is_secret_key(key.lstrip("+~-").rsplit(".", 1)[-1]):
-            arg = f"{key}={REDACTED}"
-        out.append(redact_text(arg, env_secrets))
-    return out
 
 
 @contextlib.contextmanager

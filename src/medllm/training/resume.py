@@ -1,0 +1,237 @@
+"""Resuming: checkpoints that say what made them, checked before the model loads.
+
+Every checkpoint train.py writes carries a record under ``medllm``: the base model, the LoRA shape and
+the resolved config (secrets redacted). Before a resume loads any weight, the checkpoint is read and
+checked: readable (a truncated or foreign file is named in one line), a medllm checkpoint, the same
+base and LoRA shape as the config, and the same settings where a change would silently not apply or
+would change what is trained (the optimizer's state keeps its old learning rate, a new batch size or
+data split changes the data order). ``trainer.max_steps`` / ``max_epochs`` may change: the run then
+trains to the new end, with the learning-rate schedule stretched to it.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import CSVLogger, Logger
+from omegaconf import DictConfig, OmegaConf
+
+from medllm.errors import MedllmError
+from medllm.training.secrets import redact_secrets
+
+log = logging.getLogger(__name__)
+
+RECORD_KEY = "medllm"
+RECORD_FORMAT = 1
+# Settings a resume must share with its checkpoint (prefixes of dotted keys of the resolved config).
+SAME_ON_RESUME = (
+    "seed",
+    "max_seq_length",
+    "optimizer",
+    "scheduler",
+    "data",
+    "model.lora",
+    "model.load_in_4bit",
+    "model.dtype",
+    "trainer.accumulate_grad_batches",
+    "trainer.gradient_clip_val",
+)
+# ...except these, which change how fast data is prepared or how batches are padded, not what is trained.
+FREE_ON_RESUME = (
+    "data.num_workers",
+    "data.num_proc",
+    "data.cache_dir",
+    "data.eval_batch_size",
+    "data.pad_to_multiple_of",
+    "data.packed_static_shape",
+    "data.phi_check",
+)
+
+
+class CheckpointError(MedllmError):
+    """A checkpoint that can't be resumed from with this config; the message names the file."""
+
+
+def base_model(model_cfg: DictConfig) -> dict[str, Any]:
+    """What identifies the frozen base the adapter was trained on (the tiny model: its sizes and seed)."""
+    tiny = model_cfg.get("tiny") if model_cfg.get("name_or_path") is None else None
+    return {
+        "name_or_path": model_cfg.get("name_or_path"),
+        "revision": model_cfg.get("revision"),
+        "tiny": OmegaConf.to_container(tiny, resolve=True) if tiny is not None else None,
+    }
+
+
+def lora_shape(lora_cfg: DictConfig) -> dict[str, Any]:
+    return {"r": int(lora_cfg.r), "alpha": lora_cfg.alpha, "target_modules": sorted(lora_cfg.target_modules)}
+
+
+def run_record(cfg: DictConfig) -> dict[str, Any]:
+    """What a checkpoint of this run stores about it."""
+    return {
+        "format": RECORD_FORMAT,
+        "base_model": base_model(cfg.model),
+        "lora": lora_shape(cfg.model.lora),
+        "config": redact_secrets(OmegaConf.to_container(cfg, resolve=True)),
+    }
+
+
+class RunRecord(L.Callback):
+    """Puts the run's record into every checkpoint (step checkpoints, last.ckpt, the final save)."""
+
+    def __init__(self, record: dict[str, Any]):
+        self.record = record
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        checkpoint[RECORD_KEY] = self.record
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    global_step: int
+    record: dict[str, Any]
+
+
+def read_checkpoint(path: Path) -> Checkpoint:
+    """The checkpoint's step and record; CheckpointError, naming the file, if it is unreadable or not medllm's."""
+    try:
+        # mmap: the weights are not read, only the file's index and the small objects.
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception:
+        try:  # not a zip-format torch file (which mmap needs), or a damaged one: this load says which
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CheckpointError(
+                f"{path}: not a readable checkpoint ({Path(path).stat().st_size} bytes: truncated, damaged or not a "
+                f"torch file; torch says: {reason})."
+            ) from None
+    record = checkpoint.get(RECORD_KEY) if isinstance(checkpoint, dict) else None
+    if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
+        raise CheckpointError(
+            f"{path}: not a medllm checkpoint (no '{RECORD_KEY}' record); train.py resumes only its own."
+        )
+    return Checkpoint(path=Path(path), global_step=int(checkpoint.get("global_step", 0)), record=record)
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        flat = {}
+        for key, item in value.items():
+            flat.update(_flatten(item, f"{prefix}{key}."))
+        return flat or {prefix.rstrip("."): {}}
+    return {prefix.rstrip("."): value}
+
+
+def _compared(key: str) -> bool:
+    def under(prefixes: tuple[str, ...]) -> bool:
+        return any(key == p or key.startswith(f"{p}.") for p in prefixes)
+
+    return under(SAME_ON_RESUME) and not under(FREE_ON_RESUME)
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """``key: old -> new`` for each dotted key whose value differs."""
+    old_flat, new_flat = _flatten(old, prefix), _flatten(new, prefix)
+    missing = "(unset)"
+    return [
+        f"{key}: {old_flat.get(key, missing)} -> {new_flat.get(key, missing)}"
+        for key in sorted(set(old_flat) | set(new_flat))
+        if old_flat.get(key, missing) != new_flat.get(key, missing)
+    ]
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``key: old -> new`` for each setting a resume must keep that differs."""
+    return [change for change in _differences(old, new) if _compared(change.split(":", 1)[0])]
+
+
+def check_resumable(checkpoint: Checkpoint, cfg: DictConfig) -> None:
+    """CheckpointError unless the checkpoint was trained on this base, with this LoRA shape and settings."""
+    record, path = checkpoint.record, checkpoint.path
+    changes = _differences(record["base_model"], base_model(cfg.model), "model.")
+    if changes:
+        raise CheckpointError(
+            f"{path} was trained on another base model ({'; '.join(changes)}); resume with the checkpoint's."
+        )
+    changes = _differences(record["lora"], lora_shape(cfg.model.lora), "model.lora.")
+    if changes:
+        raise CheckpointError(
+            f"{path} holds a LoRA adapter of another shape ({'; '.join(changes)}); resume with the checkpoint's."
+        )
+    changes = config_changes(record["config"], run_record(cfg)["config"])
+    if changes:
+        raise CheckpointError(
+            f"{path} was trained with other settings ({'; '.join(changes)}): a resume would not apply them or "
+            "would change what is trained. Resume with the checkpoint's values, or start over in another hydra.run.dir."
+        )
+
+
+def _candidates(checkpoint_dir: Path) -> list[Path]:
+    """The dir's checkpoints, newest first (last.ckpt first among equals: it is written after a step's)."""
+    found = list(checkpoint_dir.glob("*.ckpt"))
+    return sorted(found, key=lambda p: (p.stat().st_mtime, p.name == "last.ckpt"), reverse=True)
+
+
+def find_checkpoint(ckpt_path: str | None, run_dir: Path) -> Checkpoint | None:
+    """The checkpoint to resume from: ``ckpt_path`` itself, or for ``auto`` the newest *loadable* one of
+    ``run_dir`` (unreadable ones skipped with a warning); None: start fresh."""
+    if ckpt_path is None:
+        return None
+    if ckpt_path != "auto":
+        return read_checkpoint(Path(ckpt_path))
+    checkpoint_dir = run_dir / "checkpoints"
+    candidates = _candidates(checkpoint_dir)
+    for path in candidates:
+        try:
+            checkpoint = read_checkpoint(path)
+        except CheckpointError as err:
+            log.warning("ckpt_path=auto: skipping %s", err)
+            continue
+        log.info("ckpt_path=auto: the newest loadable checkpoint is %s (step %d)", path, checkpoint.global_step)
+        return checkpoint
+    if candidates:  # starting fresh would write over them: leave that decision to the user
+        raise CheckpointError(
+            f"ckpt_path=auto: none of the {len(candidates)} checkpoint(s) in {checkpoint_dir} can be loaded (see the "
+            "warnings above); give one with ckpt_path=<file>, or start in another hydra.run.dir."
+        )
+    log.info("ckpt_path=auto: no checkpoint in %s, starting fresh", checkpoint_dir)
+    return None
+
+
+def continue_csv_log(logger: Logger | None, step: int) -> None:
+    """A resumed run's csv/metrics.csv keeps the rows up to the checkpoint's step and goes on from there.
+
+    Lightning's CSV writer deletes metrics.csv when it starts. So the file is first moved aside (a kill now
+    leaves it whole, under its hidden name), the writer started, then the rows written back through a
+    temporary file. Rows after ``step`` were logged by steps the resume trains again: they are dropped.
+    """
+    if not isinstance(logger, CSVLogger):
+        return
+    path = Path(logger.log_dir) / "metrics.csv"
+    kept = path.with_name(".metrics.csv.before-resume")
+    if path.is_file():
+        os.replace(path, kept)
+    if not kept.is_file():
+        return
+    writer = logger.experiment  # started now: no metrics.csv left for it to delete
+    with kept.open(newline="") as f:
+        reader = csv.DictReader(f)
+        rows = [row for row in reader if row.get("step", "").isdigit() and int(row["step"]) <= step]
+        fields = list(reader.fieldnames or [])
+    tmp = path.with_name(f".metrics.csv.tmp-{os.getpid()}")
+    with tmp.open("w", newline="") as f:
+        out = csv.DictWriter(f, fieldnames=fields)
+        out.writeheader()
+        out.writerows(rows)
+    os.replace(tmp, path)
+    kept.unlink()
+    writer.metrics_keys = fields  # new columns are added by the writer, which rewrites the header then

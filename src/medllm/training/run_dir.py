@@ -1,0 +1,189 @@
+"""Run dirs are never clobbered, and ``.hydra/`` holds no secrets.
+
+Hydra writes ``.hydra/{config,hydra,overrides}.yaml`` into the run dir inside ``run_job``, before the task
+function runs, with the command line's overrides in plain text; and a new run pointed at an old run's dir
+(``hydra.run.dir=<old run>``) would replace its files. So train.yaml turns Hydra's own writing off
+(``hydra.output_subdir: null``) and registers :class:`RunDirGuard`, a Hydra callback whose
+``on_job_start`` runs before anything of the job touches the dir:
+
+* a dir that holds no run: the job starts, and the guard writes ``.hydra/`` with secrets redacted;
+* a dir that holds an unfinished run: resumed with ``ckpt_path=auto`` (or a checkpoint inside it), the
+  resume's own ``.hydra`` files going to ``.hydra/resume-<n>/`` beside the original ones; otherwise
+  refused with a one-line error;
+* a dir that holds a finished run (``summary.json``): ``ckpt_path=auto`` says so and changes nothing
+  (train.py returns its summary); anything else is refused.
+
+A refused or finished job also detaches Hydra's log file handler for that dir, so not even train.log
+grows. Under DDP only rank 0 decides: the other processes run the same command into the same dir,
+after rank 0 has written its files, and end with it. A multirun into a sweep dir that already holds
+jobs is refused before its first job (unless ``ckpt_path=auto``).
+
+Imports stay light (no torch, transformers or peft): Hydra instantiates callbacks before train.py picks
+the backend, and Unsloth must be imported before transformers and peft.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from medllm.errors import MedllmError
+from medllm.training.secrets import redact_argv, redact_log_records, redact_secrets, remember_secrets
+
+HYDRA_DIR = ".hydra"
+SUMMARY = "summary.json"
+# What a run leaves in its dir; any of them present means the dir holds a run. (train.log is not among
+# them: Hydra creates it for every job, this one too, before the guard runs.)
+RUN_TRACES = (HYDRA_DIR, SUMMARY, "checkpoints", "adapter", "csv", "wandb", "merged_16bit", "gguf")
+FRESH, RESUME, FINISHED = "fresh", "resume", "finished"
+
+
+class RunDirError(MedllmError):
+    """The run dir holds another run that this command must not overwrite."""
+
+
+def run_traces(run_dir: Path) -> list[str]:
+    """The names of a previous run's files and folders in ``run_dir`` (empty folders don't count)."""
+    found = []
+    for name in RUN_TRACES:
+        path = run_dir / name
+        if path.is_file() or (path.is_dir() and any(path.iterdir())):
+            found.append(name)
+    return found
+
+
+def _inside(path: str, run_dir: Path) -> bool:
+    return Path(path).expanduser().resolve().is_relative_to(run_dir.resolve())
+
+
+def plan(run_dir: Path, ckpt_path: Any) -> str:
+    """fresh | resume | finished: what a run with this ``ckpt_path`` does in ``run_dir``; RunDirError if
+    it would overwrite another run."""
+    traces = run_traces(run_dir)
+    if not traces:
+        return FRESH
+    if (run_dir / SUMMARY).is_file():
+        if ckpt_path == "auto":
+            return FINISHED
+        raise RunDirError(
+            f"{run_dir} holds a finished run ({SUMMARY}); choose another hydra.run.dir (to train on from it: "
+            f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'} hydra.run.dir=<new dir>)."
+        )
+    if ckpt_path == "auto" or (ckpt_path and _inside(str(ckpt_path), run_dir)):
+        return RESUME
+    raise RunDirError(
+        f"{run_dir} already holds a run ({', '.join(traces)}); resume it with ckpt_path=auto, or choose another "
+        "hydra.run.dir."
+    )
+
+
+def process_rank() -> int:
+    """This process's rank in a distributed run, from what torchrun, Lightning's launcher or SLURM set
+    (the variables Lightning reads too); 0 outside one."""
+    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
+
+
+def _detach_file_logs(run_dir: Path) -> None:
+    """Stop logging into files inside ``run_dir`` (Hydra's train.log), which belong to the run there."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).is_relative_to(run_dir.resolve()):
+            root.removeHandler(handler)
+            handler.close()
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _yaml(container: Any) -> str:
+    return OmegaConf.to_yaml(OmegaConf.create(redact_secrets(container)))
+
+
+def hydra_files_dir(run_dir: Path) -> Path:
+    """``.hydra``, or for a resume (the original files kept) the first free ``.hydra/resume-<n>``."""
+    hydra_dir = run_dir / HYDRA_DIR
+    if not (hydra_dir / "config.yaml").exists():
+        return hydra_dir
+    n = 1
+    while (hydra_dir / f"resume-{n}").exists():
+        n += 1
+    return hydra_dir / f"resume-{n}"
+
+
+def write_hydra_files(config: DictConfig, target: Path) -> None:
+    """What Hydra writes to ``.hydra/`` (the job's config unresolved, Hydra's config, the overrides), with
+    secrets redacted."""
+    task = OmegaConf.to_container(config, resolve=False)
+    hydra = task.pop("hydra")
+    # Key-based redaction misses a short secret inside these strings: redact them as command lines.
+    hydra["overrides"] = {name: redact_argv([str(o) for o in args]) for name, args in hydra["overrides"].items()}
+    hydra["job"]["override_dirname"] = ",".join(redact_argv(str(config.hydra.job.override_dirname).split(",")))
+    overrides = hydra["overrides"]["task"]
+    hydra_cfg = {"hydra": hydra}
+    _write_atomically(target / "config.yaml", _yaml(task))
+    _write_atomically(target / "hydra.yaml", _yaml(hydra_cfg))
+    _write_atomically(target / "overrides.yaml", _yaml(overrides))
+
+
+def _guard_secrets(config: DictConfig) -> None:
+    remember_secrets([str(o) for o in config.hydra.overrides.task])
+    redact_log_records()
+
+
+class RunDirGuard(Callback):
+    """Hydra callback: refuse to overwrite another run's dir, resume or skip where asked, write ``.hydra/``
+    without secrets (Hydra's own writing is off: ``hydra.output_subdir: null``)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _guard_secrets(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _guard_secrets(config)
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        if config.get("ckpt_path") == "auto" or not sweep_dir.is_dir():
+            return
+        earlier = (sweep_dir / "multirun.yaml").is_file() or any(
+            child.is_dir() and run_traces(child) for child in sweep_dir.iterdir()
+        )
+        if earlier:
+            sys.exit(
+                f"error: {sweep_dir} already holds a sweep; resume its jobs with ckpt_path=auto, or choose another "
+                "hydra.sweep.dir."
+            )
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _guard_secrets(config)  # again: a SLURM worker runs the job without on_run_start
+        run_dir = Path(str(config.hydra.runtime.output_dir))
+        sweep_file = Path(str(config.hydra.sweep.dir)) / "multirun.yaml"
+        if process_rank() > 0:
+            # Rank 0 decides and writes. A finished run's summary.json predates this job, so every rank sees
+            # that it must not log into the dir (rank 0 then skips or refuses the run).
+            if (run_dir / SUMMARY).is_file():
+                _detach_file_logs(run_dir)
+            return
+        if config.hydra.mode == RunMode.MULTIRUN and sweep_file.is_file():
+            # Hydra's sweeper wrote it after on_multirun_start, with the overrides in plain text.
+            _write_atomically(sweep_file, _yaml(OmegaConf.to_container(OmegaConf.load(sweep_file))))
+        try:
+            action = plan(run_dir, config.get("ckpt_path"))
+        except RunDirError as err:
+            _detach_file_logs(run_dir)
+            sys.exit(f"error: {err}")
+        if action == FINISHED:
+            _detach_file_logs(run_dir)
+            return
+        write_hydra_files(config, hydra_files_dir(run_dir))

@@ -1,0 +1,110 @@
+"""Never lose a run: a run dir that holds a run is resumed or refused, never overwritten; no secret is
+written or printed. Real train.py runs into real dirs, compared byte by byte."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, run_train
+
+pytestmark = pytest.mark.slow
+
+KEY_SECRET = "s3cr3t-hub-value"  # under a secret-looking key
+TOKEN_SECRET = "hf_" + "Q" * 30  # a known token format inside an ordinary field
+SMOKE = ("experiment=smoke", "trainer.max_steps=4", "callbacks.checkpoint.every_n_train_steps=2")
+
+
+def snapshot(run_dir) -> dict[str, str]:
+    """Every file under the dir (hidden ones too) and the digest of its bytes."""
+    return {
+        str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("finished")
+    out = run_train(
+        *SMOKE, f"hydra.run.dir={run_dir}", f"+export.hub_token={KEY_SECRET}", f"data.instruction='see {TOKEN_SECRET}'"
+    )
+    return run_dir, out.stdout + out.stderr
+
+
+def test_the_run_left_its_files(finished_run):
+    run_dir, _ = finished_run
+    files = snapshot(run_dir)
+    for name in (
+        ".hydra/config.yaml",
+        ".hydra/overrides.yaml",
+        "summary.json",
+        "checkpoints/last.ckpt",
+        "csv/metrics.csv",
+    ):
+        assert name in files
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        (),  # the same command again
+        ("trainer.max_steps=2",),  # another run
+        ("ckpt_path={run_dir}/checkpoints/last.ckpt",),  # an explicit resume of a finished run
+        ("data=local", "data.path=/no/such/rows.jsonl"),  # a run that fails at start
+    ],
+    ids=["same", "other", "explicit-ckpt", "fails-at-start"],
+)
+def test_a_second_run_into_a_finished_run_dir_is_refused_and_changes_no_byte(finished_run, overrides):
+    run_dir, _ = finished_run
+    before = snapshot(run_dir)
+    out = run_train(*SMOKE, f"hydra.run.dir={run_dir}", *(o.format(run_dir=run_dir) for o in overrides), check=False)
+    assert out.returncode != 0
+    error = out.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"error: {run_dir} holds a finished run") and "hydra.run.dir" in error
+    assert "Traceback" not in out.stderr
+    assert snapshot(run_dir) == before
+
+
+def test_ckpt_path_auto_on_a_finished_run_says_so_and_changes_no_byte(finished_run):
+    run_dir, _ = finished_run
+    before = snapshot(run_dir)
+    out = run_train(*SMOKE, f"hydra.run.dir={run_dir}", "ckpt_path=auto")
+    assert "finished already" in out.stdout + out.stderr
+    assert snapshot(run_dir) == before
+
+
+def test_no_file_of_the_run_holds_its_secrets_and_none_is_printed(finished_run):
+    run_dir, output = finished_run
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert KEY_SECRET.encode() not in data and TOKEN_SECRET.encode() not in data, path
+    assert KEY_SECRET not in output and TOKEN_SECRET not in output
+    # Redacted, not dropped: the files still say which override was given.
+    assert "+export.hub_token=<redacted>" in (run_dir / ".hydra" / "overrides.yaml").read_text()
+    assert "hub_token: <redacted>" in (run_dir / ".hydra" / "config.yaml").read_text()
+
+
+def test_a_sweep_keeps_no_secret_and_a_second_sweep_into_its_dir_is_refused(tmp_path):
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    command = [sys.executable, "train.py", "-m", *SMOKE, "trainer.max_steps=1", "seed=1,2", f"hydra.sweep.dir={sweep}"]
+    command.append(f"+export.hub_token={KEY_SECRET}")
+    first = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert (sweep / "0" / "summary.json").is_file() and (sweep / "1" / "summary.json").is_file()
+    # Hydra's sweeper writes multirun.yaml and logs each job's overrides: neither keeps the secret.
+    assert "+export.hub_token=<redacted>" in (sweep / "multirun.yaml").read_text()
+    assert KEY_SECRET not in first.stdout + first.stderr
+    assert not [p for p in sweep.rglob("*") if p.is_file() and KEY_SECRET.encode() in p.read_bytes()]
+    before = snapshot(sweep)
+    again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode != 0
+    assert again.stderr.strip().splitlines()[-1].startswith(f"error: {sweep} already holds a sweep")
+    assert snapshot(sweep) == before

@@ -1,0 +1,93 @@
+"""What a run does with a dir that already holds files, which config changes a resume refuses, and log
+redaction: fast checks on real dirs, files and log records."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from medllm.training import secrets
+from medllm.training.resume import config_changes
+from medllm.training.run_dir import FINISHED, FRESH, RESUME, RunDirError, hydra_files_dir, plan
+
+
+def test_a_dir_without_a_run_is_fresh(tmp_path):
+    (tmp_path / "train.log").write_text("")  # Hydra creates it for every job, this one too
+    (tmp_path / "checkpoints").mkdir()  # empty: nothing to lose
+    assert plan(tmp_path / "missing", None) == FRESH
+    assert plan(tmp_path, None) == FRESH
+    assert plan(tmp_path, "auto") == FRESH
+
+
+def test_an_unfinished_run_is_resumed_only_when_asked(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    assert plan(tmp_path, "auto") == RESUME
+    assert plan(tmp_path, str(tmp_path / "checkpoints" / "last.ckpt")) == RESUME
+    with pytest.raises(RunDirError, match=r"already holds a run \(checkpoints\); resume it with ckpt_path=auto"):
+        plan(tmp_path, None)
+    with pytest.raises(RunDirError):
+        plan(tmp_path, str(tmp_path.parent / "elsewhere.ckpt"))
+
+
+def test_a_finished_run_is_never_trained_again(tmp_path):
+    (tmp_path / "summary.json").write_text("{}")
+    assert plan(tmp_path, "auto") == FINISHED
+    for ckpt in (None, str(tmp_path / "checkpoints" / "last.ckpt")):
+        with pytest.raises(RunDirError, match="holds a finished run"):
+            plan(tmp_path, ckpt)
+
+
+def test_a_resume_writes_its_hydra_files_beside_the_original_ones(tmp_path):
+    assert hydra_files_dir(tmp_path) == tmp_path / ".hydra"
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text("seed: 1\n")
+    assert hydra_files_dir(tmp_path) == tmp_path / ".hydra" / "resume-1"
+    (tmp_path / ".hydra" / "resume-1").mkdir()
+    assert hydra_files_dir(tmp_path) == tmp_path / ".hydra" / "resume-2"
+
+
+def test_config_changes_name_what_a_resume_would_not_apply_and_ignore_the_rest():
+    old = {
+        "seed": 42,
+        "optimizer": {"lr": 0.01},
+        "data": {"path": "a.jsonl", "num_workers": 0},
+        "trainer": {"max_steps": 10, "accumulate_grad_batches": 1},
+        "paths": {"output_dir": "/runs/a"},
+    }
+    new = {
+        "seed": 42,
+        "optimizer": {"lr": 0.001, "weight_decay": 0.1},
+        "data": {"path": "b.jsonl", "num_workers": 4},
+        "trainer": {"max_steps": 20, "accumulate_grad_batches": 2},
+        "paths": {"output_dir": "/runs/b"},
+    }
+    assert config_changes(old, new) == [
+        "data.path: a.jsonl -> b.jsonl",
+        "optimizer.lr: 0.01 -> 0.001",
+        "optimizer.weight_decay: (unset) -> 0.1",
+        "trainer.accumulate_grad_batches: 1 -> 2",
+    ]
+    assert config_changes(old, old) == []
+
+
+def test_log_records_are_redacted_whichever_handler_writes_them(tmp_path, monkeypatch):
+    monkeypatch.setattr(secrets, "_remembered", set())
+    monkeypatch.setattr(logging, "_logRecordFactory", logging.getLogRecordFactory())  # restored afterwards
+    secrets.remember_secrets(["+data.hf_token=abcd1234", "optimizer.lr=1e-4"])
+    secrets.redact_log_records()
+    secrets.redact_log_records()  # idempotent: one wrapper, not two
+    path = tmp_path / "train.log"
+    handler = logging.FileHandler(path)
+    logger = logging.getLogger("medllm.test_redaction")
+    logger.addHandler(handler)
+    try:
+        logger.warning("overrides: %s", ["+data.hf_token=abcd1234", "optimizer.lr=1e-4"])
+        logger.warning("url https://me:pw@host and %s", "hf_" + "Z" * 24)
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    text = path.read_text()
+    assert "abcd1234" not in text and "pw@" not in text and "ZZZZ" not in text
+    assert "optimizer.lr=1e-4" in text and text.count(secrets.REDACTED) == 3
