@@ -5,8 +5,9 @@
     python eval.py sweep_dir=multirun/2025-01-01/12-00-00 benchmark=medqa limit=200
     python eval.py mode=generate question="..." adapter_path=outputs/.../adapter
 
-Imports stay light here, as in train.py: the config is checked first, then Unsloth is imported (before
-transformers and peft).
+Imports stay light here, as in train.py: the config (and for held-out loss the rows) is checked first, then
+Unsloth is imported (before transformers and peft) where the model runs as trained; the merged engine, the
+default for benchmarks, needs only transformers.
 """
 
 import sys
@@ -22,9 +23,13 @@ def main(cfg: DictConfig) -> None:
 
     try:
         check_eval_config(cfg)  # a mistake fails here in seconds, before the backend's slow import
-        from medllm.backend import import_backend
+        if cfg.mode == "benchmark" and cfg.benchmark.name == "medical_o1_val":
+            from medllm.data.validate import check_data
 
-        import_backend(cfg.model.backend)
+            check_data(cfg.data)  # a bad row too
+        from medllm.backend import eval_backend, import_backend
+
+        import_backend(eval_backend(cfg))
         from medllm.evaluation.run import evaluate
 
         evaluate(cfg)

@@ -27,6 +27,9 @@ def main(cfg: DictConfig) -> float | None:
 
     try:
         check_train_config(cfg)  # a mistake fails here in seconds, before the backend's slow import
+        from medllm.data.validate import check_data
+
+        check_data(cfg.data)  # and so does a bad row
         from medllm.backend import import_backend
 
         import_backend(cfg.model.backend)

@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
 from tests.conftest import ROOT, SHARED_DATA
@@ -68,7 +69,8 @@ def read_report(out: Path, benchmark: str) -> tuple[dict, list[dict], list[str]]
         assert (out / name).is_file(), name
     report = json.loads((out / "report.json").read_text())["benchmarks"][benchmark]
     predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
-    rows = [line for line in (out / "report.md").read_text().splitlines() if line.startswith("| ")][1:]
+    table = (out / "report.md").read_text().split("### Adapters ranked")[0]  # the models' table, not the ranking
+    rows = [line for line in table.splitlines() if line.startswith("| ")][1:]
     return report, predictions, rows
 
 
@@ -95,6 +97,8 @@ def sweep_eval(smoke_run, tmp_path_factory) -> tuple[Path, list[str]]:
     data = write_pubmedqa(tmp / "pubmedqa", n=24)
     trained = tmp / "sweep" / "0" / "adapter"
     shutil.copytree(smoke_run / "adapter", trained)
+    shutil.copytree(smoke_run / ".hydra", trained.parent / ".hydra")  # what trained it: lr, rank, val loss
+    shutil.copy(smoke_run / "summary.json", trained.parent)
     zeroed = zeroed_copy(smoke_run / "adapter", tmp / "sweep" / "1" / "adapter")
     run(
         "eval.py",
@@ -118,6 +122,21 @@ def test_pubmedqa_layout_compares_base_and_a_sweep_of_adapters(sweep_eval):
     assert outputs[models[1]] != outputs["base"]  # the trained adapter is really active
     ids = {m: [p["id"] for p in predictions if p["model"] == m] for m in models}
     assert ids[models[1]] == ids[models[2]] == ids["base"] and len(set(ids["base"])) == 20  # one subsample
+
+
+def test_a_sweep_report_ranks_adapters_beside_their_training_run(sweep_eval, smoke_run):
+    out, (_, trained_label, zeroed_label) = sweep_eval
+    runs = json.loads((out / "0" / "report.json").read_text())["runs"]
+    summary = json.loads((smoke_run / "summary.json").read_text())
+    trained_cfg = OmegaConf.load(smoke_run / ".hydra" / "config.yaml")
+    assert list(runs) == [trained_label]  # the zeroed copy has no run dir to read
+    assert runs[trained_label]["val_loss"] == pytest.approx(summary["val_loss"])
+    assert (runs[trained_label]["lr"], runs[trained_label]["r"]) == (trained_cfg.optimizer.lr, trained_cfg.model.lora.r)
+    markdown = (out / "0" / "report.md").read_text()
+    ranking = markdown.split("### Adapters ranked by accuracy")[1].splitlines()
+    assert [line.split(" | ")[1] for line in ranking if line.startswith("| 1 ")] == [trained_label]
+    assert zeroed_label not in "".join(ranking)
+    assert (out / "0" / "accuracy_vs_val_loss.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_validation_loss_is_lower_with_the_adapter(sweep_eval, smoke_run):

@@ -58,11 +58,6 @@ def test_checkpoints_count_optimizer_steps(run_dir):
     assert saved == ["step000002.ckpt", "step000004.ckpt"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Lightning counts an int val_check_interval in micro-batches (here every optimizer step); "
-    "training.run.build_trainer passes it on unscaled",
-)
 def test_val_check_interval_counts_optimizer_steps(run_dir):
     _, rows = run_dir
     assert steps_with(rows, "val/loss") == [2, 4]

@@ -26,8 +26,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def prompt_ids(tokenizer) -> list[list[int]]:
-    fmt = R1ChatFormat()
-    return tokenizer([fmt.generation_prompt(q) for q in QUESTIONS], add_special_tokens=False)["input_ids"]
+    return R1ChatFormat().encode_generation_prompts(tokenizer, QUESTIONS)
 
 
 def fresh_model(tokenizer):
@@ -59,21 +58,11 @@ def test_grouped_attention_gives_the_logits_of_transformers_sdpa(tokenizer, prom
 def test_greedy_decoding_equals_plain_generate_whatever_the_batch(tokenizer, prompt_ids) -> None:
     """Left padding, the static cache and a short last batch filled with copies change no completion."""
     expected = [
-        tokenizer(text[0], add_special_tokens=False)["input_ids"]
-        for text in generate(
-            fresh_model(tokenizer),
-            tokenizer,
-            tokenizer.batch_decode(prompt_ids, skip_special_tokens=False),
-            max_new_tokens=24,
-            batch_size=1,
-            progress=False,
-        )
+        texts[0] for texts in generate(fresh_model(tokenizer), tokenizer, prompt_ids, 24, batch_size=1, progress=False)
     ]
     for batch_size in (1, 2, None):  # 2: the last batch of 5 prompts is filled up; None: all at once
         got = decode(fresh_model(tokenizer), tokenizer, prompt_ids, batch_size)
-        assert [tokenizer.decode(ids, skip_special_tokens=False) for ids in got] == [
-            tokenizer.decode(ids, skip_special_tokens=False) for ids in expected
-        ], batch_size
+        assert [tokenizer.decode(ids, skip_special_tokens=False) for ids in got] == expected, batch_size
 
 
 def test_row_budgets_cut_each_row_and_results_keep_the_callers_order(tokenizer, prompt_ids) -> None:

@@ -29,14 +29,13 @@ def tiny():
 
 
 @pytest.fixture(scope="module")
-def prompts() -> list[str]:
-    fmt = R1ChatFormat()
-    return [fmt.generation_prompt(q) for q in QUESTIONS]
+def prompts(tiny) -> list[list[int]]:
+    return R1ChatFormat().encode_generation_prompts(tiny[1], QUESTIONS)
 
 
-def test_batched_left_padded_greedy_equals_one_by_one(tiny, prompts: list[str]) -> None:
+def test_batched_left_padded_greedy_equals_one_by_one(tiny, prompts: list[list[int]]) -> None:
     model, tokenizer = tiny
-    lengths = {len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts}
+    lengths = {len(p) for p in prompts}
     assert len(lengths) == len(prompts)  # every batch really holds padding
     batched = generate(model, tokenizer, prompts, max_new_tokens=16, batch_size=3, progress=False)
     alone = [generate(model, tokenizer, [p], max_new_tokens=16, batch_size=1, progress=False)[0] for p in prompts]
@@ -45,7 +44,7 @@ def test_batched_left_padded_greedy_equals_one_by_one(tiny, prompts: list[str]) 
     assert not any(EOS in samples[0] for samples in batched)
 
 
-def test_generation_restores_tokenizer_and_model_state(tiny, prompts: list[str]) -> None:
+def test_generation_restores_tokenizer_and_model_state(tiny, prompts: list[list[int]]) -> None:
     model, tokenizer = tiny
     model.train()
     tokenizer.padding_side = "right"
@@ -54,7 +53,7 @@ def test_generation_restores_tokenizer_and_model_state(tiny, prompts: list[str])
     assert model.training
 
 
-def test_sampling_gives_num_samples_and_is_seeded(tiny, prompts: list[str]) -> None:
+def test_sampling_gives_num_samples_and_is_seeded(tiny, prompts: list[list[int]]) -> None:
     model, tokenizer = tiny
     kwargs = {"max_new_tokens": 8, "batch_size": 2, "do_sample": True, "num_samples": 3, "progress": False}
     first = generate(model, tokenizer, prompts[:3], seed=7, **kwargs)
@@ -64,7 +63,7 @@ def test_sampling_gives_num_samples_and_is_seeded(tiny, prompts: list[str]) -> N
         generate(model, tokenizer, prompts, num_samples=2, progress=False)
 
 
-def test_stream_answer_prints_what_it_returns(tiny, prompts: list[str], capsys: pytest.CaptureFixture) -> None:
+def test_stream_answer_prints_what_it_returns(tiny, prompts: list[list[int]], capsys: pytest.CaptureFixture) -> None:
     model, tokenizer = tiny
     text = stream_answer(model, tokenizer, prompts[1], max_new_tokens=12)
     assert text == generate(model, tokenizer, [prompts[1]], max_new_tokens=12, progress=False)[0][0]

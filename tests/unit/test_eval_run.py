@@ -10,12 +10,12 @@ import torch
 from omegaconf import OmegaConf
 from peft import PeftModel, get_peft_model
 
+from medllm.config_checks import ConfigError
 from medllm.data.chat_format import THINK_CLOSE
 from medllm.evaluation.benchmarks import BenchmarkItem
 from medllm.evaluation.run import (
     EvalConfigError,
     check_adapter_base,
-    check_config,
     each_model,
     evaluate,
     find_adapters,
@@ -74,17 +74,19 @@ def test_eval_defaults_and_benchmark_instruction_follows_the_training_data(tmp_p
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["mode=chat"], "mode must be one of"),
+        (["mode=chat"], "mode=chat must be one of"),
         (["mode=generate"], "needs a question"),
-        (["benchmark.name=usmle"], "unknown benchmark"),
-        (["limit=0"], "limit must be a positive"),
+        (["benchmark.name=usmle"], "benchmark.name=usmle must be one of"),
+        (["limit=0"], "limit=0 must be a number > 0"),
         (["num_samples=3"], "needs do_sample=true"),
+        (["engine=fast"], "engine=fast must be one of auto | merged | peft"),
+        (["batch_size=0"], "batch_size=0 must be a number >= 1, or auto"),
     ],
 )
 def test_bad_settings_stop_before_anything_loads(overrides, message, tmp_path):
     cfg = compose_eval(*overrides, f"paths.output_dir={tmp_path}")
-    with pytest.raises(EvalConfigError, match=message):
-        check_config(cfg)
+    with pytest.raises(ConfigError, match=message):
+        evaluate(cfg)
 
 
 # ---------------------------------------------------------------------------------------------- adapters

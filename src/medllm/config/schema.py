@@ -4,9 +4,9 @@ A new knob is one line here, next to its line in the YAML; a key missing here is
 ("did you mean ...?"). Defaults here only fill keys a config leaves out while checking; the YAML files
 hold the real defaults. Checks that relate two keys live in ``medllm.config_checks``.
 
-Step counts: trainer.max_steps, trainer.log_every_n_steps, scheduler.num_warmup_steps,
-callbacks.checkpoint.every_n_train_steps, skip_nonfinite_steps and throughput_warmup_steps count optimizer
-steps; trainer.val_check_interval (an int) counts micro-batches, as in Lightning.
+Step counts: trainer.max_steps, trainer.log_every_n_steps, trainer.val_check_interval (an int),
+scheduler.num_warmup_steps, callbacks.checkpoint.every_n_train_steps, skip_nonfinite_steps and
+throughput_warmup_steps count optimizer steps.
 """
 
 from __future__ import annotations
@@ -230,7 +230,7 @@ class Trainer(Hardware):
     max_epochs: Optional[int] = setting(None, at_least(1, {-1: "no limit"}))
     accumulate_grad_batches: int = setting(1, at_least(1))
     gradient_clip_val: Optional[float] = setting(None, at_least(0))  # 0 or null: no clipping
-    val_check_interval: Union[int, float, None] = setting(1.0, fraction_or_count(min_count=1))  # micro-batches
+    val_check_interval: Union[int, float, None] = setting(1.0, fraction_or_count(min_count=1))  # optimizer steps
     check_val_every_n_epoch: Optional[int] = setting(1, at_least(1))
     limit_val_batches: Union[int, float] = setting(1.0, fraction_or_count(min_count=0, zero_fraction=True))
     limit_train_batches: Union[int, float] = setting(1.0, fraction_or_count(min_count=1))

@@ -65,7 +65,7 @@ def _sampling_args(do_sample: bool, temperature: float, top_p: float) -> dict[st
 def generate(
     model: Any,
     tokenizer: Any,
-    prompts: list[str],
+    prompts: list[list[int]],
     max_new_tokens: int = 512,
     batch_size: int = 8,
     do_sample: bool = False,
@@ -75,7 +75,7 @@ def generate(
     seed: int = 0,
     progress: bool = True,
 ) -> list[list[str]]:
-    """``num_samples`` completions per prompt (prompts already rendered, BOS included).
+    """``num_samples`` completions per prompt (token ids of rendered prompts, BOS included).
 
     Prompts are batched longest first, so rows of a batch need little padding, and returned in the
     caller's order. Sampling is seeded once, so a run is repeatable on the same hardware.
@@ -91,9 +91,7 @@ def generate(
     batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
     with _left_padding(tokenizer), _eval_mode(model):
         for batch in tqdm(batches, desc="generate", unit="batch", disable=not progress):
-            encoded = tokenizer(
-                [prompts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False
-            ).to(model.device)
+            encoded = tokenizer.pad({"input_ids": [prompts[i] for i in batch]}, return_tensors="pt").to(model.device)
             out = model.generate(
                 input_ids=encoded["input_ids"],
                 attention_mask=encoded["attention_mask"],
@@ -117,18 +115,19 @@ def majority_vote(answers: list[str | None]) -> str | None:
     return max(counts, key=counts.__getitem__)  # Counter keeps first-seen order; max keeps the first maximum
 
 
-def stream_answer(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 512) -> str:
-    """Greedy-decode one prompt, printing reasoning and answer as they come; returns the completion."""
+def stream_answer(model: Any, tokenizer: Any, prompt: list[int], max_new_tokens: int = 512) -> str:
+    """Greedy-decode one prompt (token ids), printing reasoning and answer as they come; returns the completion."""
     eos, pad = _special_ids(tokenizer)
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=False)
     with _eval_mode(model):
-        encoded = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
+        input_ids = torch.tensor([prompt], device=model.device)
         out = model.generate(
-            **encoded,
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
             max_new_tokens=max_new_tokens,
             eos_token_id=eos,
             pad_token_id=pad,
             streamer=streamer,
             **_sampling_args(False, 0.0, 1.0),
         )
-    return _decode(tokenizer, out[0, encoded["input_ids"].shape[1] :].tolist(), eos, pad)
+    return _decode(tokenizer, out[0, input_ids.shape[1] :].tolist(), eos, pad)

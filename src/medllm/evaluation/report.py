@@ -12,6 +12,7 @@ report never switches the backend of the process that called it.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -108,11 +109,68 @@ def _table(models: dict[str, Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def _ranked(models: dict[str, Mapping[str, Any]]) -> list[tuple[str, Mapping[str, Any]]]:
+    """Adapters whose training run is known, best accuracy first (lower val loss breaks ties)."""
+    runs = [(m, r) for m, r in models.items() if r.get("run") and r["metrics"].get("accuracy") is not None]
+    return sorted(runs, key=lambda mr: (-mr[1]["metrics"]["accuracy"], mr[1]["run"].get("val_loss") or math.inf))
+
+
+def _ranking(models: dict[str, Mapping[str, Any]]) -> list[str]:
+    lines = [
+        "### Adapters ranked by accuracy",
+        "",
+        "| rank | model | accuracy | macro f1 | val loss | lr | r | alpha |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for rank, (model, result) in enumerate(_ranked(models), start=1):
+        metrics, run = result["metrics"], result["run"]
+        cells = [metrics.get("accuracy"), metrics.get("macro_f1"), run.get("val_loss"), run.get("lr")]
+        cells = [_fmt(v) for v in cells] + [_fmt(run.get("r")), _fmt(run.get("alpha"))]
+        lines.append("| " + " | ".join([str(rank), model.replace("|", "\\|"), *cells]) + " |")
+    return lines
+
+
 def _markdown(grouped: dict[str, dict[str, Mapping[str, Any]]]) -> str:
     lines = ["# Evaluation report", ""]
     for bench, models in grouped.items():
         lines += [f"## {bench}", "", *_table(models), ""]
+        if _ranked(models):
+            lines += [*_ranking(models), ""]
     return "\n".join(lines)
+
+
+def _accuracy_vs_val_loss(grouped: dict[str, dict[str, Mapping[str, Any]]], path: Path) -> bool:
+    """A point per adapter (labelled lr, r): does a lower validation loss mean better answers?"""
+    charted = {
+        b: ranked
+        for b, m in grouped.items()
+        if (ranked := [mr for mr in _ranked(m) if mr[1]["run"].get("val_loss") is not None])
+    }
+    if not charted:
+        return False
+    fig = Figure(figsize=(5.0 * len(charted), 4.0), layout="constrained")
+    FigureCanvasAgg(fig)
+    for ax, (bench, ranked) in zip(fig.subplots(1, len(charted), squeeze=False)[0], charted.items(), strict=True):
+        for _, result in ranked:
+            run = result["run"]
+            x, y = run["val_loss"], result["metrics"]["accuracy"]
+            ax.scatter([x], [y], color="tab:blue")
+            ax.annotate(
+                f"lr {_fmt(run.get('lr'))}, r {_fmt(run.get('r'))}",
+                (x, y),
+                fontsize=7,
+                xytext=(4, 4),
+                textcoords="offset points",
+            )
+        base = grouped[bench].get(BASE)
+        if base is not None and base["metrics"].get("accuracy") is not None:
+            ax.axhline(base["metrics"]["accuracy"], color="grey", linestyle="--", label="base")
+            ax.legend(fontsize=8)
+        ax.set_xlabel("validation loss (training run)")
+        ax.set_ylabel("accuracy")
+        ax.set_title(bench)
+    fig.savefig(path, dpi=120)
+    return True
 
 
 def _chart(grouped: dict[str, dict[str, Mapping[str, Any]]], path: Path) -> None:
@@ -139,13 +197,15 @@ def _chart(grouped: dict[str, dict[str, Mapping[str, Any]]], path: Path) -> None
 
 
 def write_report(out_dir: str | Path, results: Sequence[Mapping[str, Any]]) -> dict[str, Path]:
-    """Write the four report files into ``out_dir`` (created if needed); returns their paths."""
+    """Write the four report files into ``out_dir`` (created if needed), and ``accuracy_vs_val_loss.png``
+    where adapters carry their training run (``result["run"]``: val_loss, lr, r, alpha); returns their paths."""
     grouped = _group(results)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / name for name in ("report.json", "report.md", "predictions.jsonl", "report.png")}
     summary = {bench: {model: dict(r["metrics"]) for model, r in models.items()} for bench, models in grouped.items()}
-    paths["report.json"].write_text(json.dumps({"benchmarks": summary}, indent=2) + "\n", "utf-8")
+    runs = {r["model"]: dict(r["run"]) for r in results if r.get("run")}
+    paths["report.json"].write_text(json.dumps({"benchmarks": summary, "runs": runs}, indent=2) + "\n", "utf-8")
     paths["report.md"].write_text(_markdown(grouped), "utf-8")
     with paths["predictions.jsonl"].open("w", encoding="utf-8") as f:
         for result in results:
@@ -154,4 +214,7 @@ def write_report(out_dir: str | Path, results: Sequence[Mapping[str, Any]]) -> d
                 line.setdefault("correct", item["parsed"] == item["gold"])
                 f.write(json.dumps(line, ensure_ascii=False) + "\n")
     _chart(grouped, paths["report.png"])
+    scatter = out / "accuracy_vs_val_loss.png"
+    if _accuracy_vs_val_loss(grouped, scatter):
+        paths[scatter.name] = scatter
     return paths

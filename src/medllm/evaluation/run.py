@@ -20,9 +20,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
+from medllm.config_checks import check_eval_config
 from medllm.data.chat_format import R1ChatFormat
 from medllm.errors import MedllmError
-from medllm.evaluation.benchmarks import LOADERS, BenchmarkItem, load_benchmark
+from medllm.evaluation.benchmarks import BenchmarkItem, load_benchmark
 from medllm.evaluation.decoding import Decoder, Sampling, kv_bytes_per_token
 from medllm.evaluation.extraction import extract_answer
 from medllm.evaluation.generation import generate, majority_vote, stream_answer
@@ -30,12 +31,11 @@ from medllm.evaluation.merged import each_merged_model
 from medllm.evaluation.metrics import reasoning_stats, score
 from medllm.evaluation.report import BASE, adapter_label, write_report
 from medllm.models.loader import is_tiny, load_model, load_tokenizer
+from medllm.training.sweep import read_job
 
 log = logging.getLogger(__name__)
 
 VAL_BENCHMARK = "medical_o1_val"
-MODES = ("benchmark", "generate")
-ENGINES = ("auto", "merged", "peft")
 # The merged engine is chosen by `auto` where the 16-bit weights and this many rows of KV cache fit.
 MIN_MERGED_ROWS = 8
 ADAPTER_CONFIG = "adapter_config.json"
@@ -143,6 +143,15 @@ def _for_inference(model: Any, backend: str) -> None:
         FastLanguageModel.for_inference(model)
 
 
+def training_run(adapter_path: str) -> dict[str, Any] | None:
+    """What trained an adapter saved by train.py (``<run>/adapter``): its val loss, lr, rank and alpha."""
+    run_dir = Path(adapter_path).expanduser().parent
+    if not (run_dir / "summary.json").is_file():
+        return None
+    job = read_job(run_dir)
+    return {"val_loss": job.val_loss, "lr": job.lr, "r": job.r, "alpha": job.alpha, "run_dir": str(run_dir)}
+
+
 def resolve_engine(cfg: DictConfig) -> str:
     """``merged`` or ``peft``: what ``engine=auto`` means for this run and this machine.
 
@@ -229,29 +238,6 @@ def score_completions(
     return metrics, predictions
 
 
-def check_config(cfg: DictConfig) -> None:
-    """Settings that can't work, reported before anything is loaded."""
-    if cfg.mode not in MODES:
-        raise EvalConfigError(f"mode must be one of {MODES}, got {cfg.mode!r}")
-    if cfg.mode == "generate" and not str(cfg.get("question") or "").strip():
-        raise EvalConfigError('mode=generate needs a question: question="A 60-year-old man presents with ..."')
-    if cfg.mode == "benchmark" and cfg.benchmark.name not in (*LOADERS, VAL_BENCHMARK):
-        raise EvalConfigError(
-            f"unknown benchmark {cfg.benchmark.name!r}; choose one of {sorted([*LOADERS, VAL_BENCHMARK])}"
-        )
-    if cfg.limit is not None and cfg.limit < 1:
-        raise EvalConfigError(f"limit must be a positive number of items, got {cfg.limit}")
-    if cfg.engine not in ENGINES:
-        raise EvalConfigError(f"engine must be one of {ENGINES}, got {cfg.engine!r}")
-    batch_size_ok = cfg.batch_size == "auto" or (isinstance(cfg.batch_size, int) and cfg.batch_size >= 1)
-    if cfg.num_samples < 1 or not batch_size_ok or cfg.max_new_tokens < 1:
-        raise EvalConfigError("num_samples and max_new_tokens must be >= 1, batch_size auto or >= 1")
-    if cfg.num_samples > 1 and not cfg.do_sample:
-        raise EvalConfigError(
-            f"num_samples={cfg.num_samples} needs do_sample=true: greedy decoding gives the same completion each time"
-        )
-
-
 def _generation_settings(cfg: DictConfig) -> dict[str, Any]:
     keys = ("max_new_tokens", "batch_size", "do_sample", "temperature", "top_p", "num_samples", "seed")
     return {key: cfg[key] for key in keys}
@@ -300,7 +286,7 @@ def validation_metrics(model: Any, datamodule: Any, cfg: DictConfig) -> dict[str
 
 def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
     """Score every model on ``cfg.benchmark``, write the report into ``cfg.paths.output_dir``; returns the results."""
-    check_config(cfg)
+    check_eval_config(cfg)
     L.seed_everything(cfg.seed, verbose=False)
     adapters = find_adapters(cfg.get("adapter_path"), cfg.get("adapters"), cfg.get("sweep_dir"))
     for path in adapters:
@@ -317,7 +303,7 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
         items = _load_items(cfg)
         fmt = R1ChatFormat(instruction=cfg.benchmark.get("instruction"))
         prompts = [fmt.generation_prompt(item.prompt_text()) for item in items]
-        prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        prompt_ids = fmt.encode_generation_prompts(tokenizer, [item.prompt_text() for item in items])
     engine = resolve_engine(cfg)
     log.info("engine: %s", engine)
     if engine == "merged":
@@ -340,9 +326,12 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
             model = _to_accelerator(model, cfg.trainer.accelerator)
             _for_inference(model, model_cfg.backend)
             batch_size = 8 if settings["batch_size"] == "auto" else settings["batch_size"]
-            completions = generate(model, tokenizer, prompts, **(settings | {"batch_size": batch_size}))
+            completions = generate(model, tokenizer, prompt_ids, **(settings | {"batch_size": batch_size}))
         metrics, predictions = score_completions(items, prompts, completions, tokenizer)
         results.append({"benchmark": name, "model": label, "metrics": metrics, "predictions": predictions})
+    for result in results:
+        if result["model"] != BASE:
+            result["run"] = training_run(result["model"].removeprefix(adapter_label("")))
     paths = write_report(cfg.paths.output_dir, results)
     log.info("\n%s", paths["report.md"].read_text("utf-8"))
     log.info("report: %s", ", ".join(str(p) for p in paths.values()))
@@ -353,7 +342,7 @@ def answer_question(cfg: DictConfig, tokenizer: Any, adapters: list[str]) -> lis
     """Stream each model's answer to ``cfg.question`` to the terminal; also saved as answers.jsonl."""
     question = str(cfg.question).strip()
     instruction = cfg.benchmark.get("instruction", cfg.data.get("instruction"))
-    prompt = R1ChatFormat(instruction=instruction).generation_prompt(question)
+    (prompt,) = R1ChatFormat(instruction=instruction).encode_generation_prompts(tokenizer, [question])
     answers = []
     model_cfg = _peft_model_cfg(cfg.model)
     for label, model in each_model(model_cfg, tokenizer, adapters, cfg.include_base, cfg.seed):

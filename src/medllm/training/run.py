@@ -42,8 +42,11 @@ def _finite_or_none(value: float | None) -> float | None:
 
 def build_trainer(cfg: DictConfig, callbacks: list[L.Callback]) -> L.Trainer:
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    accumulation = trainer_cfg.get("accumulate_grad_batches", 1)
     for key in MODULE_TRAINER_KEYS:
         trainer_cfg.pop(key, None)
+    if isinstance(trainer_cfg.get("val_check_interval"), int):  # Lightning counts micro-batches; we count steps
+        trainer_cfg["val_check_interval"] *= accumulation
     strategy = trainer_cfg.pop("strategy", "auto")
     if isinstance(strategy, dict):
         strategy = instantiate(strategy)
