@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from medllm.training.run_dir import run_traces
 from tests.conftest import ROOT, run_train
 
 pytestmark = pytest.mark.slow
@@ -32,7 +33,7 @@ def snapshot(run_dir) -> dict[str, str]:
 def finished_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("finished")
     out = run_train(
-        *SMOKE, f"hydra.run.dir={run_dir}", f"+export.hub_token={KEY_SECRET}", f"data.instruction='see {TOKEN_SECRET}'"
+        *SMOKE, f"hydra.run.dir={run_dir}", f"+data.hub_token={KEY_SECRET}", f"data.instruction='see {TOKEN_SECRET}'"
     )
     return run_dir, out.stdout + out.stderr
 
@@ -87,7 +88,7 @@ def test_no_file_of_the_run_holds_its_secrets_and_none_is_printed(finished_run):
             assert KEY_SECRET.encode() not in data and TOKEN_SECRET.encode() not in data, path
     assert KEY_SECRET not in output and TOKEN_SECRET not in output
     # Redacted, not dropped: the files still say which override was given.
-    assert "+export.hub_token=<redacted>" in (run_dir / ".hydra" / "overrides.yaml").read_text()
+    assert "+data.hub_token=<redacted>" in (run_dir / ".hydra" / "overrides.yaml").read_text()
     assert "hub_token: <redacted>" in (run_dir / ".hydra" / "config.yaml").read_text()
 
 
@@ -95,12 +96,12 @@ def test_a_sweep_keeps_no_secret_and_a_second_sweep_into_its_dir_is_refused(tmp_
     sweep = tmp_path / "sweep"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     command = [sys.executable, "train.py", "-m", *SMOKE, "trainer.max_steps=1", "seed=1,2", f"hydra.sweep.dir={sweep}"]
-    command.append(f"+export.hub_token={KEY_SECRET}")
+    command.append(f"+data.hub_token={KEY_SECRET}")
     first = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     assert (sweep / "0" / "summary.json").is_file() and (sweep / "1" / "summary.json").is_file()
     # Hydra's sweeper writes multirun.yaml and logs each job's overrides: neither keeps the secret.
-    assert "+export.hub_token=<redacted>" in (sweep / "multirun.yaml").read_text()
+    assert "+data.hub_token=<redacted>" in (sweep / "multirun.yaml").read_text()
     assert KEY_SECRET not in first.stdout + first.stderr
     assert not [p for p in sweep.rglob("*") if p.is_file() and KEY_SECRET.encode() in p.read_bytes()]
     before = snapshot(sweep)
@@ -108,3 +109,15 @@ def test_a_sweep_keeps_no_secret_and_a_second_sweep_into_its_dir_is_refused(tmp_
     assert again.returncode != 0
     assert again.stderr.strip().splitlines()[-1].startswith(f"error: {sweep} already holds a sweep")
     assert snapshot(sweep) == before
+
+
+def test_a_run_that_stopped_before_training_leaves_its_dir_free_for_the_corrected_command(tmp_path):
+    """A typo or a bad row stops the run before it trains: the same command, corrected, runs in the same dir."""
+    run_dir = tmp_path / "run"
+    out = run_train(
+        *SMOKE, f"hydra.run.dir={run_dir}", "data=local", f"data.path={tmp_path / 'missing.jsonl'}", check=False
+    )
+    assert out.returncode != 0 and "missing.jsonl" in out.stderr
+    assert run_traces(run_dir) == [".hydra"]  # the failed command's config, nothing trained
+    run_train(*SMOKE, f"hydra.run.dir={run_dir}")
+    assert (run_dir / "summary.json").is_file()

@@ -86,7 +86,7 @@ def wandb_run(tmp_path_factory):
     out = subprocess.run(
         [
             sys.executable, "train.py", "experiment=smoke", "logger=wandb", "trainer.max_steps=10",
-            "logger.num_samples=2", "logger.sample_max_new_tokens=8", f"+hf_token={SECRET}",
+            "logger.num_samples=2", "logger.sample_max_new_tokens=8", f"+data.hub_token={SECRET}",
             f"hydra.run.dir={run_dir}",
         ],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
@@ -128,7 +128,7 @@ def test_offline_run_holds_metrics_by_optimizer_step_config_and_samples(wandb_ru
             config[_key(item)] = json.loads(item.value_json)
     assert config["optimizer"]["lr"] == pytest.approx(1e-2)
     assert config["logger"]["project"] == "medllm"
-    assert config["hf_token"] == REDACTED
+    assert config["data"]["hub_token"] == REDACTED
     assert "exit" in kinds and next(r.exit.exit_code for r in records if r.HasField("exit")) == 0
 
 

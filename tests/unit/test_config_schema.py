@@ -75,7 +75,7 @@ def test_the_edges_of_each_range_pass(tmp_path, overrides):
         (["do_sample=true", "temperature=0"], "temperature=0 must be > 0 with do_sample=true"),
         (["batch_size=0"], "batch_size=0 must be a number >= 1, or auto"),
         (["batch_size=many"], "batch_size=many must be a number >= 1, or auto"),
-        (["+engine=merge"], "engine=merge must be one of auto | merged | peft; did you mean merged?"),
+        (["engine=merge"], "engine=merge must be one of auto | merged | peft; did you mean merged?"),
         (["+temprature=1"], "unknown key temprature; did you mean temperature?"),
         (["seed=abc"], "seed=abc must be an integer."),
         (["benchmark.name=pubmed"], "benchmark.name=pubmed must be one of pubmedqa |"),
@@ -103,7 +103,7 @@ def test_eval_mistakes_are_one_line_naming_the_key(tmp_path, overrides, message)
     [
         [],
         ["batch_size=auto"],
-        ["+engine=merged"],
+        ["engine=merged"],
         ["do_sample=true", "num_samples=5"],
         ["benchmark=medical_o1_val", "++benchmark.path=unused"],  # one sweep over benchmarks shares a path
     ],
@@ -189,7 +189,7 @@ def test_each_target_schema_names_parameters_of_its_target(table):
 
 
 def test_choices_match_what_the_code_accepts():
-    from medllm.data import chat_format, datamodule, phi, prepare, records
+    from medllm.data import chat_format, phi, prepare, records, validate
     from medllm.evaluation.benchmarks import LOADERS
     from medllm.evaluation.run import VAL_BENCHMARK
     from medllm.models.loader import DTYPES
@@ -197,7 +197,7 @@ def test_choices_match_what_the_code_accepts():
     def choices(cls, key):
         return set(next(f for f in dataclasses.fields(cls) if f.name == key).metadata["rule"].choices)
 
-    assert choices(schema.Data, "source") == set(typing.get_args(datamodule.Source))
+    assert choices(schema.Data, "source") == set(typing.get_args(validate.Source))
     assert choices(schema.Data, "train_on") == set(typing.get_args(chat_format.TrainOn))
     assert choices(schema.Data, "on_bad_row") == set(typing.get_args(records.BadRowPolicy))
     assert choices(schema.Data, "too_long") == set(typing.get_args(prepare.TooLongPolicy))

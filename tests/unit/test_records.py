@@ -8,7 +8,7 @@ import unicodedata
 import datasets
 import pytest
 
-from medllm.data import phi
+from medllm.data import phi, validate
 from medllm.data.records import Columns, DataError, clean, read_hub, read_local, sample_rows
 
 
@@ -140,9 +140,13 @@ def test_hub_load_asks_for_the_pinned_subset_and_revision(monkeypatch):
     assert calls == [
         (
             ("FreedomIntelligence/medical-o1-reasoning-SFT", "en_mix"),
-            {"revision": "abc123", "split": "train", "cache_dir": "/tmp/c"},
+            {"revision": "abc123", "split": "train", "cache_dir": "/tmp/c", "token": None},
         )
     ]
+    # data.hub_token (a private or gated data set) reaches the hub call, and no description of the source
+    (source,) = validate.row_sources({"source": "hub", "hub_name": "me/private", "hub_token": "hf_" + "t" * 30})
+    assert source.read() == good_rows(3) and calls[-1][1]["token"] == "hf_" + "t" * 30
+    assert "hf_" not in repr(source) + source.name
 
 
 def test_hub_offline_and_not_cached_says_what_to_do(tmp_path):

@@ -83,6 +83,7 @@ class Data:
     hub_name: Optional[str] = None
     subset: Optional[str] = None
     revision: Optional[str] = None
+    hub_token: Optional[str] = None
     columns: Columns = setting(factory=Columns)
     instruction: Optional[str] = None
     train_on: str = setting("completion", one_of("completion", "all"))

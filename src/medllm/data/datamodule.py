@@ -40,6 +40,7 @@ class ReasoningDataModule(L.LightningDataModule):
         hub_name: str = "FreedomIntelligence/medical-o1-reasoning-SFT",
         subset: str = "en",
         revision: str | None = None,
+        hub_token: str | None = None,
         columns: dict[str, str] | None = None,
         instruction: str | None = None,
         train_on: TrainOn = "completion",
@@ -62,7 +63,7 @@ class ReasoningDataModule(L.LightningDataModule):
     ):
         super().__init__()
         self.tokenizer = tokenizer
-        hub = {"hub_name": hub_name, "subset": subset, "revision": revision}
+        hub = {"hub_name": hub_name, "subset": subset, "revision": revision, "hub_token": hub_token}
         self.sources = validate.row_sources(
             {"source": source, "path": path, "test_path": test_path, "cache_dir": cache_dir, **hub}
         )

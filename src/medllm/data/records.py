@@ -88,10 +88,14 @@ def read_local(path: str | Path) -> list[dict]:
         raise DataError(f"{path}: could not be read as parquet: {err}") from err
 
 
-def read_hub(name: str, subset: str, revision: str | None, cache_dir: str | None = None) -> list[dict]:
+def read_hub(
+    name: str, subset: str, revision: str | None, cache_dir: str | None = None, token: str | None = None
+) -> list[dict]:
     """A hub dataset's train split; offline and not cached, a DataError saying what to do."""
     try:
-        return datasets.load_dataset(name, subset, revision=revision, split="train", cache_dir=cache_dir).to_list()
+        return datasets.load_dataset(
+            name, subset, revision=revision, split="train", cache_dir=cache_dir, token=token
+        ).to_list()
     except Exception as err:
         if (
             datasets.config.HF_HUB_OFFLINE

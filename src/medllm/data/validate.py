@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,6 +34,7 @@ class RowSource:
     subset: str = "en"
     revision: str | None = None
     cache_dir: str | None = None
+    hub_token: str | None = field(default=None, repr=False, compare=False)  # a secret: never shown
 
     @property
     def name(self) -> str:
@@ -48,7 +49,9 @@ class RowSource:
             return records.read_local(self.path)
         if self.source == "hub":
             hub_cache = str(Path(self.cache_dir or DEFAULT_CACHE_DIR).expanduser() / "hub")
-            return records.read_hub(self.hub_name, self.subset, self.revision, cache_dir=hub_cache)
+            return records.read_hub(
+                self.hub_name, self.subset, self.revision, cache_dir=hub_cache, token=self.hub_token
+            )
         return records.sample_rows()
 
     def version(self) -> tuple:
@@ -136,7 +139,7 @@ def row_sources(data: Mapping[str, Any]) -> list[RowSource]:
         raise records.DataError(f"data.source must be sample, hub or local, got {source!r}")
     if source == "local" and not data.get("path"):
         raise records.DataError("data=local needs data.path=<a .json, .jsonl, .parquet or .csv file>.")
-    hub = {k: data[k] for k in ("hub_name", "subset", "revision") if data.get(k) is not None}
+    hub = {k: data[k] for k in ("hub_name", "subset", "revision", "hub_token") if data.get(k) is not None}
     train = RowSource(source, data.get("path") if source == "local" else None, cache_dir=data.get("cache_dir"), **hub)
     test_path = data.get("test_path")
     return [train] + ([RowSource("local", str(test_path))] if test_path else [])

@@ -67,7 +67,7 @@ def plan(run_dir: Path, ckpt_path: Any) -> str:
     """fresh | resume | finished: what a run with this ``ckpt_path`` does in ``run_dir``; RunDirError if
     it would overwrite another run."""
     traces = run_traces(run_dir)
-    if not traces:
+    if traces in ([], [HYDRA_DIR]):  # only the config of a run that stopped before training (a typo, a bad row)
         return FRESH
     if (run_dir / SUMMARY).is_file():
         if ckpt_path == "auto":

@@ -155,11 +155,12 @@ def sample_rows(model: Any, tokenizer: Any, dataset: Any, num_samples: int, max_
     assistant_id = tokenizer.convert_tokens_to_ids(ASSISTANT)
     if assistant_id == tokenizer.unk_token_id:
         assistant_id = None
+    think = tokenizer(f"{THINK_OPEN}\n", add_special_tokens=False)["input_ids"]
     prompts, shown, references = [], [], []
     for ids, labels in zip(rows["input_ids"], rows["labels"]):
         ids, labels = [int(t) for t in ids], [int(t) for t in labels]
         cut = _prompt_length(ids, labels, assistant_id)
-        prompts.append(tokenizer.decode(ids[:cut], skip_special_tokens=False) + f"{THINK_OPEN}\n")
+        prompts.append(ids[:cut] + think)  # the row's own ids: its text stays text
         shown.append(tokenizer.decode(ids[:cut], skip_special_tokens=True).strip())
         reference = tokenizer.decode(ids[cut:], skip_special_tokens=False)
         references.append(reference.removeprefix(f"{THINK_OPEN}\n").removesuffix(EOS))
