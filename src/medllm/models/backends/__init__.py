@@ -51,7 +51,8 @@ class Backend(ABC):
         """What must happen before transformers and peft are imported (train.py and eval.py call it first)."""
 
     def in_this_process(self) -> Backend:
-        """The backend that loads this one's weights here: itself, unless ``prepare`` could not run first."""
+        """The backend that loads this one's weights in this process: itself, or a stand-in where ``prepare``
+        did not run before transformers was imported (eval.py prepares only where the model runs as trained)."""
         return self
 
     @abstractmethod
