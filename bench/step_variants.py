@@ -120,13 +120,13 @@ def medllm_rows_batches(settings: harness.Settings, bins: int) -> list[dict]:
     from hydra.utils import instantiate
 
     from bench.paths import medllm
-    from medllm.models.loader import load_tokenizer
+    from medllm.models.backends import get_backend
 
     workdir = Path(tempfile.mkdtemp(prefix="medllm-rows-"))
     try:
         overrides = medllm.train_overrides(dataclasses.replace(settings, batch=bins), workdir, "unsloth")
         cfg = compose_train_config(overrides)
-        datamodule = instantiate(cfg.data, tokenizer=load_tokenizer(cfg.model))
+        datamodule = instantiate(cfg.data, tokenizer=get_backend(cfg.model.backend).load_tokenizer(cfg.model))
         datamodule.setup("fit")
         loader = iter(datamodule.train_dataloader())
         return [next(loader) for _ in range(settings.total_steps)]

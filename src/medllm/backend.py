@@ -4,25 +4,25 @@ from __future__ import annotations
 
 import sys
 
+from medllm.errors import MedllmError
+from medllm.models.backends import get_backend
 
-def import_backend(backend: str) -> None:
-    """Import Unsloth first when the run uses it, so it can patch transformers, peft and trl.
 
-    Exits with a one-line message where Unsloth is missing or can't run (it needs an NVIDIA GPU).
+def import_backend(backend: str | None) -> None:
+    """The backend's early imports (Unsloth patches transformers, peft and trl as it is imported); none for None.
+
+    Exits with a one-line message where the backend can't start here (Unsloth needs an NVIDIA GPU).
     """
-    if backend != "unsloth":
+    if backend is None:
         return
     try:
-        import unsloth  # noqa: F401
-    except Exception as err:  # ImportError, or Unsloth's own error on a machine without a GPU
-        sys.exit(
-            f"error: model.backend=unsloth could not start ({type(err).__name__}: {err}). It needs an NVIDIA GPU "
-            "and `pip install -e '.[gpu]'`; elsewhere use model=r1_distill_llama_8b_hf or model=tiny_llama."
-        )
+        get_backend(backend).prepare()
+    except MedllmError as err:
+        sys.exit(f"error: {err}")
 
 
-def eval_backend(cfg) -> str:
-    """The backend eval.py imports first: the configured one where the model runs as trained (engine=peft,
-    held-out loss, mode=generate); the merged engine needs only transformers, so Unsloth is not imported."""
+def eval_backend(cfg) -> str | None:
+    """The backend eval.py prepares first: the configured one where the model runs as trained (engine=peft,
+    held-out loss, mode=generate); none for the merged engine, which needs only transformers."""
     as_trained = cfg.engine == "peft" or cfg.mode == "generate" or cfg.benchmark.name == "medical_o1_val"
-    return cfg.model.backend if as_trained else "hf"
+    return cfg.model.backend if as_trained else None

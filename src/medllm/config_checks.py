@@ -16,12 +16,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from medllm.config.schema import EvalConfig, TrainConfig
 from medllm.config.validate import ConfigError, validate
+from medllm.models.backends import get_backend, gguf_backends
 
 __all__ = ["ConfigError", "check_eval_config", "check_train_config"]
 
 
 def check_train_config(cfg: DictConfig) -> None:
     validate(cfg, TrainConfig)
+    get_backend(cfg.model.backend).check_config(cfg.model)
     trainer = cfg.trainer
     if trainer.get("max_steps", -1) == -1 and trainer.get("max_epochs") in (None, -1):
         raise ConfigError(
@@ -33,8 +35,9 @@ def check_train_config(cfg: DictConfig) -> None:
     _check_hardware(cfg)
     _check_writable(cfg)
     gguf = cfg.get("export", {}).get("gguf")
-    if gguf and cfg.model.backend != "unsloth":
-        raise ConfigError(f"export.gguf={gguf} needs model.backend=unsloth; or use export.merged_16bit=true.")
+    if gguf and not get_backend(cfg.model.backend).exports_gguf:
+        needed = " or ".join(gguf_backends())
+        raise ConfigError(f"export.gguf={gguf} needs model.backend={needed}; or use export.merged_16bit=true.")
     if gguf:
         from medllm.models.export import ExportError, find_llama_cpp  # torch and peft: only when asked for
 
@@ -49,6 +52,7 @@ def check_train_config(cfg: DictConfig) -> None:
 
 def check_eval_config(cfg: DictConfig) -> None:
     validate(cfg, EvalConfig)
+    get_backend(cfg.model.backend).check_config(cfg.model)
     if cfg.mode == "generate" and not str(cfg.get("question") or "").strip():
         raise ConfigError('mode=generate needs a question: question="A 60-year-old man presents with ..."')
     if cfg.do_sample and cfg.temperature <= 0:

@@ -15,7 +15,8 @@ from peft import get_peft_model
 
 from medllm.config_checks import ConfigError, check_train_config
 from medllm.data.datamodule import ReasoningDataModule
-from medllm.models.loader import ModelLoadError, check_target_modules
+from medllm.models.backends import ModelLoadError
+from medllm.models.backends.hf import check_target_modules
 from medllm.models.lora import LoraSpec
 from medllm.models.tiny import tiny_llama
 from medllm.training.module import NonFiniteLossError, ReasoningSFTModule

@@ -45,7 +45,7 @@ def check_eval(tmp_path, *overrides):
         (["model.lora.r=2.5"], "model.lora.r=2.5 must be an integer."),
         (["model.lora.target_modules=q_proj"], "model.lora.target_modules=q_proj must be a list of strings."),
         (["data.source=loca"], "data.source=loca must be one of sample | hub | local; did you mean local?"),
-        (["model.backend=unslot"], "model.backend=unslot must be one of hf | unsloth; did you mean unsloth?"),
+        (["model.backend=unslot"], "model.backend=unslot must be one of hf | tiny | unsloth; did you mean unsloth?"),
         (["model.gradient_checkpointing=yes"], "model.gradient_checkpointing=yes must be one of false | true |"),
         (["trainer.val_check_interval=1.5"], "trainer.val_check_interval=1.5 must be a fraction in (0, 1]"),
         (["trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches=0 must be a number >= 1."),
@@ -192,7 +192,7 @@ def test_choices_match_what_the_code_accepts():
     from medllm.data import chat_format, phi, prepare, records, validate
     from medllm.evaluation.benchmarks import LOADERS
     from medllm.evaluation.run import VAL_BENCHMARK
-    from medllm.models.loader import DTYPES
+    from medllm.models.backends.hf import DTYPES
 
     def choices(cls, key):
         return set(next(f for f in dataclasses.fields(cls) if f.name == key).metadata["rule"].choices)

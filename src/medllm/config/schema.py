@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 from medllm.config.rules import Rule, above, at_least, between, dispatch, fraction_or_count, one_of, setting
+from medllm.models.backends import backend_names
 
 # Optional[...] and Union[...] rather than "X | None": OmegaConf reads these annotations on Python 3.10.
 # setting() and dispatch() return dataclasses.field(...), which RUF009 can't tell.
@@ -55,7 +56,7 @@ class TinyModel:
 
 @dataclass
 class Model:
-    backend: str = setting("hf", one_of("hf", "unsloth"))
+    backend: str = setting("hf", one_of(*backend_names()))  # the modules of medllm.models.backends
     name_or_path: Optional[str] = None
     revision: Optional[str] = None
     tiny: Optional[TinyModel] = None

@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from peft import PeftModel
 
 from medllm.evaluation.report import BASE, adapter_label
-from medllm.models.loader import DTYPES, ModelLoadError, is_tiny, load_hf_base
+from medllm.models.backends import ModelLoadError, get_backend
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +44,11 @@ def _round_trip_nf4(model: torch.nn.Module) -> None:
 
 
 def load_merged_base(model_cfg: DictConfig, tokenizer: Any) -> torch.nn.Module:
-    """The base in 16-bit on the GPU (the tiny model in its own dtype, where it runs), as training saw it."""
+    """The base in 16-bit on the GPU (the config's dtype on the CPU, the tiny model its own), as training saw it."""
     on_gpu = torch.cuda.is_available()
-    dtype = DTYPES[model_cfg.dtype] if is_tiny(model_cfg) or not on_gpu else torch.bfloat16
-    model = load_hf_base(model_cfg, tokenizer, dtype=dtype, quantize=False)
+    model = get_backend(model_cfg.backend).load_base(
+        model_cfg, tokenizer, dtype=torch.bfloat16 if on_gpu else None, quantize=False
+    )
     if on_gpu and model.device.type == "cpu":
         model = model.to("cuda")
     if model_cfg.get("load_in_4bit"):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from medllm.evaluation.generation import generate, majority_vote, stream_answer
 from medllm.evaluation.merged import each_merged_model
 from medllm.evaluation.metrics import reasoning_stats, score
 from medllm.evaluation.report import BASE, adapter_label, write_report
-from medllm.models.loader import is_tiny, load_model, load_tokenizer
+from medllm.models.backends import get_backend
 from medllm.training.sweep import read_job
 
 log = logging.getLogger(__name__)
@@ -111,7 +110,9 @@ def each_model(
     the previous one is deleted, so at most two are in memory. The model a step yields is only valid
     until the next step.
     """
-    model = load_model(model_cfg, tokenizer, adapter_path=adapters[0] if adapters else None, trainable=False, seed=seed)
+    model = get_backend(model_cfg.backend).load_model(
+        model_cfg, tokenizer, adapter_path=adapters[0] if adapters else None, trainable=False, seed=seed
+    )
     model.eval()
     if include_base or not adapters:
         with model.disable_adapter():
@@ -136,11 +137,7 @@ def _to_accelerator(model: Any, accelerator: str) -> Any:
 
 
 def _for_inference(model: Any, backend: str) -> None:
-    """Unsloth's fast generation path (its kernels are set up for training otherwise)."""
-    if backend == "unsloth":
-        from unsloth import FastLanguageModel
-
-        FastLanguageModel.for_inference(model)
+    get_backend(backend).for_inference(model)
 
 
 def training_run(adapter_path: str) -> dict[str, Any] | None:
@@ -163,11 +160,11 @@ def resolve_engine(cfg: DictConfig) -> str:
         return "peft"
     if cfg.engine != "auto":
         return cfg.engine
-    if not torch.cuda.is_available() or is_tiny(cfg.model):
+    if not torch.cuda.is_available():
         return "merged"
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(cfg.model.name_or_path, revision=cfg.model.get("revision"))
+    config = get_backend(cfg.model.backend).base_config(cfg.model)
     with torch.device("meta"):
         weights = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters()) * 2
     cache = kv_bytes_per_token(config, torch.bfloat16) * (cfg.max_new_tokens + 1024) * MIN_MERGED_ROWS
@@ -185,11 +182,13 @@ def resolve_engine(cfg: DictConfig) -> str:
 
 
 def _peft_model_cfg(model_cfg: DictConfig) -> DictConfig:
-    """The model config for the peft engine: Unsloth only where eval.py imported it first."""
-    if model_cfg.backend == "unsloth" and "unsloth" not in sys.modules:
+    """The model config for the peft engine, naming the backend that can load it in this process (Unsloth only
+    where eval.py imported it first)."""
+    backend = get_backend(model_cfg.backend).in_this_process()
+    if backend.name != model_cfg.backend:
         model_cfg = model_cfg.copy()
         with open_dict(model_cfg):
-            model_cfg.backend = "hf"
+            model_cfg.backend = backend.name
     return model_cfg
 
 
@@ -291,7 +290,7 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
     adapters = find_adapters(cfg.get("adapter_path"), cfg.get("adapters"), cfg.get("sweep_dir"))
     for path in adapters:
         check_adapter_base(path, cfg.model)
-    tokenizer = load_tokenizer(cfg.model)
+    tokenizer = get_backend(cfg.model.backend).load_tokenizer(cfg.model)
     if cfg.mode == "generate":
         answer_question(cfg, tokenizer, adapters)
         return []

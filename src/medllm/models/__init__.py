@@ -1,1 +1,1 @@
-"""Model backends: transformers + PEFT (``hf``) and Unsloth (``unsloth``), plus the tiny CPU model."""
+"""Models: the backends that load them (``backends``: tiny, hf, unsloth), LoRA, the tiny model, exports."""

@@ -1,8 +1,9 @@
 """Exports of a trained adapter: the base with the adapter merged in (16-bit safetensors), and GGUF.
 
 The merge is done on a 16-bit copy of the base, never on the 4-bit one a QLoRA run trained against:
-merging into quantized weights would round the adapter away. GGUF goes through Unsloth, which drives
-llama.cpp's converter and ``llama-quantize``; llama.cpp must be built beforehand (nothing is fetched).
+merging into quantized weights would round the adapter away. GGUF goes through a backend whose models
+save it (Unsloth drives llama.cpp's converter and ``llama-quantize``); llama.cpp must be built beforehand
+(nothing is fetched).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from omegaconf import DictConfig
 from peft import PeftModel
 
 from medllm.errors import MedllmError
+from medllm.models.backends import Backend, get_backend, gguf_backends
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +28,7 @@ class ExportError(MedllmError):
 
 def export_merged_16bit(model_cfg: DictConfig, tokenizer, adapter_dir: Path, out_dir: Path) -> Path:
     """Base (16-bit) + adapter merged into plain weights, saved as safetensors with the tokenizer."""
-    from medllm.models.loader import is_tiny, load_hf_base
-
-    base = load_hf_base(
-        model_cfg, tokenizer, dtype=torch.float32 if is_tiny(model_cfg) else torch.bfloat16, quantize=False
-    )
+    base = get_backend(model_cfg.backend).load_base(model_cfg, tokenizer, dtype=torch.bfloat16, quantize=False)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     merged.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
@@ -54,12 +52,12 @@ def find_llama_cpp(folder: str | Path) -> Path:
 
 
 def export_gguf(
-    model: torch.nn.Module, tokenizer, backend: str, out_dir: Path, quantization: str, llama_cpp_dir
+    model: torch.nn.Module, tokenizer, backend: Backend, out_dir: Path, quantization: str, llama_cpp_dir
 ) -> Path:
-    if backend != "unsloth":
+    if not backend.exports_gguf:
         raise ExportError(
-            "export.gguf goes through Unsloth: train with model.backend=unsloth, or export merged_16bit "
-            "and convert it with llama.cpp's convert_hf_to_gguf.py."
+            f"export.gguf needs model.backend={' or '.join(gguf_backends())}, not {backend.name}; or export "
+            "merged_16bit and convert it with llama.cpp's convert_hf_to_gguf.py."
         )
     find_llama_cpp(llama_cpp_dir)
     model.save_pretrained_gguf(str(out_dir), tokenizer, quantization_method=quantization)
@@ -72,6 +70,7 @@ def run_exports(export_cfg: DictConfig | None, model_cfg: DictConfig, model, tok
     if not export_cfg:
         return
     if export_cfg.get("gguf"):  # checked first: a missing llama.cpp should not wait for a 16 GB merge
-        export_gguf(model, tokenizer, model_cfg.backend, out_dir / "gguf", export_cfg.gguf, export_cfg.llama_cpp_dir)
+        backend = get_backend(model_cfg.backend)
+        export_gguf(model, tokenizer, backend, out_dir / "gguf", export_cfg.gguf, export_cfg.llama_cpp_dir)
     if export_cfg.get("merged_16bit"):
         export_merged_16bit(model_cfg, tokenizer, out_dir / "adapter", out_dir / "merged_16bit")

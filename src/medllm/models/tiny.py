@@ -50,17 +50,16 @@ def tiny_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
     return copy.deepcopy(_sample_tokenizer(vocab_size))
 
 
-def tiny_llama(
+def tiny_config(
     tokenizer: PreTrainedTokenizerFast,
     hidden_size: int = 64,
     num_hidden_layers: int = 2,
     num_attention_heads: int = 4,
     num_key_value_heads: int = 2,
     intermediate_size: int = 128,
-    seed: int = 0,
     attn_implementation: str = "sdpa",
-) -> LlamaForCausalLM:
-    """A randomly initialised Llama sized to ``tokenizer``; the same ``seed`` gives the same weights."""
+) -> LlamaConfig:
+    """The config of a tiny Llama sized to ``tokenizer``."""
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
@@ -76,6 +75,13 @@ def tiny_llama(
         initializer_range=INIT_RANGE,
     )
     config._attn_implementation = attn_implementation
+    return config
+
+
+def tiny_llama(tokenizer: PreTrainedTokenizerFast, seed: int = 0, **sizes) -> LlamaForCausalLM:
+    """A randomly initialised Llama sized to ``tokenizer`` (``sizes``: those of ``tiny_config``); the same
+    ``seed`` gives the same weights."""
+    config = tiny_config(tokenizer, **sizes)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return LlamaForCausalLM(config)

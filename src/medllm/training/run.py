@@ -16,8 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from medllm.config_checks import check_train_config
 from medllm.errors import MedllmError
+from medllm.models.backends import get_backend
 from medllm.models.export import run_exports
-from medllm.models.loader import load_model, load_tokenizer
 from medllm.training.callbacks import ThroughputMonitor
 from medllm.training.checkpoint_io import AtomicCheckpointIO
 from medllm.training.module import ReasoningSFTModule
@@ -85,12 +85,13 @@ def train(cfg: DictConfig) -> dict:
     start_step = checkpoint.global_step if checkpoint else 0
     L.seed_everything(cfg.seed, workers=True)
 
-    tokenizer = load_tokenizer(cfg.model)
+    backend = get_backend(cfg.model.backend)
+    tokenizer = backend.load_tokenizer(cfg.model)
     datamodule = instantiate(cfg.data, tokenizer=tokenizer)
     datamodule.setup("fit")  # validates and tokenizes before any model weight is loaded
 
     tokens_per_batch = cfg.data.batch_size * cfg.max_seq_length
-    model = load_model(cfg.model, tokenizer, seed=cfg.seed, tokens_per_batch=tokens_per_batch)
+    model = backend.load_model(cfg.model, tokenizer, seed=cfg.seed, tokens_per_batch=tokens_per_batch)
     module = ReasoningSFTModule(
         model,
         optimizer=instantiate(cfg.optimizer),
