@@ -160,7 +160,7 @@ def plan_checkpointing(
     chosen = False if needed <= free else offloaded
     log.info(
         "gradient_checkpointing=auto: without it, peak ~%.1f GiB at %d tokens per micro-batch; %.1f GiB needed "
-        "beside the base with the margin, %.1f GiB free%s -> %s",
+        "beside the base with the margin, %.3g GiB free%s -> %s",
         without,
         tokens_per_batch,
         needed,
@@ -177,14 +177,9 @@ def checkpointing_summary(plan: CheckpointingPlan, gpu_peak_gib: float | None) -
     ``peak_vs_estimate`` (measured / estimated) near 1 says the estimate behind ``auto`` can be trusted.
     """
     ratio = gpu_peak_gib / plan.estimate_gib if plan.estimate_gib and gpu_peak_gib is not None else None
-    if plan.estimate_gib is not None and gpu_peak_gib is not None:
-        log.info(
-            "gradient_checkpointing=%s: estimated peak %.2f GiB, measured %.2f GiB (%.2fx the estimate)",
-            plan.setting,
-            plan.estimate_gib,
-            gpu_peak_gib,
-            ratio,
-        )
+    if plan.estimate_gib is not None:
+        measured = "no GPU peak measured" if ratio is None else f"measured {gpu_peak_gib:.2f} GiB ({ratio:.2f}x)"
+        log.info("gradient_checkpointing=%s: estimated peak %.2f GiB, %s", plan.setting, plan.estimate_gib, measured)
     return {
         "setting": plan.setting,
         "estimate_gib": plan.estimate_gib,
