@@ -12,6 +12,7 @@ from medllm.errors import MedllmError
 from medllm.models.lora import LoraSpec
 from medllm.models.memory import CAP_VARIABLE, checkpointing_summary, lora_state_gib, plan_checkpointing
 from medllm.models.tiny import tiny_llama
+from tests.conftest import compose_train
 
 # DeepSeek-R1-Distill-Llama-8B's shape, no weights.
 LLAMA_8B = LlamaConfig(
@@ -105,3 +106,9 @@ def test_the_summary_sets_the_measured_peak_beside_the_estimate(monkeypatch):
     assert summary["peak_vs_estimate"] == pytest.approx(0.9)
     on_cpu = checkpointing_summary(planned, None)  # no GPU peak to compare with
     assert on_cpu["peak_mem_gib"] is None and on_cpu["peak_vs_estimate"] is None
+
+
+@pytest.mark.parametrize("experiment", ["qlora_r16", "qlora_r64", "lora_r16"])
+def test_the_gpu_experiments_plan_their_checkpointing(experiment, tmp_path):
+    cfg = compose_train(f"experiment={experiment}", f"paths.output_dir={tmp_path}")
+    assert cfg.model.backend == "unsloth" and cfg.model.gradient_checkpointing == "auto"
