@@ -114,10 +114,12 @@ def _memory_seen(cap: float | None) -> tuple[float, float] | None:
     """(allocated, free) GiB on this process's GPU, free capped as if the card had ``cap`` GiB; None with
     neither a GPU nor a cap (a CPU run: nothing to plan)."""
     if torch.cuda.is_available():
-        allocated = torch.cuda.memory_allocated() / 2**30
-        free = torch.cuda.mem_get_info()[0] / 2**30
+        # The GPU the loaders put this process's model on: under torchrun, before Lightning sets the device.
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        allocated = torch.cuda.memory_allocated(device) / 2**30
+        free = torch.cuda.mem_get_info(device)[0] / 2**30
         if cap is not None:
-            free = min(free, cap - torch.cuda.memory_reserved() / 2**30)
+            free = min(free, cap - torch.cuda.memory_reserved(device) / 2**30)
         return allocated, free
     return (0.0, cap) if cap is not None else None
 
