@@ -7,7 +7,9 @@
 Each path runs in its own process, so its peak memory is its own and no path inherits another's patches
 (Unsloth patches transformers on import). A path prints tokens/s, trained (label) tokens/s and peak memory;
 this driver prints them side by side, relative to the plain Unsloth loop, and writes them with the card,
-the library versions and the settings to ``--out``.
+the library versions and the settings to ``--out``. The medllm paths also report the peak that train.py
+estimated before training (what ``gradient_checkpointing=auto`` decides by), printed beside the measured
+one. ``MEDLLM_MEMORY_CAP_GIB=24`` in the environment makes them plan as if the GPU had 24 GiB.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ class BenchPath:
     ``command(settings, workdir)`` gives the argv of the path's process, run from the repository root;
     ``workdir`` is an empty folder of its own. ``read_result(output_lines, workdir)`` turns what the process
     printed, or what it left in ``workdir``, into a dict with at least ``tokens_per_s``,
-    ``label_tokens_per_s``, ``peak_gib`` and ``steps`` (None when the process gave no result).
+    ``label_tokens_per_s``, ``peak_gib`` and ``steps`` (None when the process gave no result), and
+    ``estimate_gib`` where the path estimated its peak before training.
     """
 
     command: Callable[[harness.Settings, Path], list[str]]
@@ -131,20 +134,26 @@ def primary_metric(mode: str) -> str:
     return "tokens_per_s" if mode == "fixed" else "label_tokens_per_s"
 
 
+def estimate_cell(result: dict) -> str:
+    """A path's own estimate of its peak memory and the measured peak's ratio to it, when it made one."""
+    estimate = result.get("estimate_gib")
+    return f"{estimate:.2f} ({result['peak_gib'] / estimate:.2f}x)" if estimate else "-"
+
+
 def table(results: list[dict], mode: str) -> str:
     metric = primary_metric(mode)
     baseline = next((r[metric] for r in results if r["path"] == BASELINE and "error" not in r), None)
     lines = [
-        f"| path | tokens/s | label tokens/s | peak GiB | vs {BASELINE} |",
-        "|---|---:|---:|---:|---:|",
+        f"| path | tokens/s | label tokens/s | peak GiB | estimated GiB (peak / estimate) | vs {BASELINE} |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['path']} | failed: {r['error'][:80]} | | | |")
+            lines.append(f"| {r['path']} | failed: {r['error'][:80]} | | | | |")
             continue
         ratio = f"{r[metric] / baseline:.2f}x" if baseline else "-"
         speeds = f"{r['tokens_per_s']:,.0f} | {r['label_tokens_per_s']:,.0f}"
-        lines.append(f"| {r['path']} | {speeds} | {r['peak_gib']:.2f} | {ratio} |")
+        lines.append(f"| {r['path']} | {speeds} | {r['peak_gib']:.2f} | {estimate_cell(r)} | {ratio} |")
     return "\n".join(lines)
 
 

@@ -107,6 +107,7 @@ def read_summary(lines: list[str], workdir: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     summary = json.loads(path.read_text())
+    checkpointing = summary["gradient_checkpointing"]
     return {
         "card": harness.device_name(),
         "tokens_per_s": summary["tokens_per_s"],
@@ -114,7 +115,9 @@ def read_summary(lines: list[str], workdir: Path) -> dict[str, Any] | None:
         "peak_gib": summary["peak_mem_gib"],
         "steps": summary["steps"],
         "tokens": summary.get("timed_tokens"),
-        "gradient_checkpointing": summary["gradient_checkpointing"],
+        "gradient_checkpointing": checkpointing,
+        # train.py's estimate of its peak (what gradient_checkpointing=auto decided by), beside peak_gib
+        "estimate_gib": checkpointing.get("estimate_gib"),
         "gpus": summary.get("world_size", 1),
         "last_loss": summary["train_loss_last"],
     }

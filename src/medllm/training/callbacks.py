@@ -36,6 +36,7 @@ class ThroughputMonitor(L.Callback):
         self._last: float | None = None
         self._step_seen = 0
         self.peak_gib: float | None = None
+        self._peak_on_gpu = False
 
     def _now(self, device: torch.device) -> float:
         if device.type == "cuda":
@@ -80,6 +81,12 @@ class ThroughputMonitor(L.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         # Read here: saving the checkpoint and the adapter afterwards may allocate more.
         self.peak_gib = peak_memory_gib(pl_module.device)
+        self._peak_on_gpu = pl_module.device.type == "cuda"
+
+    @property
+    def gpu_peak_gib(self) -> float | None:
+        """The peak of training on the GPU; None on a CPU, whose resident memory no GPU estimate describes."""
+        return self.peak_gib if self._peak_on_gpu else None
 
     @property
     def seconds(self) -> float:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -18,6 +17,7 @@ from medllm.config_checks import check_train_config
 from medllm.errors import MedllmError
 from medllm.models.backends import get_backend
 from medllm.models.export import run_exports
+from medllm.models.memory import checkpointing_summary
 from medllm.training.callbacks import ThroughputMonitor
 from medllm.training.checkpoint_io import AtomicCheckpointIO
 from medllm.training.module import ReasoningSFTModule
@@ -138,7 +138,8 @@ def train(cfg: DictConfig) -> dict:
         "tokens_per_s": _finite_or_none(throughput.tokens_per_s),
         "trained_tokens_per_s": _finite_or_none(throughput.trained_tokens_per_s),
         "peak_mem_gib": throughput.peak_gib,
-        "gradient_checkpointing": dataclasses.asdict(model.checkpointing_plan),
+        # The estimate behind gradient_checkpointing=auto beside the measured peak (logged too).
+        "gradient_checkpointing": checkpointing_summary(model.checkpointing_plan, throughput.gpu_peak_gib),
         "data": datamodule.summary.metrics(),
     }
     if trainer.is_global_zero:

@@ -123,7 +123,10 @@ class HFBackend(Backend):
         from medllm.models.memory import plan_checkpointing
 
         base = self.load_base(model_cfg, tokenizer)
-        plan = plan_checkpointing(model_cfg.gradient_checkpointing, base.config, tokens_per_batch, offloaded=True)
+        lora = LoraSpec.from_config(model_cfg.lora)
+        plan = plan_checkpointing(
+            model_cfg.gradient_checkpointing, base.config, tokens_per_batch, offloaded=True, lora=lora
+        )
         checkpointing = bool(plan.setting) and trainable
         if model_cfg.load_in_4bit:
             base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=checkpointing)

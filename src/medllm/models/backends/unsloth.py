@@ -71,8 +71,8 @@ class UnslothBackend(HFBackend):
                 FastLanguageModel.for_inference(model)
             return model
         check_target_modules(model, model_cfg.lora.target_modules)
-        plan = plan_checkpointing(model_cfg.gradient_checkpointing, model.config, tokens_per_batch)
         lora = LoraSpec.from_config(model_cfg.lora)
+        plan = plan_checkpointing(model_cfg.gradient_checkpointing, model.config, tokens_per_batch, lora=lora)
         model = FastLanguageModel.get_peft_model(
             model,
             r=lora.r,

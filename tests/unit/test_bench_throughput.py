@@ -1,0 +1,74 @@
+"""bench/throughput.py's medllm paths: the train.py commands they build, and the table that sets the peak
+train.py estimated beside the one it measured."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from transformers import LlamaConfig
+
+from bench import harness, throughput
+from bench.paths import medllm
+from medllm.config.schema import TrainConfig
+from medllm.config.validate import validate
+from medllm.models.memory import CAP_VARIABLE, checkpointing_summary, plan_checkpointing
+from tests.conftest import compose_train
+
+
+@pytest.fixture
+def checkpoint(tokenizer, tmp_path):
+    tokenizer.save_pretrained(tmp_path / "checkpoint")  # the paths read only the checkpoint's tokenizer
+    return tmp_path / "checkpoint"
+
+
+def commands(checkpoint, tmp_path, mode: str) -> dict[str, list[str]]:
+    settings = harness.Settings(str(checkpoint), mode, batch=8, seq=256, steps=2, warmup=1, seed=0)
+    workdir = tmp_path / mode  # one for both: their rows are the same
+    workdir.mkdir()
+    return {name: throughput.PATHS[name].command(settings, workdir) for name in ("medllm", "medllm_auto")}
+
+
+def test_medical_mode_trains_packed_rows_with_auto_checkpointing(checkpoint, tmp_path):
+    argv = commands(checkpoint, tmp_path, "medical")
+    auto = argv["medllm_auto"]
+    assert auto[:2] == [sys.executable, "train.py"]
+    # the same run as medllm's but for the checkpointing setting
+    assert len(argv["medllm"]) == len(auto)
+    differs = [(a, b) for a, b in zip(argv["medllm"], auto) if a != b]
+    assert differs == [("model.gradient_checkpointing=unsloth", "model.gradient_checkpointing=auto")]
+    cfg = compose_train(*auto[2:], f"paths.output_dir={tmp_path}")  # real keys, valid values
+    validate(cfg, TrainConfig)
+    assert cfg.model.gradient_checkpointing == "auto" and cfg.data.packing
+    assert cfg.data.batch_size == medllm.MEDICAL_PACKED_BATCH and cfg.max_seq_length == 256
+    rows = [json.loads(line) for line in Path(cfg.data.path).read_text().splitlines()]
+    assert len(rows) == 2 * (8 * 3 + 8) and all(row["Question"] and row["Complex_CoT"] for row in rows)
+
+
+def test_fixed_mode_trains_the_unpacked_batch(checkpoint, tmp_path):
+    cfg = compose_train(*commands(checkpoint, tmp_path, "fixed")["medllm_auto"][2:])
+    assert cfg.model.gradient_checkpointing == "auto" and not cfg.data.packing and cfg.data.batch_size == 8
+
+
+def test_the_table_sets_a_path_s_estimate_beside_its_measured_peak(tmp_path, monkeypatch):
+    monkeypatch.setenv(CAP_VARIABLE, "80")
+    config = LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_key_value_heads=8)
+    plan = plan_checkpointing("auto", config, 4 * 2048)
+    summary = {  # a summary.json as train.py writes it
+        "tokens_per_s": 15000.0,
+        "trained_tokens_per_s": 14990.0,
+        "peak_mem_gib": 0.95 * plan.estimate_gib,
+        "steps": 23,
+        "train_loss_last": 11.9,
+        "gradient_checkpointing": checkpointing_summary(plan, 0.95 * plan.estimate_gib),
+    }
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "summary.json").write_text(json.dumps(summary))
+    auto = {**medllm.read_summary([], tmp_path), "path": "medllm_auto"}
+    loop = {"path": "unsloth_loop", "tokens_per_s": 10000.0, "label_tokens_per_s": 9990.0, "peak_gib": 8.05}
+    rows = throughput.table([loop, auto, {"path": "hf_peft", "error": "exit code 1"}], "fixed").splitlines()
+    assert rows[0].count("|") == rows[1].count("|") == rows[2].count("|") == rows[4].count("|")
+    assert rows[2] == "| unsloth_loop | 10,000 | 9,990 | 8.05 | - | 1.00x |"
+    assert f"| {auto['peak_gib']:.2f} | {plan.estimate_gib:.2f} (0.95x) | 1.50x |" in rows[3]
