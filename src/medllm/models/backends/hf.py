@@ -137,7 +137,7 @@ class HFBackend(Backend):
             model = PeftModel.from_pretrained(base, adapter_path, is_trainable=trainable)
         else:
             check_target_modules(base, model_cfg.lora.target_modules)
-            model = get_peft_model(base, LoraSpec.from_config(model_cfg.lora).peft_config())
+            model = get_peft_model(base, lora.peft_config())
         model.checkpointing_plan = plan
         return model
 
