@@ -2,12 +2,16 @@
 
     ${medllm.mul:${model.lora.r},${lora_alpha_ratio}}   # a product: LoRA alpha that follows the rank
     ${medllm.sweep_name:}                               # the sweep dir in a multirun, else null
+    ${medllm.if_requeued:auto}                          # auto in a requeued SLURM job, else null
+    ${medllm.slurm_run_name:${now:%H-%M-%S}}            # slurm-<job id> in a SLURM job, else the argument
 
 Light on purpose (OmegaConf and Hydra only): train.py imports it before the backend is chosen, and
 Unsloth must be imported before transformers and peft.
 """
 
 from __future__ import annotations
+
+import os
 
 from omegaconf import OmegaConf
 
@@ -36,7 +40,27 @@ def sweep_name() -> str | None:
     return str(hydra_cfg.sweep.dir)
 
 
-RESOLVERS = {"medllm.mul": mul, "medllm.sweep_name": sweep_name}
+def if_requeued(value: str) -> str | None:
+    """``value`` in a SLURM job that was requeued (SLURM_RESTART_COUNT > 0), else None: the requeued job
+    runs the same command, and ``ckpt_path: ${medllm.if_requeued:auto}`` makes it resume its run."""
+    restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
+    return value if restarts.isdigit() and int(restarts) > 0 else None
+
+
+def slurm_run_name(otherwise: str) -> str:
+    """``slurm-<job id>`` (``slurm-<array job>_<task>``) inside a SLURM job, else ``otherwise``. The id stays
+    the same when the job is requeued and on every node of the job, so all of them find one run dir."""
+    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    job = f"{array_job}_{task}" if array_job and task else os.environ.get("SLURM_JOB_ID")
+    return f"slurm-{job}" if job else otherwise
+
+
+RESOLVERS = {
+    "medllm.mul": mul,
+    "medllm.sweep_name": sweep_name,
+    "medllm.if_requeued": if_requeued,
+    "medllm.slurm_run_name": slurm_run_name,
+}
 
 
 def register() -> None:

@@ -207,9 +207,17 @@ class TQDMProgressBar:
     leave: bool = False
 
 
+@dataclass
+class Preemption:
+    _target_: str = "medllm.training.preemption.Preemption"
+    requeue_signal: str = setting("SIGUSR1", one_of("SIGUSR1", "SIGUSR2", "USR1", "USR2"))
+    requeue: bool = True
+
+
 CALLBACKS = {
     "lightning.pytorch.callbacks.ModelCheckpoint": ModelCheckpoint,
     "lightning.pytorch.callbacks.TQDMProgressBar": TQDMProgressBar,
+    "medllm.training.preemption.Preemption": Preemption,
 }
 
 

@@ -124,6 +124,11 @@ class ReasoningSFTModule(L.LightningModule):
             return contextlib.nullcontext()
         return self.trainer.strategy.block_backward_sync()
 
+    @property
+    def between_steps(self) -> bool:
+        """No micro-batch of an unfinished accumulation window taken: a checkpoint now loses nothing."""
+        return self._window_batches == 0
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         # Counted here, not from batch_idx: a resumed run starts mid-epoch at a window boundary.
         self._window_batches += 1

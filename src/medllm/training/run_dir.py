@@ -34,8 +34,13 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from medllm import resolvers
 from medllm.errors import MedllmError
 from medllm.training.secrets import redact_argv, redact_log_records, redact_secrets, remember_secrets
+
+# ckpt_path and the run dir hold ${medllm.*}; a remote (submitit) worker imports this module when it unpickles
+# the callback, so registering here also covers jobs that never import train.py.
+resolvers.register()
 
 HYDRA_DIR = ".hydra"
 SUMMARY = "summary.json"

@@ -1,0 +1,142 @@
+"""Preemption: a stop signal saves a checkpoint and exits; resumed, the run ends as an uninterrupted one.
+
+Real processes and real signals. Under SLURM only the requeue command is faked: a ``scontrol`` first on
+PATH that records its arguments; the "requeued job" is the same command run again with SLURM's
+variables of a requeued job (same job id, SLURM_RESTART_COUNT=1).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from safetensors.torch import load_file
+
+from medllm.training.resume import find_checkpoint
+from tests.conftest import ROOT, compose_train, run_train
+from tests.integration.test_resume import OVERRIDES, train_steps
+
+pytestmark = pytest.mark.slow
+
+SLURM_JOB = {  # what srun sets for a one-task job (Lightning then picks its SLURM environment)
+    "SLURM_JOB_ID": "4242",
+    "SLURM_JOB_NAME": "medllm",
+    "SLURM_NTASKS": "1",
+    "SLURM_NTASKS_PER_NODE": "1",
+    "SLURM_NNODES": "1",
+    "SLURM_NODEID": "0",
+    "SLURM_PROCID": "0",
+    "SLURM_LOCALID": "0",
+}
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("whole") / "run"
+    run_train(*OVERRIDES, f"hydra.run.dir={run_dir}")
+    return run_dir
+
+
+def fake_scontrol(bin_dir, record):
+    bin_dir.mkdir()
+    script = bin_dir / "scontrol"
+    script.write_text(f'#!/bin/sh\necho "$@" >> {record}\n')
+    script.chmod(0o755)
+
+
+def signal_mid_training(cmd: list[str], run_dir, env: dict[str, str], signum: int) -> subprocess.CompletedProcess:
+    """Start the run, send ``signum`` once it has logged a few optimizer steps, wait for it to end."""
+    process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = run_dir / "csv" / "metrics.csv"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail("the run ended before the signal: " + process.stderr.read()[-2000:])
+        if metrics.is_file() and len(train_steps(run_dir)) >= 4:
+            break
+        time.sleep(0.02)
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=300)
+    return subprocess.CompletedProcess(cmd, process.returncode, stdout, stderr)
+
+
+def assert_same_adapter(run_dir, whole_dir) -> None:
+    expected = load_file(whole_dir / "adapter" / "adapter_model.safetensors")
+    resumed = load_file(run_dir / "adapter" / "adapter_model.safetensors")
+    assert expected.keys() == resumed.keys() and expected
+    for name, value in expected.items():
+        assert (resumed[name] - value).abs().max() <= 1e-6, name
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_saves_a_checkpoint_and_the_resume_ends_as_an_uninterrupted_run(whole, tmp_path, signum):
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    for name in (*SLURM_JOB, "SLURM_RESTART_COUNT", "SLURM_ARRAY_JOB_ID"):
+        env.pop(name, None)
+    cmd = [sys.executable, "train.py", *OVERRIDES, f"hydra.run.dir={run_dir}"]
+    out = signal_mid_training(cmd, run_dir, env, signum)
+
+    assert out.returncode == 1, out.stderr[-2000:]
+    last_line = out.stderr.strip().splitlines()[-1]
+    checkpoint = find_checkpoint("auto", run_dir)
+    assert 4 <= checkpoint.global_step < 24 and not (run_dir / "summary.json").exists()
+    assert last_line == (
+        f"stopped by {signal.Signals(signum).name} at step {checkpoint.global_step}; checkpoint saved: "
+        f"{run_dir / 'checkpoints' / 'last.ckpt'}. Resume: the same command with ckpt_path=auto "
+        f"hydra.run.dir={run_dir}"
+    )
+    assert checkpoint.path == run_dir / "checkpoints" / "last.ckpt"
+    # The checkpoint is the state after a whole optimizer step: nothing of the step in progress is lost.
+    assert train_steps(run_dir)[-1] == checkpoint.global_step
+
+    run_train(*OVERRIDES, f"hydra.run.dir={run_dir}", "ckpt_path=auto")
+    assert_same_adapter(run_dir, whole)
+    assert train_steps(run_dir) == list(range(1, 25))
+
+
+def test_slurm_time_limit_signal_saves_requeues_and_the_requeued_job_resumes_by_itself(whole, tmp_path):
+    run_dir, calls = tmp_path / "run", tmp_path / "scontrol-calls"
+    fake_scontrol(tmp_path / "bin", calls)
+    env = {**os.environ, **SLURM_JOB, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    env["PATH"] = f"{tmp_path / 'bin'}{os.pathsep}{env['PATH']}"
+    env.pop("SLURM_RESTART_COUNT", None)
+    cmd = [sys.executable, "train.py", *OVERRIDES, f"hydra.run.dir={run_dir}"]
+    out = signal_mid_training(cmd, run_dir, env, signal.SIGUSR1)
+
+    assert out.returncode == 1, out.stderr[-2000:]
+    checkpoint = find_checkpoint("auto", run_dir)
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"stopped by SIGUSR1 at step {checkpoint.global_step}; checkpoint saved: {checkpoint.path}. "
+        "Requeued SLURM job 4242: it resumes by itself."
+    )
+    assert calls.read_text().splitlines() == ["requeue 4242"]
+    assert not (run_dir / "summary.json").exists()
+
+    # SLURM runs the same batch script again: the same command, the same job id, a restart count.
+    requeued = subprocess.run(
+        cmd, cwd=ROOT, env={**env, "SLURM_RESTART_COUNT": "1"}, capture_output=True, text=True, timeout=600
+    )
+    assert requeued.returncode == 0, requeued.stderr[-3000:]
+    assert f"ckpt_path=auto: the newest loadable checkpoint is {checkpoint.path}" in requeued.stdout + requeued.stderr
+    assert_same_adapter(run_dir, whole)
+    assert calls.read_text().splitlines() == ["requeue 4242"]  # the finished job asked for nothing more
+
+
+def test_a_slurm_job_writes_to_a_run_dir_named_by_its_job_id_and_resumes_once_requeued(monkeypatch):
+    from medllm.resolvers import register
+
+    register()  # train.py does this before composing
+    for name in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_RESTART_COUNT"):
+        monkeypatch.delenv(name, raising=False)
+    cfg = compose_train("experiment=smoke")
+    assert str(cfg.hydra.run.dir).startswith("outputs/2") and cfg.ckpt_path is None
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    cfg = compose_train("experiment=smoke")
+    assert str(cfg.hydra.run.dir) == "outputs/slurm-77" and cfg.ckpt_path is None  # the job's first run
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    assert compose_train("experiment=smoke").ckpt_path == "auto"
