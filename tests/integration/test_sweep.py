@@ -62,7 +62,7 @@ def test_summary_csv_has_one_row_per_job(sweep_dir):
 
 
 def test_plot_is_a_png(sweep_dir):
-    assert (sweep_dir / "val_loss_vs_lr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (sweep_dir / "val_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_best_json_names_the_lowest_val_loss(sweep_dir):

@@ -156,3 +156,34 @@ def test_callback_records_a_failed_job_and_updates_the_summary(tmp_path):
     (tmp_path / sweep.CSV_NAME).unlink()
     sweep.SweepSummary().on_job_end(config, failed)  # a single run: nothing to summarise
     assert not (tmp_path / sweep.CSV_NAME).exists()
+
+
+def test_each_swept_key_gets_a_column_and_the_best_names_its_values(tmp_path):
+    for num, (batch, val_loss) in enumerate([(2, 2.5), (4, 2.0), (8, 2.25)]):
+        job_dir = fake_job(tmp_path, num, 1e-4, 8, val_loss=val_loss)
+        overrides = ["experiment=smoke", f"data.batch_size={batch}", "optimizer.lr=0.0001"]  # lr: the same in all
+        OmegaConf.save(OmegaConf.create(overrides), job_dir / ".hydra" / "overrides.yaml")
+        config = OmegaConf.load(job_dir / ".hydra" / "config.yaml")
+        config.data = {"batch_size": batch}
+        OmegaConf.save(config, job_dir / ".hydra" / "config.yaml")
+    best = sweep.write_summary(tmp_path)
+
+    with (tmp_path / sweep.CSV_NAME).open() as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert "data.batch_size" in reader.fieldnames
+    assert "experiment" not in reader.fieldnames and "optimizer.lr" not in reader.fieldnames  # not varied
+    assert [int(r["data.batch_size"]) for r in rows] == [2, 4, 8]
+    info = json.loads((tmp_path / sweep.BEST_NAME).read_text())
+    assert best.job == info["job"] == 1 and info["swept"] == {"data.batch_size": 4}
+    assert "data.batch_size=4" in info["command"]
+    assert (tmp_path / sweep.PLOT_NAME).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_keys_the_sweeper_searches_are_swept_from_the_first_job(tmp_path):
+    fake_job(tmp_path, 0, 1e-4, 8, val_loss=2.0)
+    params = {"optimizer.lr": "interval(1e-5, 1e-2)", "model.lora.r": "choice(8, 16)"}
+    OmegaConf.save(OmegaConf.create({"hydra": {"sweeper": {"params": params}}}), tmp_path / "multirun.yaml")
+    results = sweep.collect(tmp_path)
+    assert sweep.swept_keys(results, tmp_path) == ["optimizer.lr", "model.lora.r"]
+    assert sweep.columns(sweep.swept_keys(results, tmp_path)) == sweep.COLUMNS  # both have a column already

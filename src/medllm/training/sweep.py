@@ -6,9 +6,10 @@
 ``SweepSummary`` (a Hydra callback) reads every job dir of the sweep (``.hydra/`` and ``summary.json``)
 and writes into the sweep dir:
 
-* ``summary.csv``: one row per job (job, status, lr, r, alpha, val_loss, tokens_per_s, peak_mem_gib,
-  steps, run_dir, overrides, error);
-* ``val_loss_vs_lr.png``: validation loss against the learning rate (log axis), one line per rank;
+* ``summary.csv``: one row per job (job, status, lr, r, alpha, a column for each other swept key,
+  val_loss, tokens_per_s, peak_mem_gib, steps, run_dir, overrides, error);
+* ``val_loss.png``: validation loss against each swept key, one panel a key (log axis for a learning
+  rate or any positive key spanning 10x or more);
 * ``best.json``: the job with the lowest validation loss, the command that reruns it, and the jobs that
   failed or left no summary.
 
@@ -47,23 +48,15 @@ resolvers.register()
 log = logging.getLogger(__name__)
 
 CSV_NAME = "summary.csv"
-PLOT_NAME = "val_loss_vs_lr.png"
+PLOT_NAME = "val_loss.png"
 BEST_NAME = "best.json"
 ERROR_NAME = "error.txt"  # in a job dir: the exception the job raised
-COLUMNS = (
-    "job",
-    "status",
-    "lr",
-    "r",
-    "alpha",
-    "val_loss",
-    "tokens_per_s",
-    "peak_mem_gib",
-    "steps",
-    "run_dir",
-    "overrides",
-    "error",
-)
+# What trained the adapter, a column in every summary (evaluation reads them too): these keys, when swept,
+# have no column of their own.
+ADAPTER_KEYS = {"optimizer.lr": "lr", "model.lora.r": "r", "model.lora.alpha": "alpha"}
+LEADING = ("job", "status", "lr", "r", "alpha")
+TRAILING = ("val_loss", "tokens_per_s", "peak_mem_gib", "steps", "run_dir", "overrides", "error")
+COLUMNS = LEADING + TRAILING  # the columns of a sweep whose swept keys are all ADAPTER_KEYS
 
 
 @dataclass
@@ -83,15 +76,17 @@ class JobResult:
     steps: int | None = None
     overrides: list[str] = field(default_factory=list)
     error: str | None = None
+    # The job's value of every key it was given on the command line (swept or not), by dotted key.
+    given: dict[str, Any] = field(default_factory=dict)
 
     @property
     def command(self) -> str:
         return " ".join(["python", "train.py", *(shlex.quote(o) for o in self.overrides)])
 
-    def csv_row(self) -> dict[str, Any]:
-        row = asdict(self)
+    def csv_row(self, swept: list[str]) -> dict[str, Any]:
+        row = {**asdict(self), **{key: self.given.get(key) for key in swept}}
         row["overrides"] = " ".join(self.overrides)
-        return {k: ("" if row[k] is None else row[k]) for k in COLUMNS}
+        return {k: ("" if row[k] is None else row[k]) for k in columns(swept)}
 
 
 # ---- reading the sweep ------------------------------------------------------------------------------
@@ -134,6 +129,10 @@ def read_job(job_dir: Path) -> JobResult:
     overrides = _load_yaml(hydra_dir / "overrides.yaml")
     overrides = [str(o) for o in overrides] if overrides is not None else []
     cfg = _load_yaml(hydra_dir / "config.yaml")
+    given = {}
+    for key, text in (_split_override(o) for o in overrides):
+        value = _select(cfg, key)  # the job's typed value (a number stays a number); a group: its name
+        given[key] = value if value is not None and not str(value).startswith("{") else text
     result = JobResult(
         job=num,
         run_dir=str(job_dir),
@@ -142,6 +141,7 @@ def read_job(job_dir: Path) -> JobResult:
         r=_number(_select(cfg, "model.lora.r")),
         alpha=_number(_select(cfg, "model.lora.alpha")),
         overrides=overrides,
+        given=given,
     )
     summary_path = job_dir / "summary.json"
     error_path = job_dir / ERROR_NAME
@@ -160,6 +160,38 @@ def read_job(job_dir: Path) -> JobResult:
         result.status = "failed"
         result.error = error_path.read_text().strip()
     return result
+
+
+def _split_override(override: str) -> tuple[str, str]:
+    """``+key=value`` / ``++key=value`` / ``key=value`` -> (key, value); ``~key`` -> (key, "")."""
+    key, _, value = override.lstrip("~+").partition("=")
+    return key, value
+
+
+def swept_keys(results: list[JobResult], sweep_dir: Path | None = None) -> list[str]:
+    """The keys the sweep varied: those given different values by its jobs, and those its sweeper searched
+    (``hydra.sweeper.params`` in multirun.yaml: a sweep of one job so far still names them), in the
+    order the jobs give them."""
+    values: dict[str, set[str]] = {}
+    for r in results:
+        for key, text in (_split_override(o) for o in r.overrides):
+            values.setdefault(key, set()).add(text)
+    searched = set()
+    if sweep_dir is not None:
+        params = _select_node(_load_yaml(Path(sweep_dir) / "multirun.yaml"), "hydra.sweeper.params")
+        searched = set(params or ())
+    return [key for key, seen in values.items() if len(seen) > 1 or key in searched]
+
+
+def _select_node(cfg: Any, key: str) -> Any:
+    try:
+        return OmegaConf.select(cfg, key) if cfg is not None else None
+    except Exception:
+        return None
+
+
+def columns(swept: list[str]) -> tuple[str, ...]:
+    return LEADING + tuple(k for k in swept if k not in ADAPTER_KEYS) + TRAILING
 
 
 def collect(sweep_dir: Path) -> list[JobResult]:
@@ -183,53 +215,59 @@ def _replace_atomically(path: Path, write) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def write_csv(results: list[JobResult], path: Path) -> None:
+def write_csv(results: list[JobResult], path: Path, swept: list[str]) -> None:
     def write(tmp: Path) -> None:
         with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer = csv.DictWriter(f, fieldnames=columns(swept))
             writer.writeheader()
-            writer.writerows(r.csv_row() for r in results)
+            writer.writerows(r.csv_row(swept) for r in results)
 
     _replace_atomically(path, write)
 
 
-def plot_val_loss(results: list[JobResult], path: Path, title: str = "") -> bool:
-    """Validation loss against lr (log axis), one line per (rank, alpha); False when nothing to plot."""
-    points = [r for r in results if r.val_loss is not None and r.lr is not None and r.lr > 0]
-    if not points:
+def _log_axis(values: list[Any]) -> bool:
+    return all(isinstance(v, (int, float)) and v > 0 for v in values) and max(values) >= 10 * min(values)
+
+
+def plot_val_loss(results: list[JobResult], path: Path, swept: list[str], title: str = "") -> bool:
+    """Validation loss against each swept key (one panel a key), the best job starred; False when nothing
+    to plot."""
+    points = [r for r in results if r.val_loss is not None]
+    if not points or not swept:
         return False
     from matplotlib.figure import Figure  # no pyplot: no global backend, no display needed
 
-    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
-    ax = fig.add_subplot()
-    lines: dict[tuple, list[JobResult]] = {}
-    for r in points:
-        lines.setdefault((r.r, r.alpha), []).append(r)
-    for (rank, alpha), rows in sorted(lines.items(), key=lambda kv: (kv[0][0] is None, kv[0])):
-        rows.sort(key=lambda r: r.lr)
-        ax.plot([r.lr for r in rows], [r.val_loss for r in rows], marker="o", label=f"r={rank}, alpha={alpha}")
+    fig = Figure(figsize=(4.4 * len(swept), 4.2), layout="constrained")
     best = best_job(points)
-    if best is not None:
-        ax.scatter(
-            [best.lr], [best.val_loss], s=180, marker="*", color="black", zorder=3, label=f"best: job {best.job}"
-        )
-    ax.set_xscale("log")
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("validation loss")
+    for ax, key in zip(fig.subplots(1, len(swept), squeeze=False)[0], swept):
+        rows = [r for r in points if r.given.get(key) is not None]
+        xs = [r.given[key] for r in rows]
+        if not all(isinstance(x, (int, float)) for x in xs):
+            xs = [str(x) for x in xs]  # a group choice or a string: one category each
+        ax.scatter(xs, [r.val_loss for r in rows], marker="o")
+        if best is not None and best in rows:
+            x = best.given[key] if not isinstance(xs[0], str) else str(best.given[key])
+            ax.scatter([x], [best.val_loss], s=180, marker="*", color="black", zorder=3, label=f"best: job {best.job}")
+            ax.legend(fontsize=8)
+        if xs and _log_axis(xs):
+            ax.set_xscale("log")
+        ax.set_xlabel(key)
+        ax.set_ylabel("validation loss")
+        ax.grid(True, which="both", alpha=0.3)
     if title:
-        ax.set_title(title, fontsize=9)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+        fig.suptitle(title, fontsize=9)
     _replace_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     return True
 
 
 def write_summary(sweep_dir: str | Path, *, announce: bool = False) -> JobResult | None:
-    """Write summary.csv, val_loss_vs_lr.png and best.json into the sweep dir; return the best job."""
+    """Write summary.csv, val_loss.png and best.json into the sweep dir; return the best job."""
     sweep_dir = Path(sweep_dir)
     results = collect(sweep_dir)
-    write_csv(results, sweep_dir / CSV_NAME)
-    plot_val_loss(results, sweep_dir / PLOT_NAME, title=str(sweep_dir))
+    swept = swept_keys(results, sweep_dir)
+    write_csv(results, sweep_dir / CSV_NAME, swept)
+    if not plot_val_loss(results, sweep_dir / PLOT_NAME, swept, title=str(sweep_dir)):
+        (sweep_dir / PLOT_NAME).unlink(missing_ok=True)
     not_ok = [r for r in results if r.status != "ok"]
     best = best_job(results)
     best_path = sweep_dir / BEST_NAME
@@ -237,7 +275,8 @@ def write_summary(sweep_dir: str | Path, *, announce: bool = False) -> JobResult
         best_path.unlink(missing_ok=True)
     else:
         best_info = {
-            **{k: v for k, v in asdict(best).items() if k not in ("status", "error")},
+            **{k: v for k, v in asdict(best).items() if k not in ("status", "error", "given")},
+            "swept": {key: best.given.get(key) for key in swept},
             "command": best.command,
             "sweep_dir": str(sweep_dir),
             "jobs": len(results),
@@ -294,7 +333,7 @@ def _sweep_dir_of_job(config: DictConfig) -> Path:
 
 
 class SweepSummary(Callback):
-    """Hydra callback: keep the sweep's summary.csv, val_loss_vs_lr.png and best.json up to date."""
+    """Hydra callback: keep the sweep's summary.csv, val_loss.png and best.json up to date."""
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if not _is_multirun(config):
