@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from medllm.config.schema import EvalConfig, TrainConfig
 from medllm.config.validate import ConfigError, validate
 from medllm.models.backends import get_backend, gguf_backends
+from medllm.resolvers import launcher
 
 __all__ = ["ConfigError", "check_eval_config", "check_train_config"]
 
@@ -33,6 +34,7 @@ def check_train_config(cfg: DictConfig) -> None:
     if cfg.data.get("source") == "local":
         _check_file(cfg, "data.path", "data=local needs data.path=<a .json, .jsonl, .parquet or .csv file>.")
     _check_hardware(cfg)
+    _check_launcher(cfg)
     _check_writable(cfg)
     gguf = cfg.get("export", {}).get("gguf")
     if gguf and not get_backend(cfg.model.backend).exports_gguf:
@@ -102,6 +104,27 @@ def _check_hardware(cfg: DictConfig) -> None:
         )
     if precision.startswith("bf16") and not torch.cuda.is_bf16_supported():
         raise ConfigError(f"trainer.precision={precision} but this GPU has no bfloat16; use trainer.precision=32-true.")
+
+
+def _check_launcher(cfg: DictConfig) -> None:
+    """trainer.num_nodes and trainer.devices as the launcher started the processes: otherwise Lightning
+    would wait for processes that never come, or give two processes one rank."""
+    started = launcher()
+    if started is None:
+        return
+    devices = cfg.trainer.get("devices", 1)
+    devices = len(devices) if OmegaConf.is_list(devices) else devices
+    given = {"num_nodes": cfg.trainer.get("num_nodes", 1), "devices": devices}
+    wrong = [
+        f"trainer.{key}={given[key]} but {started[want]} {unit}"
+        for key, want, unit in (("num_nodes", "nodes", "node(s)"), ("devices", "devices", "process(es) a node"))
+        if isinstance(given[key], int) and given[key] != -1 and given[key] != started[want]
+    ]
+    if wrong:
+        raise ConfigError(
+            f"{' and '.join(wrong)} started by {started['by']}: leave both to hardware=ddp (or ddp_cpu), which "
+            "follows the launcher, or launch the nodes and processes the config says."
+        )
 
 
 def _check_writable(cfg: DictConfig) -> None:

@@ -4,6 +4,7 @@
     ${medllm.sweep_name:}                               # the sweep dir in a multirun, else null
     ${medllm.if_requeued:auto}                          # auto in a requeued SLURM job, else null
     ${medllm.slurm_run_name:${now:%H-%M-%S}}            # slurm-<job id> in a SLURM job, else the argument
+    ${medllm.launched:nodes}                            # nodes (or devices: processes a node) the launcher started
 
 Light on purpose (OmegaConf and Hydra only): train.py imports it before the backend is chosen, and
 Unsloth must be imported before transformers and peft.
@@ -55,7 +56,36 @@ def slurm_run_name(otherwise: str) -> str:
     return f"slurm-{job}" if job else otherwise
 
 
+def _leading_int(text: str | None) -> int | None:
+    """``8`` from ``8``, and from SLURM's ``8(x2)`` (8 tasks on each of 2 nodes)."""
+    digits = (text or "").split("(")[0]
+    return int(digits) if digits.isdigit() else None
+
+
+def launcher() -> dict[str, int] | None:
+    """The nodes and processes a node as started by torchrun (WORLD_SIZE, LOCAL_WORLD_SIZE), else by srun
+    (SLURM_NNODES, SLURM_NTASKS_PER_NODE), with the variables they came from; None outside both. torchrun
+    first, as Lightning does: inside a SLURM job, torchrun may start the processes."""
+    world, local = _leading_int(os.environ.get("WORLD_SIZE")), _leading_int(os.environ.get("LOCAL_WORLD_SIZE"))
+    if world and local:
+        return {"nodes": world // local, "devices": local, "by": "torchrun (WORLD_SIZE / LOCAL_WORLD_SIZE)"}
+    nodes, per_node = (
+        _leading_int(os.environ.get("SLURM_NNODES")),
+        _leading_int(os.environ.get("SLURM_NTASKS_PER_NODE")),
+    )
+    if nodes and per_node and "SLURM_NTASKS" in os.environ:
+        return {"nodes": nodes, "devices": per_node, "by": "srun (SLURM_NNODES, SLURM_NTASKS_PER_NODE)"}
+    return None
+
+
+def launched(what: str) -> int:
+    """``nodes`` or ``devices`` (processes a node) as the launcher started them; 1 outside a launcher."""
+    started = launcher()
+    return started[what] if started else 1
+
+
 RESOLVERS = {
+    "medllm.launched": launched,
     "medllm.mul": mul,
     "medllm.sweep_name": sweep_name,
     "medllm.if_requeued": if_requeued,

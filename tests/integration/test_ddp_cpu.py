@@ -104,3 +104,60 @@ def test_ddp_steps_see_the_same_tokens_and_gradients(runs):
         # The norm after rescaling by world_size / tokens (before clipping): the same gradient.
         assert d["train/grad_norm"] == pytest.approx(s["train/grad_norm"], rel=1e-5), step
         assert d["train/loss"] == pytest.approx(s["train/loss"], rel=1e-5), step
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_of_one_process_train_what_one_process_with_accumulation_trains(runs, tmp_path):
+    """torchrun --nnodes 2 --node_rank 0/1, rendezvous on localhost: hardware=ddp_cpu takes num_nodes=2 and
+    devices=1 from torchrun's variables, and the adapter is the single-process one."""
+    _, single_dir, _ = runs
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    env["MEDLLM_CACHE_DIR"] = str(tmp_path / "cache")
+    run_dir = tmp_path / "two_nodes"
+    nodes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes",
+                "2",
+                "--nproc_per_node",
+                "1",
+                "--node_rank",
+                str(rank),
+                "--master_addr",
+                "127.0.0.1",
+                "--master_port",
+                str(port),
+                "train.py",
+                "hardware=ddp_cpu",
+                *COMMON,
+                f"hydra.run.dir={run_dir}",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [node.communicate(timeout=600)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    assert "MEMBER: 2/2" in outputs[0] + outputs[1]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 3
+    two = load_file(run_dir / "adapter" / "adapter_model.safetensors")
+    single = load_file(single_dir / "adapter" / "adapter_model.safetensors")
+    assert two.keys() == single.keys() and two
+    for key in two:
+        assert (two[key] - single[key]).abs().max() <= 1e-6, key

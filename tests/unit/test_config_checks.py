@@ -191,3 +191,30 @@ def test_gpu_out_of_memory_is_re_raised_with_advice(tmp_path, monkeypatch):
         cfg = compose("train", overrides=["experiment=smoke", f"paths.output_dir={tmp_path}"])
     with pytest.raises(MedllmError, match="ran out of memory.*data.batch_size.*max_seq_length.*gradient_checkpointing"):
         train(cfg)
+
+
+@pytest.mark.parametrize(
+    ("env", "overrides", "message"),
+    [
+        (
+            {"WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2"},
+            ("trainer.num_nodes=1",),
+            "trainer.num_nodes=1 but 2 node(s) started by torchrun (WORLD_SIZE / LOCAL_WORLD_SIZE)",
+        ),
+        (
+            {"SLURM_NTASKS": "16", "SLURM_NNODES": "2", "SLURM_NTASKS_PER_NODE": "8(x2)"},
+            ("trainer.devices=4", "trainer.num_nodes=1"),
+            "trainer.num_nodes=1 but 2 node(s) and trainer.devices=4 but 8 process(es) a node started by srun",
+        ),
+    ],
+    ids=["torchrun-nodes", "srun-both"],
+)
+def test_nodes_and_devices_that_disagree_with_the_launcher_are_named(tmp_path, monkeypatch, env, overrides, message):
+    for name in ("WORLD_SIZE", "LOCAL_WORLD_SIZE", "SLURM_NTASKS", "SLURM_NNODES", "SLURM_NTASKS_PER_NODE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    check(tmp_path, "hardware=ddp_cpu")  # the launcher's numbers, followed
+    with pytest.raises(ConfigError) as err:
+        check(tmp_path, "hardware=ddp_cpu", *overrides)
+    assert str(err.value).startswith(message)
