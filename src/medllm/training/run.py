@@ -18,6 +18,7 @@ from medllm.config_checks import check_train_config
 from medllm.errors import MedllmError
 from medllm.models.export import run_exports
 from medllm.models.loader import load_model, load_tokenizer
+from medllm.run_record import write_run_record
 from medllm.training.callbacks import ThroughputMonitor
 from medllm.training.checkpoint_io import AtomicCheckpointIO
 from medllm.training.module import ReasoningSFTModule
@@ -143,6 +144,8 @@ def train(cfg: DictConfig) -> dict:
     if trainer.is_global_zero:
         module.model.save_pretrained(out_dir / "adapter")
         tokenizer.save_pretrained(out_dir / "adapter")
+        # What made the adapter travels with it: eval.py rebuilds the model, data split and prompt from it.
+        write_run_record(out_dir / "adapter", run_record(cfg), datamodule)
         run_exports(cfg.get("export"), cfg.model, module.model, tokenizer, out_dir)
         (out_dir / SUMMARY).write_text(json.dumps(summary, indent=2))
         log.info("adapter: %s; summary: %s", out_dir / "adapter", json.dumps(summary))
