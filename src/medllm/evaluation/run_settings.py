@@ -122,6 +122,44 @@ def check_runs_agree(records: dict[str, dict[str, Any]], held_out: bool) -> None
             )
 
 
+def _take(cfg: DictConfig, name: str, run_value: Any, given: list[str]) -> tuple[list[tuple], list[str]]:
+    """Set ``cfg[name]`` to the run's value, keeping the leaves the command line gives and ``EVAL_OWN`` ones.
+
+    Returns the contradictions (``(key, run's, given)`` where a given ``MUST_MATCH`` leaf differs) and the
+    ``key=value`` of each leaf taken that changed.
+    """
+    ran, now = _leaves(run_value, name), _leaves(_resolved(cfg, name), name)
+    raw = _leaves(OmegaConf.to_container(cfg, resolve=False).get(name), name)
+    contradictions, taken = [], []
+    for key in sorted(set(ran) | set(now)):
+        if _under(key, EVAL_OWN):
+            continue
+        if not _under(key, given):
+            if ran.get(key) != now.get(key):
+                taken.append(f"{key}={show(ran.get(key))}")
+        elif _under(key, MUST_MATCH) and not _same(key, ran.get(key), now.get(key)):
+            contradictions.append((key, ran.get(key), now.get(key)))
+    kept = {key: value for key, value in raw.items() if _under(key, given) or _under(key, EVAL_OWN)}
+    with open_dict(cfg):
+        cfg[name] = run_value
+        for key, value in kept.items():  # unresolved: an interpolation follows what it points at
+            OmegaConf.update(cfg, key, value, force_add=True)
+    return contradictions, taken
+
+
+def _contradiction_error(source: str, contradictions: list[tuple], given: list[str]) -> EvalConfigError:
+    """One line: the keys typed on the command line first, then those a group (``model=...``) set."""
+    contradictions.sort(key=lambda c: c[0] not in given)
+    shown = [f"{key}: the run's {show(ran)}, given {show(now)}" for key, ran, now in contradictions[:MAX_SHOWN]]
+    if len(contradictions) > MAX_SHOWN:
+        shown.append(f"{len(contradictions) - MAX_SHOWN} more")
+    culprits = sorted({g for key, _, _ in contradictions for g in given if _under(key, [g])})
+    return EvalConfigError(
+        f"the command line contradicts the run that trained {source} ({'; '.join(shown)}); leave out "
+        f"{', '.join(culprits)}: eval.py takes them from {Path(source) / RECORD_FILE}."
+    )
+
+
 def take_run_settings(cfg: DictConfig, overrides: Sequence[str]) -> dict[str, Any] | None:
     """Fill ``cfg`` (in place) with the settings of the run that trained its first recorded adapter.
 
@@ -133,31 +171,15 @@ def take_run_settings(cfg: DictConfig, overrides: Sequence[str]) -> dict[str, An
         return None
     check_runs_agree(records, held_out=cfg.mode == "benchmark" and cfg.benchmark.name == VAL_BENCHMARK)
     source, record = next(iter(records.items()))
-    run, given = record["config"], given_keys(overrides)
-    conflicts, taken, culprits = [], [], set()
-    with open_dict(cfg):
-        for name in (name for name in TAKEN if name in run):
-            ran, now = _leaves(run[name], name), _leaves(_resolved(cfg, name), name)
-            raw = _leaves(OmegaConf.to_container(cfg, resolve=False).get(name), name)
-            for key in sorted(set(ran) | set(now)):
-                if _under(key, given) and _under(key, MUST_MATCH) and not _under(key, EVAL_OWN):
-                    if not _same(key, ran.get(key), now.get(key)):
-                        conflicts.append(f"{key}: the run's {show(ran.get(key))}, given {show(now.get(key))}")
-                        culprits.update(g for g in given if _under(key, [g]))
-                elif not _under(key, given) and not _under(key, EVAL_OWN) and ran.get(key) != now.get(key):
-                    taken.append(f"{key}={show(ran.get(key))}")
-            kept = {key: value for key, value in raw.items() if _under(key, given) or _under(key, EVAL_OWN)}
-            cfg[name] = run[name]
-            for key, value in kept.items():  # unresolved: an interpolation follows what it points at
-                OmegaConf.update(cfg, key, value, force_add=True)
-    if conflicts:
-        shown = "; ".join(conflicts[:MAX_SHOWN]) + (
-            f"; {len(conflicts) - MAX_SHOWN} more" if len(conflicts) > MAX_SHOWN else ""
-        )
-        raise EvalConfigError(
-            f"the command line contradicts the run that trained {source} ({shown}); leave out "
-            f"{', '.join(sorted(culprits))}: eval.py takes them from {Path(source) / RECORD_FILE}."
-        )
+    given = given_keys(overrides)
+    contradictions, taken = [], []
+    for name in TAKEN:  # in order: seed and max_seq_length before the groups that interpolate them
+        if name in record["config"]:
+            found, changed = _take(cfg, name, record["config"][name], given)
+            contradictions += found
+            taken += changed
+    if contradictions:
+        raise _contradiction_error(source, contradictions, given)
     log.info("settings of the run that trained %s: %s", source, ", ".join(taken) or "as composed")
     return record
 
