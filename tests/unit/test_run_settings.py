@@ -113,7 +113,7 @@ def test_eval_takes_every_setting_of_the_run_the_command_line_leaves(adapter, tm
         cfg.benchmark.path = str(folder)  # any existing file or folder
     check_eval_config(cfg)  # still a valid eval config
     ran = {k: v for name in TAKEN for k, v in flat(record["config"][name], name).items()}
-    resolved = OmegaConf.to_container(OmegaConf.masked_copy(cfg, list(TAKEN) + ["paths"]), resolve=True)
+    resolved = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [*TAKEN, "paths"]), resolve=True)
     now = {k: v for name in TAKEN for k, v in flat(resolved[name], name).items()}
     assert {k: v for k, v in ran.items() if not owned(k)} == {k: v for k, v in now.items() if not owned(k)}
     assert cfg.data.cache_dir == composed.data.cache_dir  # this machine's, not the run's
