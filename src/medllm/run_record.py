@@ -27,6 +27,8 @@ from medllm.data.chat_format import R1ChatFormat
 from medllm.errors import MedllmError
 
 RECORD_FILE = "medllm_run.json"
+# Rows read at a time while fingerprinting a split (bounds the memory for large splits).
+FINGERPRINT_BATCH = 1024
 # Placeholders in the recorded templates: where a row's text goes.
 QUESTION, REASONING, RESPONSE = "{question}", "{reasoning}", "{response}"
 
@@ -46,12 +48,12 @@ def chat_format_record(chat_format: R1ChatFormat) -> dict[str, Any]:
 def split_fingerprint(examples: Any) -> dict[str, Any]:
     """The rows' count and a digest of their token ids and labels; the rows' order does not count (the
     split's seed decides it, and the same rows in another order are the same held-out set)."""
-    columns = examples.with_format("numpy", columns=["input_ids", "labels"])
-    rows = sorted(
-        hashlib.sha256(np.asarray(ids, np.int64).tobytes() + b"|" + np.asarray(labels, np.int64).tobytes()).digest()
-        for ids, labels in zip(columns["input_ids"], columns["labels"], strict=True)
-    )
-    return {"rows": len(rows), "digest": hashlib.sha256(b"".join(rows)).hexdigest()[:16]}
+    rows = []
+    for batch in examples.with_format("numpy", columns=["input_ids", "labels"]).iter(batch_size=FINGERPRINT_BATCH):
+        for ids, labels in zip(batch["input_ids"], batch["labels"], strict=True):
+            row = np.asarray(ids, np.int64).tobytes() + b"|" + np.asarray(labels, np.int64).tobytes()
+            rows.append(hashlib.sha256(row).digest())
+    return {"rows": len(rows), "digest": hashlib.sha256(b"".join(sorted(rows))).hexdigest()[:16]}
 
 
 def write_run_record(adapter_dir: Path, checkpoint_record: dict[str, Any], datamodule: Any) -> Path:
