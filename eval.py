@@ -5,6 +5,10 @@
     python eval.py sweep_dir=multirun/2025-01-01/12-00-00 benchmark=medqa limit=200
     python eval.py mode=generate question="..." adapter_path=outputs/.../adapter
 
+An adapter saved by train.py carries its run's record (<run>/adapter/medllm_run.json): the model, data,
+max_seq_length and seed not given on the command line are taken from it, and a given one that contradicts it is
+refused.
+
 Imports stay light here, as in train.py: the config (and for held-out loss the rows) is checked first, then
 Unsloth is imported (before transformers and peft) where the model runs as trained; the merged engine, the
 default for benchmarks, needs only transformers.
@@ -23,6 +27,11 @@ def main(cfg: DictConfig) -> None:
 
     try:
         check_eval_config(cfg)  # a mistake fails here in seconds, before the backend's slow import
+        from hydra.core.hydra_config import HydraConfig
+
+        from medllm.evaluation.run_settings import take_run_settings
+
+        take_run_settings(cfg, HydraConfig.get().overrides.task)  # model, data, seed: those the adapter trained with
         if cfg.mode == "benchmark" and cfg.benchmark.name == "medical_o1_val":
             from medllm.data.validate import check_data
 

@@ -91,7 +91,8 @@ def sweep_eval(smoke_run, tmp_path_factory) -> tuple[Path, list[str]]:
 
     The models are the base and a sweep dir of two adapters: the trained one and a zeroed copy, which
     must score exactly as the base does. ``++benchmark.path`` adds the key medical_o1_val doesn't use.
-    The smoke run's data, seed and max_seq_length give medical_o1_val the rows training held out.
+    The smoke run's data, seed and max_seq_length come from the adapters' run record (nothing retyped), so
+    medical_o1_val scores the rows training held out.
     """
     tmp = tmp_path_factory.mktemp("sweep_eval")
     data = write_pubmedqa(tmp / "pubmedqa", n=24)
@@ -108,7 +109,6 @@ def sweep_eval(smoke_run, tmp_path_factory) -> tuple[Path, list[str]]:
         "limit=20",
         f"sweep_dir={tmp / 'sweep'}",
         "max_new_tokens=16",
-        "max_seq_length=512",
         f"hydra.sweep.dir={tmp / 'eval'}",
     )
     return tmp / "eval", ["base", f"adapter:{trained}", f"adapter:{zeroed}"]

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, open_dict
 
 from medllm.config_checks import check_eval_config
 from medllm.data.chat_format import R1ChatFormat
-from medllm.errors import MedllmError
+from medllm.evaluation.adapters import ADAPTER_CONFIG, EvalConfigError, find_adapters
 from medllm.evaluation.benchmarks import BenchmarkItem, load_benchmark
 from medllm.evaluation.decoding import Decoder, Sampling, kv_bytes_per_token
 from medllm.evaluation.extraction import extract_answer
@@ -29,57 +29,17 @@ from medllm.evaluation.generation import generate, majority_vote, stream_answer
 from medllm.evaluation.merged import each_merged_model
 from medllm.evaluation.metrics import reasoning_stats, score
 from medllm.evaluation.report import BASE, adapter_label, write_report
+from medllm.evaluation.run_settings import VAL_BENCHMARK, check_held_out, check_prompt, run_records
 from medllm.models.backends import get_backend
 from medllm.training.sweep import read_job
 
 log = logging.getLogger(__name__)
 
-VAL_BENCHMARK = "medical_o1_val"
 # The merged engine is chosen by `auto` where the 16-bit weights and this many rows of KV cache fit.
 MIN_MERGED_ROWS = 8
-ADAPTER_CONFIG = "adapter_config.json"
-
-
-class EvalConfigError(MedllmError, ValueError):
-    """An eval.yaml setting that can't work; the message says which and how to fix it."""
 
 
 # ---------------------------------------------------------------------------------------------- models
-
-
-def find_adapters(
-    adapter_path: str | None = None, adapters: list[str] | None = None, sweep_dir: str | None = None
-) -> list[str]:
-    """The adapter folders to evaluate, in the order given, each once; every one must hold an adapter.
-
-    ``sweep_dir`` adds every ``<sweep_dir>/*/adapter``, job folders in numeric order (0, 1, ..., 10).
-    """
-    paths = ([adapter_path] if adapter_path else []) + [str(p) for p in adapters or []]
-    if sweep_dir:
-        root = Path(sweep_dir).expanduser()
-        if not root.is_dir():
-            raise EvalConfigError(f"sweep_dir={sweep_dir}: no such folder")
-        found = sorted(
-            root.glob("*/adapter"),
-            key=lambda p: (not p.parent.name.isdigit(), int(p.parent.name) if p.parent.name.isdigit() else 0, p.name),
-        )
-        found = [p for p in found if (p / ADAPTER_CONFIG).is_file()]
-        if not found:
-            raise EvalConfigError(f"sweep_dir={sweep_dir}: no <job>/adapter folder with an {ADAPTER_CONFIG} in it")
-        paths += [str(p) for p in found]
-    unique, seen = [], set()
-    for path in paths:
-        key = Path(path).expanduser().resolve()
-        if key in seen:
-            continue
-        seen.add(key)
-        if not (key / ADAPTER_CONFIG).is_file():
-            raise EvalConfigError(
-                f"{path}: not an adapter folder (no {ADAPTER_CONFIG}). Pass the <run dir>/adapter folder "
-                "that train.py saved."
-            )
-        unique.append(path)
-    return unique
 
 
 def check_adapter_base(path: str, model_cfg: DictConfig) -> None:
@@ -249,13 +209,14 @@ def _load_items(cfg: DictConfig) -> list[BenchmarkItem]:
     return load_benchmark(bench.name, path=str(path) if path else None, limit=cfg.limit, seed=cfg.seed, **extra)
 
 
-def _val_datamodule(cfg: DictConfig, tokenizer: Any) -> Any:
-    """The data config's validation split (the training run's, for the same data, seed and length)."""
+def _val_datamodule(cfg: DictConfig, tokenizer: Any, records: dict[str, dict[str, Any]]) -> Any:
+    """The data config's validation split: the training run's, checked against the adapters' run records."""
     datamodule = instantiate(cfg.data, tokenizer=tokenizer)
     if cfg.benchmark.get("batch_size"):
         datamodule.eval_batch_size = int(cfg.benchmark.batch_size)
     datamodule.setup("fit")
     val = datamodule.splits["val"]
+    check_held_out(val, records)
     if cfg.limit is not None:
         datamodule.splits["val"] = val.select(range(min(cfg.limit, len(val))))
     return datamodule
@@ -290,17 +251,19 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
     adapters = find_adapters(cfg.get("adapter_path"), cfg.get("adapters"), cfg.get("sweep_dir"))
     for path in adapters:
         check_adapter_base(path, cfg.model)
+    records = run_records(adapters)
     tokenizer = get_backend(cfg.model.backend).load_tokenizer(cfg.model)
     if cfg.mode == "generate":
         answer_question(cfg, tokenizer, adapters)
         return []
     name = cfg.benchmark.name
     if name == VAL_BENCHMARK:  # data and items come first: a bad file stops the run before any model loads
-        datamodule = _val_datamodule(cfg, tokenizer)
+        datamodule = _val_datamodule(cfg, tokenizer, records)
     else:
         settings = _generation_settings(cfg)
         items = _load_items(cfg)
         fmt = R1ChatFormat(instruction=cfg.benchmark.get("instruction"))
+        check_prompt(fmt, records)
         prompts = [fmt.generation_prompt(item.prompt_text()) for item in items]
         prompt_ids = fmt.encode_generation_prompts(tokenizer, [item.prompt_text() for item in items])
     engine = resolve_engine(cfg)
@@ -341,7 +304,9 @@ def answer_question(cfg: DictConfig, tokenizer: Any, adapters: list[str]) -> lis
     """Stream each model's answer to ``cfg.question`` to the terminal; also saved as answers.jsonl."""
     question = str(cfg.question).strip()
     instruction = cfg.benchmark.get("instruction", cfg.data.get("instruction"))
-    (prompt,) = R1ChatFormat(instruction=instruction).encode_generation_prompts(tokenizer, [question])
+    fmt = R1ChatFormat(instruction=instruction)
+    check_prompt(fmt, run_records(adapters))
+    (prompt,) = fmt.encode_generation_prompts(tokenizer, [question])
     answers = []
     model_cfg = _peft_model_cfg(cfg.model)
     for label, model in each_model(model_cfg, tokenizer, adapters, cfg.include_base, cfg.seed):

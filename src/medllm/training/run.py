@@ -18,6 +18,7 @@ from medllm.errors import MedllmError
 from medllm.models.backends import get_backend
 from medllm.models.export import run_exports
 from medllm.models.memory import checkpointing_summary
+from medllm.run_record import full_run_record, write_run_record
 from medllm.training.callbacks import ThroughputMonitor
 from medllm.training.checkpoint_io import AtomicCheckpointIO
 from medllm.training.module import ReasoningSFTModule
@@ -89,6 +90,7 @@ def train(cfg: DictConfig) -> dict:
     tokenizer = backend.load_tokenizer(cfg.model)
     datamodule = instantiate(cfg.data, tokenizer=tokenizer)
     datamodule.setup("fit")  # validates and tokenizes before any model weight is loaded
+    record = full_run_record(run_record(cfg), datamodule)  # checkpoints and the adapter folder carry it
 
     tokens_per_batch = cfg.data.batch_size * cfg.max_seq_length
     model = backend.load_model(cfg.model, tokenizer, seed=cfg.seed, tokens_per_batch=tokens_per_batch)
@@ -102,7 +104,7 @@ def train(cfg: DictConfig) -> dict:
     )
     # Warm-up counted from where this process starts: a resumed run is timed too.
     throughput = ThroughputMonitor(warmup_steps=start_step + cfg.get("throughput_warmup_steps", 1))
-    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()] + [throughput, RunRecord(run_record(cfg))]
+    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()] + [throughput, RunRecord(record)]
     callbacks += sample_callbacks(cfg.get("logger"))  # W&B table of generations at each validation
     trainer = build_trainer(cfg, callbacks)
     if checkpoint is not None and trainer.is_global_zero:
@@ -145,6 +147,8 @@ def train(cfg: DictConfig) -> dict:
     if trainer.is_global_zero:
         module.model.save_pretrained(out_dir / "adapter")
         tokenizer.save_pretrained(out_dir / "adapter")
+        # What made the adapter travels with it: eval.py rebuilds the model, data split and prompt from it.
+        write_run_record(out_dir / "adapter", record)
         run_exports(cfg.get("export"), cfg.model, module.model, tokenizer, out_dir)
         (out_dir / SUMMARY).write_text(json.dumps(summary, indent=2))
         log.info("adapter: %s; summary: %s", out_dir / "adapter", json.dumps(summary))
