@@ -25,6 +25,7 @@ import numpy as np
 
 from medllm.data.chat_format import R1ChatFormat
 from medllm.errors import MedllmError
+from medllm.training.secrets import redact_secrets
 
 RECORD_FILE = "medllm_run.json"
 # Rows read at a time while fingerprinting a split (bounds the memory for large splits).
@@ -59,11 +60,12 @@ def split_fingerprint(examples: Any) -> dict[str, Any]:
 def full_run_record(config_record: dict[str, Any], datamodule: Any) -> dict[str, Any]:
     """The record of a run (base, LoRA shape, resolved config) with its chat format and data split: what
     checkpoints and the adapter folder carry."""
-    return {
+    record = {
         **config_record,
         "chat_format": chat_format_record(datamodule.chat_format),
         "data_split": {name: split_fingerprint(datamodule.splits[name]) for name in ("train", "val")},
     }
+    return redact_secrets(record)  # an instruction may hold a token's text too
 
 
 def write_run_record(adapter_dir: Path, record: dict[str, Any]) -> Path:

@@ -230,6 +230,7 @@ class Hardware:
     devices: Any = setting("auto", DEVICES)
     strategy: Any = "auto"
     precision: Any = setting("32-true", PRECISIONS)
+    num_nodes: int = setting(1, at_least(1))
 
 
 @dataclass
@@ -246,7 +247,6 @@ class Trainer(Hardware):
     limit_train_batches: Union[int, float] = setting(1.0, fraction_or_count(min_count=1))
     log_every_n_steps: int = setting(50, COUNT)  # optimizer steps; 0: no training rows
     num_sanity_val_steps: int = setting(2, at_least(0, {-1: "all"}))
-    num_nodes: int = setting(1, at_least(1))
     deterministic: Any = setting(None, one_of(None, False, True, "warn"))
     profiler: Optional[str] = setting(None, one_of("simple", "advanced", "pytorch"))
     enable_progress_bar: Optional[bool] = None
