@@ -35,7 +35,8 @@ def main(cfg: DictConfig) -> float | None:
         import_backend(cfg.model.backend)
         from medllm.training.run import train
 
-        return train(cfg)["val_loss"]
+        # What a sweeper optimizes (hparams_search=optuna): a number from the run's summary.
+        return train(cfg)[cfg.get("optimized_metric") or "val_loss"]
     except MedllmError as err:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode

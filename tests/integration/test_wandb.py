@@ -8,6 +8,7 @@ sample rows follow.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import struct
@@ -71,10 +72,8 @@ def _key(item) -> str:
     return item.key or "/".join(item.nested_key)
 
 
-@pytest.fixture(scope="module")
-def wandb_run(tmp_path_factory):
-    pytest.importorskip("wandb")
-    run_dir = tmp_path_factory.mktemp("wandb_run")
+def train_without_api_key(tmp_path_factory, run_dir: Path, *overrides: str) -> str:
+    """train.py with no W&B API key anywhere and no network to reach; its output."""
     home = tmp_path_factory.mktemp("home")  # no ~/.netrc and no W&B settings: no API key anywhere
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") and k != "NETRC"}
     env.update(
@@ -84,15 +83,22 @@ def wandb_run(tmp_path_factory):
         WANDB_BASE_URL="http://127.0.0.1:9",  # should anything try to go online, it never reaches wandb.ai
     )
     out = subprocess.run(
-        [
-            sys.executable, "train.py", "experiment=smoke", "logger=wandb", "trainer.max_steps=10",
-            "logger.num_samples=2", "logger.sample_max_new_tokens=8", f"+data.hub_token={SECRET}",
-            f"hydra.run.dir={run_dir}",
-        ],
+        [sys.executable, "train.py", *overrides, f"hydra.run.dir={run_dir}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-4000:]
-    return run_dir, out.stdout + out.stderr
+    return out.stdout + out.stderr
+
+
+@pytest.fixture(scope="module")
+def wandb_run(tmp_path_factory):
+    pytest.importorskip("wandb")
+    run_dir = tmp_path_factory.mktemp("wandb_run")
+    output = train_without_api_key(
+        tmp_path_factory, run_dir, "experiment=smoke", "logger=wandb", "trainer.max_steps=10",
+        "logger.num_samples=2", "logger.sample_max_new_tokens=8", f"+data.hub_token={SECRET}",
+    )  # fmt: skip
+    return run_dir, output
 
 
 @pytest.mark.slow
@@ -210,3 +216,26 @@ def test_sample_rows_decode_prompts_and_leave_the_model_training(tokenizer, tmp_
     for prompt, generation, reference in rows:
         assert prompt and "<｜Assistant｜>" not in prompt and isinstance(generation, str)
         assert not reference.startswith("<think>") and "</think>" in reference
+
+
+@pytest.mark.slow
+def test_many_loggers_csv_and_wandb_both_get_every_row(tmp_path_factory):
+    pytest.importorskip("wandb")
+    run_dir = tmp_path_factory.mktemp("many_loggers")
+    train_without_api_key(
+        tmp_path_factory, run_dir, "experiment=smoke", "logger=many", "trainer.max_steps=10",
+        "logger.wandb.num_samples=2", "logger.wandb.sample_max_new_tokens=8",
+    )  # fmt: skip
+    with (run_dir / "csv" / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    # Sets: the validation after fit logs step 10 again (a second CSV row; W&B merges rows of one step).
+    csv_steps = {key: {int(r["step"]) for r in rows if r.get(key)} for key in ("train/loss", "val/loss")}
+    (offline,) = (run_dir / "wandb").glob("offline-run-*")
+    records = read_wandb_records(next(offline.glob("*.wandb")))
+    history = [{_key(i): json.loads(i.value_json) for i in r.history.item} for r in records if r.history.item]
+    wandb_steps = {key: {row["trainer/global_step"] for row in history if key in row} for key in csv_steps}
+    # smoke logs every 5 optimizer steps: train rows at 5 and 10; validation after step 10.
+    assert csv_steps == wandb_steps == {"train/loss": {5, 10}, "val/loss": {10}}
+    csv_losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert csv_losses == pytest.approx([row["train/loss"] for row in history if "train/loss" in row])
+    assert any("val/samples/_type" in row for row in history)  # W&B's samples table, in a list of loggers too

@@ -254,6 +254,12 @@ class Trainer(Hardware):
 
 
 # ---------------------------------------------------------------------------------------------- train.yaml
+# The numbers in a run's summary (training.run.train): what a sweep may optimize (optimized_metric).
+SUMMARY_METRICS = (
+    "val_loss", "val_ppl", "train_loss_first", "train_loss_last", "tokens_per_s", "trained_tokens_per_s", "peak_mem_gib"
+)  # fmt: skip
+
+
 @dataclass
 class Paths:
     output_dir: str = "."
@@ -275,6 +281,7 @@ class TrainConfig:
     skip_nonfinite_steps: int = setting(0, COUNT)  # optimizer steps
     throughput_warmup_steps: int = setting(1, COUNT)  # optimizer steps
     lora_alpha_ratio: Optional[float] = setting(None, POSITIVE)  # hparams_search=lr_rank_grid
+    optimized_metric: Optional[str] = setting(None, one_of(None, *SUMMARY_METRICS))  # what train.py returns
     model: Model = setting(factory=Model)
     data: Data = setting(factory=Data)
     optimizer: Any = dispatch("_target_", OPTIMIZERS)

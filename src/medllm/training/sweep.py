@@ -10,8 +10,9 @@ and writes into the sweep dir:
   val_loss, tokens_per_s, peak_mem_gib, steps, run_dir, overrides, error);
 * ``val_loss.png``: validation loss against each swept key, one panel a key (log axis for a learning
   rate or any positive key spanning 10x or more);
-* ``best.json``: the job with the lowest validation loss, the command that reruns it, and the jobs that
-  failed or left no summary.
+* ``best.json``: the best job, the command that reruns it, and the jobs that failed or left no summary.
+  Best: the lowest validation loss; in a sweep with an ``optimized_metric`` (hparams_search=optuna), the
+  best value of that summary entry in the sweeper's direction (minimize or maximize).
 
 It rebuilds them after every job as well as at the end: Hydra skips ``on_multirun_end`` when a job
 raised, and a sweep cut short (a killed SLURM job, Ctrl-C) still leaves the summary of the jobs done.
@@ -76,6 +77,8 @@ class JobResult:
     steps: int | None = None
     overrides: list[str] = field(default_factory=list)
     error: str | None = None
+    # The numbers in the job's summary.json, by name (what an optimized_metric names).
+    metrics: dict[str, float] = field(default_factory=dict)
     # The job's value of every key it was given on the command line (swept or not), by dotted key.
     given: dict[str, Any] = field(default_factory=dict)
 
@@ -83,10 +86,10 @@ class JobResult:
     def command(self) -> str:
         return " ".join(["python", "train.py", *(shlex.quote(o) for o in self.overrides)])
 
-    def csv_row(self, swept: list[str]) -> dict[str, Any]:
-        row = {**asdict(self), **{key: self.given.get(key) for key in swept}}
+    def csv_row(self, swept: list[str], metric: str = "val_loss") -> dict[str, Any]:
+        row = {metric: self.metrics.get(metric), **asdict(self), **{key: self.given.get(key) for key in swept}}
         row["overrides"] = " ".join(self.overrides)
-        return {k: ("" if row[k] is None else row[k]) for k in columns(swept)}
+        return {k: ("" if row[k] is None else row[k]) for k in columns(swept, metric)}
 
 
 # ---- reading the sweep ------------------------------------------------------------------------------
@@ -156,6 +159,7 @@ def read_job(job_dir: Path) -> JobResult:
             result.tokens_per_s = _number(summary.get("tokens_per_s"))
             result.peak_mem_gib = _number(summary.get("peak_mem_gib"))
             result.steps = summary.get("steps")
+            result.metrics = {k: v for k, v in summary.items() if _number(v) is not None}
     elif error_path.is_file():
         result.status = "failed"
         result.error = error_path.read_text().strip()
@@ -168,18 +172,28 @@ def _split_override(override: str) -> tuple[str, str]:
     return key, value
 
 
+def _sweep_setting(sweep_dir: Path, key: str, results: list[JobResult]) -> Any:
+    """A setting of the whole sweep: from multirun.yaml (Hydra's basic sweeper writes it), else from a job's
+    .hydra/ files (the Optuna sweeper writes no multirun.yaml); None when none of them holds it."""
+    files = [Path(sweep_dir) / "multirun.yaml"]
+    files += [Path(r.run_dir) / ".hydra" / name for r in results[:1] for name in ("hydra.yaml", "config.yaml")]
+    for path in files:
+        value = _select_node(_load_yaml(path), key) if path.is_file() else None
+        if value is not None:
+            return value
+    return None
+
+
 def swept_keys(results: list[JobResult], sweep_dir: Path | None = None) -> list[str]:
     """The keys the sweep varied: those given different values by its jobs, and those its sweeper searched
-    (``hydra.sweeper.params`` in multirun.yaml: a sweep of one job so far still names them), in the
-    order the jobs give them."""
+    (``hydra.sweeper.params``: a sweep of one job so far still names them), in the order the jobs give them."""
     values: dict[str, set[str]] = {}
     for r in results:
         for key, text in (_split_override(o) for o in r.overrides):
             values.setdefault(key, set()).add(text)
     searched = set()
     if sweep_dir is not None:
-        params = _select_node(_load_yaml(Path(sweep_dir) / "multirun.yaml"), "hydra.sweeper.params")
-        searched = set(params or ())
+        searched = set(_sweep_setting(sweep_dir, "hydra.sweeper.params", results) or ())
     return [key for key, seen in values.items() if len(seen) > 1 or key in searched]
 
 
@@ -190,8 +204,24 @@ def _select_node(cfg: Any, key: str) -> Any:
         return None
 
 
-def columns(swept: list[str]) -> tuple[str, ...]:
-    return LEADING + tuple(k for k in swept if k not in ADAPTER_KEYS) + TRAILING
+@dataclass(frozen=True)
+class Objective:
+    """What makes a job the best: a summary entry and whether lower or higher is better."""
+
+    metric: str = "val_loss"
+    maximize: bool = False
+
+
+def objective(sweep_dir: Path, results: list[JobResult]) -> Objective:
+    """The sweep's ``optimized_metric`` and its sweeper's direction; the lowest val_loss without them."""
+    metric = _sweep_setting(sweep_dir, "optimized_metric", results) or "val_loss"
+    direction = str(_sweep_setting(sweep_dir, "hydra.sweeper.direction", results) or "minimize")
+    return Objective(str(metric), direction.endswith("maximize"))  # an Enum reads Direction.maximize
+
+
+def columns(swept: list[str], metric: str = "val_loss") -> tuple[str, ...]:
+    extra = (metric,) if metric not in TRAILING else ()
+    return LEADING + tuple(k for k in swept if k not in ADAPTER_KEYS) + extra + TRAILING
 
 
 def collect(sweep_dir: Path) -> list[JobResult]:
@@ -199,9 +229,12 @@ def collect(sweep_dir: Path) -> list[JobResult]:
     return sorted(results, key=lambda r: (r.job is None, r.job if r.job is not None else 0, r.run_dir))
 
 
-def best_job(results: list[JobResult]) -> JobResult | None:
-    finished = [r for r in results if r.status == "ok" and r.val_loss is not None]
-    return min(finished, key=lambda r: r.val_loss) if finished else None
+def best_job(results: list[JobResult], goal: Objective = Objective()) -> JobResult | None:
+    finished = [r for r in results if r.status == "ok" and goal.metric in r.metrics]
+    if not finished:
+        return None
+    pick = max if goal.maximize else min
+    return pick(finished, key=lambda r: r.metrics[goal.metric])
 
 
 # ---- writing the summary ----------------------------------------------------------------------------
@@ -215,12 +248,12 @@ def _replace_atomically(path: Path, write) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def write_csv(results: list[JobResult], path: Path, swept: list[str]) -> None:
+def write_csv(results: list[JobResult], path: Path, swept: list[str], metric: str = "val_loss") -> None:
     def write(tmp: Path) -> None:
         with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns(swept))
+            writer = csv.DictWriter(f, fieldnames=columns(swept, metric))
             writer.writeheader()
-            writer.writerows(r.csv_row(swept) for r in results)
+            writer.writerows(r.csv_row(swept, metric) for r in results)
 
     _replace_atomically(path, write)
 
@@ -229,30 +262,40 @@ def _log_axis(values: list[Any]) -> bool:
     return all(isinstance(v, (int, float)) and v > 0 for v in values) and max(values) >= 10 * min(values)
 
 
-def plot_val_loss(results: list[JobResult], path: Path, swept: list[str], title: str = "") -> bool:
-    """Validation loss against each swept key (one panel a key), the best job starred; False when nothing
-    to plot."""
-    points = [r for r in results if r.val_loss is not None]
+def plot_val_loss(
+    results: list[JobResult], path: Path, swept: list[str], title: str = "", goal: Objective = Objective()
+) -> bool:
+    """The sweep's metric (validation loss unless optimized_metric names another) against each swept key (one
+    panel a key), the best job starred; False when nothing to plot."""
+    points = [r for r in results if r.metrics.get(goal.metric) is not None]
     if not points or not swept:
         return False
     from matplotlib.figure import Figure  # no pyplot: no global backend, no display needed
 
     fig = Figure(figsize=(4.4 * len(swept), 4.2), layout="constrained")
-    best = best_job(points)
+    best = best_job(points, goal)
     for ax, key in zip(fig.subplots(1, len(swept), squeeze=False)[0], swept):
         rows = [r for r in points if r.given.get(key) is not None]
         xs = [r.given[key] for r in rows]
         if not all(isinstance(x, (int, float)) for x in xs):
             xs = [str(x) for x in xs]  # a group choice or a string: one category each
-        ax.scatter(xs, [r.val_loss for r in rows], marker="o")
+        ax.scatter(xs, [r.metrics[goal.metric] for r in rows], marker="o")
         if best is not None and best in rows:
             x = best.given[key] if not isinstance(xs[0], str) else str(best.given[key])
-            ax.scatter([x], [best.val_loss], s=180, marker="*", color="black", zorder=3, label=f"best: job {best.job}")
+            ax.scatter(
+                [x],
+                [best.metrics[goal.metric]],
+                s=180,
+                marker="*",
+                color="black",
+                zorder=3,
+                label=f"best: job {best.job}",
+            )
             ax.legend(fontsize=8)
         if xs and _log_axis(xs):
             ax.set_xscale("log")
         ax.set_xlabel(key)
-        ax.set_ylabel("validation loss")
+        ax.set_ylabel("validation loss" if goal.metric == "val_loss" else goal.metric)
         ax.grid(True, which="both", alpha=0.3)
     if title:
         fig.suptitle(title, fontsize=9)
@@ -265,17 +308,21 @@ def write_summary(sweep_dir: str | Path, *, announce: bool = False) -> JobResult
     sweep_dir = Path(sweep_dir)
     results = collect(sweep_dir)
     swept = swept_keys(results, sweep_dir)
-    write_csv(results, sweep_dir / CSV_NAME, swept)
-    if not plot_val_loss(results, sweep_dir / PLOT_NAME, swept, title=str(sweep_dir)):
+    goal = objective(sweep_dir, results)
+    write_csv(results, sweep_dir / CSV_NAME, swept, goal.metric)
+    if not plot_val_loss(results, sweep_dir / PLOT_NAME, swept, title=str(sweep_dir), goal=goal):
         (sweep_dir / PLOT_NAME).unlink(missing_ok=True)
     not_ok = [r for r in results if r.status != "ok"]
-    best = best_job(results)
+    best = best_job(results, goal)
     best_path = sweep_dir / BEST_NAME
     if best is None:
         best_path.unlink(missing_ok=True)
     else:
         best_info = {
-            **{k: v for k, v in asdict(best).items() if k not in ("status", "error", "given")},
+            **{k: v for k, v in asdict(best).items() if k not in ("status", "error", "given", "metrics")},
+            "optimized_metric": goal.metric,
+            "direction": "maximize" if goal.maximize else "minimize",
+            goal.metric: best.metrics[goal.metric],
             "swept": {key: best.given.get(key) for key in swept},
             "command": best.command,
             "sweep_dir": str(sweep_dir),
@@ -305,16 +352,17 @@ def write_summary(sweep_dir: str | Path, *, announce: bool = False) -> JobResult
     if best is not None:
         log.log(
             level,
-            "best: job %s, val_loss %.4f, lr %s, r %s, alpha %s: %s",
+            "best: job %s, %s %.4g, lr %s, r %s, alpha %s: %s",
             best.job,
-            best.val_loss,
+            goal.metric,
+            best.metrics[goal.metric],
             best.lr,
             best.r,
             best.alpha,
             best.run_dir,
         )
     elif announce:
-        log.error("sweep %s: no job finished with a validation loss", sweep_dir)
+        log.error("sweep %s: no job finished with a %s", sweep_dir, goal.metric)
     return best
 
 
@@ -334,6 +382,11 @@ def _sweep_dir_of_job(config: DictConfig) -> Path:
 
 class SweepSummary(Callback):
     """Hydra callback: keep the sweep's summary.csv, val_loss.png and best.json up to date."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Hydra creates the sweep dir at the first launch, but the Optuna sweeper opens its study's sqlite file
+        # there (hparams_search=optuna) before that: the dir must exist when the sweeper starts.
+        Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if not _is_multirun(config):

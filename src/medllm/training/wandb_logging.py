@@ -1,10 +1,11 @@
 """Weights & Biases for training runs, and what keeps secrets out of every logger.
 
-* :func:`build_logger`: the configured logger. For W&B, the mode is decided here, before the run
-  starts: ``logger.mode`` if set, else ``WANDB_MODE`` if set, else online with an API key
-  (``WANDB_API_KEY`` or a netrc entry for the W&B host, as ``wandb login`` writes) and offline without
-  one. Offline needs no network: the run is written to ``<run dir>/wandb/offline-run-*`` and uploaded
-  later with ``wandb sync``. An online run that can't start (no network) falls back to offline.
+* :func:`build_logger`: the configured logger, or loggers (``logger=many``: a logger config by name). For
+  W&B, the mode is decided here, before the run starts: ``logger.mode`` if set, else ``WANDB_MODE`` if
+  set, else online with an API key (``WANDB_API_KEY`` or a netrc entry for the W&B host, as
+  ``wandb login`` writes) and offline without one. Offline needs no network: the run is written to
+  ``<run dir>/wandb/offline-run-*`` and uploaded later with ``wandb sync``. An online run that can't
+  start (no network) falls back to offline.
 * secrets (see :mod:`medllm.training.secrets`) redacted in the logged config and in the command line
   that W&B records with the run.
 * :class:`SampleGenerations`: a table (``val/samples``) of greedy generations for the first
@@ -98,10 +99,24 @@ def _start(kwargs: dict[str, Any], mode: str) -> WandbLogger:
     return logger
 
 
-def build_logger(logger_cfg: DictConfig | None) -> Logger | bool:
-    """The configured logger (False: none). W&B: the mode decided and logged, the run started."""
+def logger_configs(logger_cfg: DictConfig | None) -> list[DictConfig]:
+    """The logger configs in ``logger``: itself (one with a ``_target_``), or each of its entries (logger=many)."""
     if not logger_cfg:
-        return False
+        return []
+    if "_target_" in logger_cfg:
+        return [logger_cfg]
+    return [node for node in logger_cfg.values() if node]  # ~logger.wandb or wandb: null leaves one out
+
+
+def build_logger(logger_cfg: DictConfig | None) -> Logger | list[Logger] | bool:
+    """The configured logger, or the list of them for logger=many (False: none). W&B: the mode decided and
+    logged, the run started."""
+    if logger_cfg and "_target_" not in logger_cfg:
+        return [_build_one(node) for node in logger_configs(logger_cfg)] or False
+    return _build_one(logger_cfg) if logger_cfg else False
+
+
+def _build_one(logger_cfg: DictConfig) -> Logger:
     if logger_cfg.get("_target_") != WANDB_TARGET:
         return instantiate(logger_cfg)
     kwargs = OmegaConf.to_container(logger_cfg, resolve=True)
@@ -213,7 +228,9 @@ class SampleGenerations(L.Callback):
 
 
 def sample_callbacks(logger_cfg: DictConfig | None) -> list[L.Callback]:
-    """The sample-generation callback when the logger is W&B and ``logger.log_samples`` is on."""
-    if not logger_cfg or logger_cfg.get("_target_") != WANDB_TARGET or not logger_cfg.get("log_samples", False):
-        return []
-    return [SampleGenerations(int(logger_cfg.get("num_samples", 4)), int(logger_cfg.get("sample_max_new_tokens", 128)))]
+    """The sample-generation callback when a logger is W&B with ``log_samples`` on."""
+    wandb_cfgs = [c for c in logger_configs(logger_cfg) if c.get("_target_") == WANDB_TARGET and c.get("log_samples")]
+    return [
+        SampleGenerations(int(c.get("num_samples", 4)), int(c.get("sample_max_new_tokens", 128)))
+        for c in wandb_cfgs[:1]
+    ]
