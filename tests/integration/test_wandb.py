@@ -239,3 +239,9 @@ def test_many_loggers_csv_and_wandb_both_get_every_row(tmp_path_factory):
     csv_losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     assert csv_losses == pytest.approx([row["train/loss"] for row in history if "train/loss" in row])
     assert any("val/samples/_type" in row for row in history)  # W&B's samples table, in a list of loggers too
+    config = {}  # the second logger gets the run's config and data summary too
+    for r in records:
+        for item in (r.run.config if r.HasField("run") else r.config).update:
+            config[_key(item)] = json.loads(item.value_json)
+    assert config["optimizer"]["lr"] == pytest.approx(1e-2)
+    assert any(key.startswith("data/") for row in history for key in row)

@@ -107,12 +107,12 @@ def train(cfg: DictConfig) -> dict:
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()] + [throughput, RunRecord(record)]
     callbacks += sample_callbacks(cfg.get("logger"))  # W&B table of generations at each validation
     trainer = build_trainer(cfg, callbacks)
-    if checkpoint is not None and trainer.is_global_zero:
-        continue_csv_log(trainer.logger, start_step)
-    if trainer.logger is not None:
-        trainer.logger.log_hyperparams(redact_secrets(OmegaConf.to_container(cfg, resolve=True)))
+    for logger in trainer.loggers:  # every one of them with logger=many
+        if checkpoint is not None and trainer.is_global_zero:
+            continue_csv_log(logger, start_step)
+        logger.log_hyperparams(redact_secrets(OmegaConf.to_container(cfg, resolve=True)))
         if checkpoint is None:  # a resumed run's log has this row already
-            trainer.logger.log_metrics(datamodule.summary.metrics(), step=0)
+            logger.log_metrics(datamodule.summary.metrics(), step=0)
 
     try:
         # weights_only=False: the checkpoint also holds RNG states (NumPy arrays); medllm wrote it itself.
