@@ -43,7 +43,9 @@ def main(cfg: DictConfig) -> None:
 
         evaluate(cfg)
     except MedllmError as err:
-        sys.exit(f"error: {err}")
+        from medllm.training.secrets import redact_text
+
+        sys.exit(f"error: {redact_text(str(err))}")
 
 
 if __name__ == "__main__":

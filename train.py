@@ -43,7 +43,9 @@ def main(cfg: DictConfig) -> float | None:
 
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # Hydra marks this job failed and runs the rest of the sweep
-        sys.exit(f"error: {err}")
+        from medllm.training.secrets import redact_text
+
+        sys.exit(f"error: {redact_text(str(err))}")
 
 
 if __name__ == "__main__":

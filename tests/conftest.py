@@ -27,6 +27,9 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
 def compose_train(*overrides: str, config_name: str = "train"):
     """The real train.yaml composed with overrides, with Hydra's run dir resolved."""
+    from medllm.resolvers import register
+
+    register()  # as train.py does before Hydra composes
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(config_name, overrides=list(overrides), return_hydra_config=True)
 

@@ -29,12 +29,13 @@ def snapshot(run_dir) -> dict[str, str]:
     }
 
 
+FINISHED_RUN = (*SMOKE, f"+data.hub_token={KEY_SECRET}", f"data.instruction='see {TOKEN_SECRET}'")
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("finished")
-    out = run_train(
-        *SMOKE, f"hydra.run.dir={run_dir}", f"+data.hub_token={KEY_SECRET}", f"data.instruction='see {TOKEN_SECRET}'"
-    )
+    out = run_train(*FINISHED_RUN, f"hydra.run.dir={run_dir}")
     return run_dir, out.stdout + out.stderr
 
 
@@ -75,8 +76,12 @@ def test_a_second_run_into_a_finished_run_dir_is_refused_and_changes_no_byte(fin
 def test_ckpt_path_auto_on_a_finished_run_says_so_and_changes_no_byte(finished_run):
     run_dir, _ = finished_run
     before = snapshot(run_dir)
-    out = run_train(*SMOKE, f"hydra.run.dir={run_dir}", "ckpt_path=auto")
+    out = run_train(*FINISHED_RUN, f"hydra.run.dir={run_dir}", "ckpt_path=auto")
     assert "finished already" in out.stdout + out.stderr
+    assert snapshot(run_dir) == before
+    # Other settings (a resumed sweep's job with new values) never get the old run's summary as theirs.
+    out = run_train(*FINISHED_RUN, f"hydra.run.dir={run_dir}", "ckpt_path=auto", "optimizer.lr=0.5", check=False)
+    assert out.returncode != 0 and "holds a finished run of other settings (optimizer.lr: " in out.stderr
     assert snapshot(run_dir) == before
 
 
@@ -121,3 +126,5 @@ def test_a_run_that_stopped_before_training_leaves_its_dir_free_for_the_correcte
     assert run_traces(run_dir) == [".hydra"]  # the failed command's config, nothing trained
     run_train(*SMOKE, f"hydra.run.dir={run_dir}")
     assert (run_dir / "summary.json").is_file()
+    assert "missing.jsonl" not in (run_dir / ".hydra" / "config.yaml").read_text()  # the run's own config
+    assert not (run_dir / ".hydra" / "resume-1").exists()

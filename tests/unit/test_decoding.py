@@ -7,13 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from peft import PeftModel
+from peft import PeftModel, get_peft_model
 
 from medllm.data.chat_format import R1ChatFormat
 from medllm.evaluation.decoding import GROUPED_ATTENTION, Decoder, Sampling
 from medllm.evaluation.generation import generate
 from medllm.evaluation.merged import merged
 from medllm.evaluation.run import evaluate, resolve_engine
+from medllm.models.backends import ModelLoadError
+from medllm.models.lora import LoraSpec
 from medllm.models.tiny import tiny_llama, tiny_tokenizer
 from tests.unit.test_eval_generation_report import QUESTIONS
 from tests.unit.test_eval_run import compose_eval, save_adapter
@@ -136,3 +138,15 @@ def test_batch_size_one_and_auto_write_identical_predictions(tmp_path) -> None:
     assert predictions["merged1"] == predictions["mergedauto"]
     assert reports["merged1"] == reports["mergedauto"]
     assert predictions["merged1"] == predictions["peft3"]  # float32: merging changes no greedy choice here
+
+
+def test_an_adapter_that_replaces_whole_modules_is_sent_to_the_peft_engine(tokenizer, tmp_path) -> None:
+    """Merging can restore LoRA's base weights, not a module the adapter replaced: refused before any change."""
+    model = fresh_model(tokenizer)
+    config = LoraSpec(r=4, alpha=8).peft_config()
+    config.modules_to_save = ["lm_head"]
+    get_peft_model(fresh_model(tokenizer), config).save_pretrained(tmp_path / "adapter")
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    with pytest.raises(ModelLoadError, match="engine=peft"), merged(model, str(tmp_path / "adapter")):
+        pass
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())

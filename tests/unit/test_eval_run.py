@@ -47,8 +47,10 @@ def save_adapter(folder: Path, zero: bool = False, seed: int = 1) -> Path:
 
 
 def mark_adapter(folder: Path) -> Path:
+    """The two files that make a folder an adapter to find_adapters (their contents are not read there)."""
     folder.mkdir(parents=True)
     (folder / "adapter_config.json").write_text("{}")
+    (folder / "adapter_model.safetensors").write_bytes(b"")
     return folder
 
 
@@ -102,6 +104,13 @@ def test_find_adapters_rejects_what_is_not_an_adapter(kwargs, message, tmp_path,
     monkeypatch.chdir(tmp_path)
     with pytest.raises(EvalConfigError, match=message):
         find_adapters(**kwargs)
+
+
+def test_an_adapter_folder_without_weights_is_named_before_any_model_loads(tmp_path):
+    folder = save_adapter(tmp_path / "adapter")
+    (folder / "adapter_model.safetensors").unlink()
+    with pytest.raises(EvalConfigError, match="an adapter folder without weights"):
+        find_adapters(str(folder))
 
 
 def test_tiny_adapter_on_a_real_model_says_which_model_to_pass(tmp_path):

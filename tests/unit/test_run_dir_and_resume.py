@@ -46,6 +46,15 @@ def test_a_resume_writes_its_hydra_files_beside_the_original_ones(tmp_path):
     assert hydra_files_dir(tmp_path) == tmp_path / ".hydra" / "resume-1"
     (tmp_path / ".hydra" / "resume-1").mkdir()
     assert hydra_files_dir(tmp_path) == tmp_path / ".hydra" / "resume-2"
+    assert hydra_files_dir(tmp_path, FRESH) == tmp_path / ".hydra"  # a failed start's config is replaced
+
+
+def test_the_working_directory_is_no_secret(monkeypatch, tmp_path):
+    monkeypatch.setenv("PWD", str(tmp_path))
+    monkeypatch.setenv("DB_PWD", "hunter2-long-enough")
+    assert str(tmp_path) not in secrets.known_secrets()
+    assert secrets.redact_text(f"data.path={tmp_path}/rows.jsonl") == f"data.path={tmp_path}/rows.jsonl"
+    assert "hunter2-long-enough" in secrets.known_secrets()  # a *_pwd variable still is one
 
 
 def test_config_changes_name_what_a_resume_would_not_apply_and_ignore_the_rest():

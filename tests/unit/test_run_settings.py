@@ -30,6 +30,7 @@ from medllm.run_record import (
     write_run_record,
 )
 from medllm.training.resume import run_record
+from medllm.training.secrets import REDACTED
 from tests.conftest import compose_train
 
 # A run that differs from eval.yaml's defaults in every setting eval.py takes.
@@ -46,6 +47,7 @@ def fake_adapter(folder: Path, *overrides: str) -> tuple[Path, dict]:
     datamodule.setup("fit")
     folder.mkdir(parents=True)
     (folder / "adapter_config.json").write_text("{}")
+    (folder / "adapter_model.safetensors").write_bytes(b"")  # eval reads the record before any weight
     write_run_record(folder, full_run_record(run_record(cfg), datamodule))
     return folder, read_run_record(folder)
 
@@ -158,6 +160,7 @@ def test_adapters_without_a_record_leave_the_config_as_composed(tmp_path):
     folder = tmp_path / "hand-made"
     folder.mkdir()
     (folder / "adapter_config.json").write_text("{}")
+    (folder / "adapter_model.safetensors").write_bytes(b"")  # eval reads the record before any weight
     cfg = taken(folder, tmp_path=tmp_path)
     assert cfg == compose_eval(
         f"adapter_path={folder}", "benchmark=mcq", "benchmark.path=x", f"paths.output_dir={tmp_path}"
@@ -208,3 +211,11 @@ def test_a_prompt_other_than_the_trained_one_is_warned_about(adapter, caplog):
         assert not caplog.records
         check_prompt(R1ChatFormat(instruction=None), records)
     assert "its scores measure another prompt" in caplog.text and str(folder) in caplog.text
+
+
+def test_a_redacted_value_of_the_run_is_never_taken_back(tmp_path):
+    """A secret is masked in the record: eval uses this machine's value, never the mask."""
+    adapter, record = fake_adapter(tmp_path / "run" / "adapter", "+data.hub_token=hf_" + "x" * 30)
+    assert record["config"]["data"]["hub_token"] == REDACTED
+    assert taken(adapter, tmp_path=tmp_path).data.get("hub_token") is None
+    assert taken(adapter, "+data.hub_token=hf_mine", tmp_path=tmp_path).data.hub_token == "hf_mine"

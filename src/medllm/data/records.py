@@ -129,6 +129,10 @@ def _problem(value: object) -> str | None:
     if all(map(_is_invisible, value)):
         unusual = sorted({f"U+{ord(c):04X}" for c in value if ord(c) > 127})
         return "empty" + (f" (only invisible characters: {', '.join(unusual)})" if unusual else "")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:  # a lone surrogate ("\ud800" in JSON): no text can hold it
+        return f"not valid Unicode (U+{ord(value[err.start]):04X} at character {err.start})"
     return None
 
 
@@ -143,7 +147,7 @@ def clean(
         raise DataError(f"data.on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
     if not rows:
         raise DataError(f"{source}: no rows (the file is empty or holds an empty list). Point data.path at your rows.")
-    present = set().union(*(row.keys() for row in rows)) if rows else set()
+    present = set().union(*(row.keys() for row in rows))
     missing = [src for _, src in columns.items() if src not in present]
     if missing:
         raise DataError(

@@ -7,6 +7,7 @@ from pathlib import Path
 from medllm.errors import MedllmError
 
 ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")  # what PEFT saves
 
 
 class EvalConfigError(MedllmError, ValueError):
@@ -44,5 +45,7 @@ def find_adapters(
                 f"{path}: not an adapter folder (no {ADAPTER_CONFIG}). Pass the <run dir>/adapter folder "
                 "that train.py saved."
             )
+        if not any((key / name).is_file() for name in ADAPTER_WEIGHTS):  # found now, not after the base is scored
+            raise EvalConfigError(f"{path}: an adapter folder without weights (no {' or '.join(ADAPTER_WEIGHTS)}).")
         unique.append(path)
     return unique

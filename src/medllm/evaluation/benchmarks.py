@@ -306,6 +306,8 @@ def load_benchmark(
     if name not in LOADERS:
         raise BenchmarkError(f"unknown benchmark {name!r}; choose one of {sorted(LOADERS)}")
     items = LOADERS[name](path, **loader_args)
+    if not items:  # said now, before any model loads
+        raise BenchmarkError(f"benchmark={name}: {path or 'the hub copy'} holds no items")
     if limit is None or limit >= len(items):
         return items
     if limit < 1:

@@ -40,7 +40,7 @@ def _eval_mode(model: Any):
         model.train(was_training)
 
 
-def _special_ids(tokenizer: Any) -> tuple[int, int]:
+def special_ids(tokenizer: Any) -> tuple[int, int]:
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ValueError("the tokenizer has no eos_token; generation would never stop")
@@ -84,7 +84,7 @@ def generate(
         raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples} and {batch_size}")
     if num_samples > 1 and not do_sample:
         raise ValueError("num_samples > 1 needs do_sample=True: greedy decoding gives the same completion each time")
-    eos, pad = _special_ids(tokenizer)
+    eos, pad = special_ids(tokenizer)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
     results: list[list[str]] = [[] for _ in prompts]
     torch.manual_seed(seed)
@@ -117,7 +117,7 @@ def majority_vote(answers: list[str | None]) -> str | None:
 
 def stream_answer(model: Any, tokenizer: Any, prompt: list[int], max_new_tokens: int = 512) -> str:
     """Greedy-decode one prompt (token ids), printing reasoning and answer as they come; returns the completion."""
-    eos, pad = _special_ids(tokenizer)
+    eos, pad = special_ids(tokenizer)
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=False)
     with _eval_mode(model):
         input_ids = torch.tensor([prompt], device=model.device)

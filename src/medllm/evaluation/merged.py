@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig
-from peft import PeftModel
+from peft import LoraConfig, PeftModel
 
 from medllm.evaluation.report import BASE, adapter_label
 from medllm.models.backends import ModelLoadError, get_backend
@@ -43,9 +43,11 @@ def _round_trip_nf4(model: torch.nn.Module) -> None:
             module.weight.data.copy_(bnb.dequantize_4bit(packed, state))
 
 
-def load_merged_base(model_cfg: DictConfig, tokenizer: Any) -> torch.nn.Module:
-    """The base in 16-bit on the GPU (the config's dtype on the CPU, the tiny model its own), as training saw it."""
-    on_gpu = torch.cuda.is_available()
+def load_merged_base(model_cfg: DictConfig, tokenizer: Any, accelerator: str = "auto") -> torch.nn.Module:
+    """The base in 16-bit on the GPU (the config's dtype on the CPU, the tiny model its own), as training saw it.
+
+    ``accelerator`` is the hardware group's: ``cpu`` keeps it on the CPU where a GPU is present too."""
+    on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     model = get_backend(model_cfg.backend).load_base(
         model_cfg, tokenizer, dtype=torch.bfloat16 if on_gpu else None, quantize=False
     )
@@ -59,30 +61,34 @@ def load_merged_base(model_cfg: DictConfig, tokenizer: Any) -> torch.nn.Module:
 @contextmanager
 def merged(model: torch.nn.Module, adapter_path: str) -> Iterator[torch.nn.Module]:
     """``model`` with the adapter at ``adapter_path`` merged into its weights; restored on exit."""
+    config = LoraConfig.from_pretrained(adapter_path)
+    if config.modules_to_save:  # whole modules replaced: nothing here would restore them
+        raise ModelLoadError(
+            f"{adapter_path} trains whole modules too ({config.modules_to_save}); score it with engine=peft"
+        )
     pristine: dict[str, torch.Tensor] = {}
     peft_model = PeftModel.from_pretrained(model, adapter_path, is_trainable=False)
-    for name, module in peft_model.base_model.model.named_modules():
-        base_layer = getattr(module, "base_layer", None)
-        if isinstance(base_layer, torch.nn.Linear):
-            pristine[name] = base_layer.weight.detach().to("cpu", copy=True)
-    plain = peft_model.merge_and_unload()  # in place: the weights keep their storage
     try:
-        yield plain.eval()
+        for name, module in peft_model.base_model.model.named_modules():
+            base_layer = getattr(module, "base_layer", None)
+            if isinstance(base_layer, torch.nn.Linear):
+                pristine[name] = base_layer.weight.detach().to("cpu", copy=True)
+        yield peft_model.merge_and_unload().eval()  # in place: the weights keep their storage
     finally:
-        modules = dict(plain.named_modules())
+        modules = dict(model.named_modules())
         with torch.no_grad():
             for name, weight in pristine.items():
                 modules[name].weight.copy_(weight)
 
 
 def each_merged_model(
-    model_cfg: DictConfig, tokenizer: Any, adapters: list[str], include_base: bool = True
+    model_cfg: DictConfig, tokenizer: Any, adapters: list[str], include_base: bool = True, accelerator: str = "auto"
 ) -> Iterator[tuple[str, torch.nn.Module]]:
     """``(label, model)`` for the base (unless ``include_base`` is false and adapters are given), then each adapter.
 
     One model object serves all: the step that yields it must be done with it before the next.
     """
-    model = load_merged_base(model_cfg, tokenizer)
+    model = load_merged_base(model_cfg, tokenizer, accelerator)
     if include_base or not adapters:
         yield BASE, model
     for path in adapters:

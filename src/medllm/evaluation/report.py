@@ -112,7 +112,11 @@ def _table(models: dict[str, Mapping[str, Any]]) -> list[str]:
 def _ranked(models: dict[str, Mapping[str, Any]]) -> list[tuple[str, Mapping[str, Any]]]:
     """Adapters whose training run is known, best accuracy first (lower val loss breaks ties)."""
     runs = [(m, r) for m, r in models.items() if r.get("run") and r["metrics"].get("accuracy") is not None]
-    return sorted(runs, key=lambda mr: (-mr[1]["metrics"]["accuracy"], mr[1]["run"].get("val_loss") or math.inf))
+
+    def loss(run: Mapping[str, Any]) -> float:
+        return math.inf if run.get("val_loss") is None else run["val_loss"]
+
+    return sorted(runs, key=lambda mr: (-mr[1]["metrics"]["accuracy"], loss(mr[1]["run"])))
 
 
 def _ranking(models: dict[str, Mapping[str, Any]]) -> list[str]:

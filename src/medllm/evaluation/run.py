@@ -1,9 +1,11 @@
 """One evaluation run, from a composed ``eval.yaml`` config to a report (or streamed answers).
 
-The base model is loaded once. Each adapter is then loaded onto it and the previous one deleted, and
-the base itself is scored with the adapter switched off (``disable_adapter``), so comparing a sweep
-of adapters costs one base load, not one per adapter. Every model answers the same prompts with the
-same decoding settings; only the active adapter differs.
+The base model is loaded once and every adapter scored on it, so a sweep of adapters costs one base
+load, not one per adapter. The merged engine (``evaluation.merged``, the default for benchmarks) merges
+each adapter into the 16-bit weights in turn and decodes with ``evaluation.decoding``; the peft engine
+loads each adapter beside the active one and scores the base with the adapter switched off
+(``disable_adapter``). Every model answers the same prompts with the same decoding settings; only the
+adapter differs.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from medllm.evaluation.adapters import ADAPTER_CONFIG, EvalConfigError, find_ada
 from medllm.evaluation.benchmarks import BenchmarkItem, load_benchmark
 from medllm.evaluation.decoding import Decoder, Sampling, kv_bytes_per_token
 from medllm.evaluation.extraction import extract_answer
-from medllm.evaluation.generation import generate, majority_vote, stream_answer
+from medllm.evaluation.generation import generate, majority_vote, special_ids, stream_answer
 from medllm.evaluation.merged import each_merged_model
 from medllm.evaluation.metrics import reasoning_stats, score
 from medllm.evaluation.report import BASE, adapter_label, write_report
@@ -157,10 +159,11 @@ def decode_completions(
 ) -> list[list[str]]:
     """``num_samples`` completions per prompt from the merged engine, as text up to the first EOS."""
     copies = settings["num_samples"]
+    eos, pad = special_ids(tokenizer)
     ids = decoder.decode(
         [p for p in prompt_ids for _ in range(copies)],
-        eos_id=tokenizer.eos_token_id,
-        pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        eos_id=eos,
+        pad_id=pad,
         sampling=Sampling(settings["do_sample"], settings["temperature"], settings["top_p"]),
         seed=settings["seed"],
     )
@@ -269,7 +272,7 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
     engine = resolve_engine(cfg)
     log.info("engine: %s", engine)
     if engine == "merged":
-        models = each_merged_model(cfg.model, tokenizer, adapters, cfg.include_base)
+        models = each_merged_model(cfg.model, tokenizer, adapters, cfg.include_base, cfg.trainer.accelerator)
     else:
         model_cfg = _peft_model_cfg(cfg.model)
         models = each_model(model_cfg, tokenizer, adapters, cfg.include_base, cfg.seed)

@@ -31,6 +31,7 @@ from medllm.config.rules import show
 from medllm.data.chat_format import R1ChatFormat
 from medllm.evaluation.adapters import EvalConfigError, find_adapters
 from medllm.run_record import QUESTION, RECORD_FILE, read_run_record, split_fingerprint
+from medllm.training.secrets import REDACTED
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ EVAL_OWN = (
     "data.group_by_length",
     "data.phi_check",
     "data.test_path",
+    "data.hub_token",  # this machine's credential
 )
 # Contradictions named in the error (a group such as model=... can contradict a dozen keys).
 MAX_SHOWN = 4
@@ -130,20 +132,30 @@ def _take(cfg: DictConfig, name: str, run_value: Any, given: list[str]) -> tuple
     """
     ran, now = _leaves(run_value, name), _leaves(_resolved(cfg, name), name)
     raw = _leaves(OmegaConf.to_container(cfg, resolve=False).get(name), name)
+    # The record holds secrets redacted: such a value can't be taken back, the composed one stays.
+    hidden = [key for key, value in ran.items() if isinstance(value, str) and REDACTED in value]
+    for key in hidden:
+        if not _under(key, EVAL_OWN):
+            log.warning(
+                "%s: the run's value was redacted in its record; using this command's (%s)", key, show(now.get(key))
+            )
+    own = (*EVAL_OWN, *hidden)
     contradictions, taken = [], []
     for key in sorted(set(ran) | set(now)):
-        if _under(key, EVAL_OWN):
+        if _under(key, own):
             continue
         if not _under(key, given):
             if ran.get(key) != now.get(key):
                 taken.append(f"{key}={show(ran.get(key))}")
         elif _under(key, MUST_MATCH) and not _same(key, ran.get(key), now.get(key)):
             contradictions.append((key, ran.get(key), now.get(key)))
-    kept = {key: value for key, value in raw.items() if _under(key, given) or _under(key, EVAL_OWN)}
+    kept = {key: value for key, value in raw.items() if _under(key, given) or _under(key, own)}
     with open_dict(cfg):
         cfg[name] = run_value
         for key, value in kept.items():  # unresolved: an interpolation follows what it points at
             OmegaConf.update(cfg, key, value, force_add=True)
+        for key in set(hidden) - set(kept):  # not in this command's config either: no value, not the mask
+            OmegaConf.update(cfg, key, now.get(key), force_add=True)
     return contradictions, taken
 
 

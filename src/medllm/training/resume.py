@@ -154,6 +154,15 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return [change for change in _differences(old, new) if _compared(change.split(":", 1)[0])]
 
 
+def record_differences(record: dict[str, Any], cfg: DictConfig) -> list[str]:
+    """``key: recorded -> now`` for the base, the LoRA shape and every setting a run is defined by."""
+    return [
+        *_differences(record["base_model"], base_model(cfg.model), "model."),
+        *_differences(record["lora"], lora_shape(cfg.model.lora), "model.lora."),
+        *config_changes(record["config"], run_record(cfg)["config"]),
+    ]
+
+
 def check_resumable(checkpoint: Checkpoint, cfg: DictConfig) -> None:
     """CheckpointError unless the checkpoint was trained on this base, with this LoRA shape and settings."""
     record, path = checkpoint.record, checkpoint.path

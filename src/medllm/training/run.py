@@ -18,11 +18,18 @@ from medllm.errors import MedllmError
 from medllm.models.backends import get_backend
 from medllm.models.export import run_exports
 from medllm.models.memory import checkpointing_summary
-from medllm.run_record import full_run_record, write_run_record
+from medllm.run_record import full_run_record, read_run_record, write_run_record
 from medllm.training.callbacks import ThroughputMonitor
 from medllm.training.checkpoint_io import AtomicCheckpointIO
 from medllm.training.module import ReasoningSFTModule
-from medllm.training.resume import RunRecord, check_resumable, continue_csv_log, find_checkpoint, run_record
+from medllm.training.resume import (
+    RunRecord,
+    check_resumable,
+    continue_csv_log,
+    find_checkpoint,
+    record_differences,
+    run_record,
+)
 from medllm.training.run_dir import SUMMARY
 from medllm.training.secrets import redact_secrets
 from medllm.training.wandb_logging import build_logger, finishing_wandb_run, sample_callbacks
@@ -64,10 +71,26 @@ def build_trainer(cfg: DictConfig, callbacks: list[L.Callback]) -> L.Trainer:
 
 
 def finished_summary(cfg: DictConfig, out_dir: Path) -> dict | None:
-    """``ckpt_path=auto`` on a run that finished: its summary, read, nothing written (RunDirGuard wrote nothing)."""
+    """``ckpt_path=auto`` on a run that finished: its summary, read, nothing written (RunDirGuard wrote nothing).
+
+    Only for the same command: a finished run of other settings (a resumed sweep whose jobs get other
+    values) is an error, never its old summary reported for the new settings."""
     path = out_dir / SUMMARY
     if cfg.get("ckpt_path") != "auto" or not path.is_file():
         return None
+    record = read_run_record(out_dir / "adapter")
+    if record is not None:
+        steps = [
+            f"trainer.{key}: {record['config']['trainer'].get(key)} -> {cfg.trainer.get(key)}"
+            for key in ("max_steps", "max_epochs")
+            if record["config"]["trainer"].get(key) != cfg.trainer.get(key)
+        ]
+        changes = record_differences(record, cfg) + steps
+        if changes:
+            raise MedllmError(
+                f"{out_dir} holds a finished run of other settings ({'; '.join(changes)}); choose another "
+                f"hydra.run.dir (to train on from it: ckpt_path={out_dir / 'checkpoints' / 'last.ckpt'})."
+            )
     log.info("ckpt_path=auto: %s finished already (%s); nothing to resume, nothing changed", out_dir, path)
     return json.loads(path.read_text())
 

@@ -118,10 +118,11 @@ def _yaml(container: Any) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(redact_secrets(container)))
 
 
-def hydra_files_dir(run_dir: Path) -> Path:
-    """``.hydra``, or for a resume (the original files kept) the first free ``.hydra/resume-<n>``."""
+def hydra_files_dir(run_dir: Path, action: str = RESUME) -> Path:
+    """``.hydra``, or for a resume (the original files kept) the first free ``.hydra/resume-<n>``. A fresh
+    run replaces the ``.hydra`` of a command that stopped before training."""
     hydra_dir = run_dir / HYDRA_DIR
-    if not (hydra_dir / "config.yaml").exists():
+    if action == FRESH or not (hydra_dir / "config.yaml").exists():
         return hydra_dir
     n = 1
     while (hydra_dir / f"resume-{n}").exists():
@@ -191,4 +192,4 @@ class RunDirGuard(Callback):
         if action == FINISHED:
             _detach_file_logs(run_dir)
             return
-        write_hydra_files(config, hydra_files_dir(run_dir))
+        write_hydra_files(config, hydra_files_dir(run_dir, action))

@@ -22,6 +22,7 @@ _SECRET_WORDS = {"secret", "secrets", "password", "passwd", "pwd", "passphrase",
 _SECRET_WORDS |= {"apikey", "auth", "bearer", "cookie"}
 _SECRET_LAST_WORDS = {"key", "token"}  # api_key, hf_token; not num_key_value_heads, max_new_tokens
 _NOT_SECRET = {f"{t}_token" for t in ("pad", "eos", "bos", "unk", "sep", "cls", "mask")}  # tokenizer settings
+_NOT_SECRET |= {"pwd", "oldpwd"}  # the shell's working directories, not a password
 _SECRET_VALUE = re.compile(
     r"\b(?:sk|pk|rk)-[A-Za-z0-9_\-]{8,}"  # OpenAI-style keys
     r"|\bhf_[A-Za-z0-9]{20,}"  # Hugging Face

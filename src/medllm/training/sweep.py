@@ -41,6 +41,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from medllm import resolvers
+from medllm.training.secrets import redact_text
 
 # Job configs hold ${medllm.mul:...}; a remote (submitit) worker imports this module when it unpickles
 # the callback, so registering here also covers jobs that never import train.py.
@@ -394,7 +395,7 @@ class SweepSummary(Callback):
         try:
             if job_return.status == JobStatus.FAILED:
                 err = job_return._return_value
-                message = f"{type(err).__name__}: {err}".strip()
+                message = redact_text(f"{type(err).__name__}: {err}".strip())  # a URL's password, a token
                 (Path(str(config.hydra.runtime.output_dir)) / ERROR_NAME).write_text(message + "\n")
             write_summary(_sweep_dir_of_job(config))
         except Exception:  # the summary must never stop the remaining jobs
