@@ -48,15 +48,18 @@ class Preemption(L.Callback):
     requeue: under SLURM, requeue the job after saving (false: save and exit only).
     """
 
-    def __init__(self, requeue_signal: str = "SIGUSR1", requeue: bool = True):
+    def __init__(self, requeue_signal: str = "SIGUSR1", requeue: bool = True, check_every_n_steps: int = 10):
         self.requeue_signal = signal.Signals[
             requeue_signal if requeue_signal.startswith("SIG") else f"SIG{requeue_signal}"
         ]
         self.requeue = requeue
+        self.check_every_n_steps = check_every_n_steps
         self.received: signal.Signals | None = None
         self.saved: Path | None = None
 
     def _note(self, signum: int, _: FrameType | None) -> None:
+        if self.received is not None and signum == signal.SIGINT:  # a second Ctrl-C: stop now, without a save
+            raise KeyboardInterrupt
         if self.received is None:
             self.received = signal.Signals(signum)
             log.warning("received %s: stopping after the current optimizer step", self.received.name)
@@ -71,8 +74,10 @@ class Preemption(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
         if not getattr(pl_module, "between_steps", True):
             return  # mid-window: the gradients accumulated so far are in no checkpoint
-        # Every process takes part (one all-reduce a step), so all stop at the same step even when only
-        # some of them got the signal.
+        # Every process takes part, so all stop at the same step even when only some of them got the signal.
+        # Across processes that is an all-reduce the host waits for: only every check_every_n_steps steps.
+        if trainer.world_size > 1 and trainer.global_step % self.check_every_n_steps:
+            return
         if not trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
             return
         self.saved = checkpoint_dir(trainer) / LAST
