@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from medllm.training import secrets
-from medllm.training.resume import config_changes
+from medllm.training.resume import WORLD_SIZE_KEY, CheckpointError, RunRecord, config_changes
 from medllm.training.run_dir import FINISHED, FRESH, RESUME, RunDirError, hydra_files_dir, plan
 
 
@@ -100,3 +100,16 @@ def test_log_records_are_redacted_whichever_handler_writes_them(tmp_path, monkey
     text = path.read_text()
     assert "abcd1234" not in text and "pw@" not in text and "ZZZZ" not in text
     assert "optimizer.lr=1e-4" in text and text.count(secrets.REDACTED) == 3
+
+
+def test_a_checkpoint_of_another_number_of_processes_is_refused(tmp_path):
+    """The sampler's position counts global batches: resuming 2 processes' run on 1 would skip rows."""
+    import lightning as L
+
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    record = RunRecord({})
+    saved: dict = {}
+    record.on_save_checkpoint(trainer, None, saved)
+    record.on_load_checkpoint(trainer, None, saved)  # the same processes: fine
+    with pytest.raises(CheckpointError, match=r"trained by 2 process\(es\), this run has 1"):
+        record.on_load_checkpoint(trainer, None, {**saved, WORLD_SIZE_KEY: 2})

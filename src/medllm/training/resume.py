@@ -29,6 +29,7 @@ from medllm.training.secrets import redact_secrets
 log = logging.getLogger(__name__)
 
 RECORD_KEY = "medllm"
+WORLD_SIZE_KEY = "medllm_world_size"  # the processes that trained it
 RECORD_FORMAT = 1
 # Settings a resume must share with its checkpoint (prefixes of dotted keys of the resolved config).
 SAME_ON_RESUME = (
@@ -91,6 +92,18 @@ class RunRecord(L.Callback):
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         checkpoint[RECORD_KEY] = self.record
+        checkpoint[WORLD_SIZE_KEY] = trainer.world_size
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        """The data order is a position in global batches of ``batch_size x processes``: resumed with another
+        number of processes, rows would be skipped or repeated and the effective batch would change."""
+        saved = checkpoint.get(WORLD_SIZE_KEY)
+        if saved is not None and saved != trainer.world_size:
+            raise CheckpointError(
+                f"the checkpoint was trained by {saved} process(es), this run has {trainer.world_size}: the data "
+                f"order and the effective batch would change. Resume with {saved}, or start over in another "
+                "hydra.run.dir."
+            )
 
 
 @dataclass(frozen=True)
