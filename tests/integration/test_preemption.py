@@ -122,7 +122,8 @@ def test_slurm_time_limit_signal_saves_requeues_and_the_requeued_job_resumes_by_
         cmd, cwd=ROOT, env={**env, "SLURM_RESTART_COUNT": "1"}, capture_output=True, text=True, timeout=600
     )
     assert requeued.returncode == 0, requeued.stderr[-3000:]
-    assert f"ckpt_path=auto: the newest loadable checkpoint is {checkpoint.path}" in requeued.stdout + requeued.stderr
+    chosen = f"ckpt_path=auto: the loadable checkpoint with the most steps is {checkpoint.path}"
+    assert chosen in requeued.stdout + requeued.stderr
     assert_same_adapter(run_dir, whole)
     assert calls.read_text().splitlines() == ["requeue 4242"]  # the finished job asked for nothing more
 

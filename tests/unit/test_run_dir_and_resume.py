@@ -113,3 +113,20 @@ def test_a_checkpoint_of_another_number_of_processes_is_refused(tmp_path):
     record.on_load_checkpoint(trainer, None, saved)  # the same processes: fine
     with pytest.raises(CheckpointError, match=r"trained by 2 process\(es\), this run has 1"):
         record.on_load_checkpoint(trainer, None, {**saved, WORLD_SIZE_KEY: 2})
+
+
+def test_auto_takes_the_checkpoint_with_the_most_steps_not_the_newest_file(tmp_path):
+    """A copied run dir may not keep file times: the steps inside the checkpoints decide."""
+    import os
+
+    import torch
+
+    from medllm.training.resume import RECORD_FORMAT, RECORD_KEY, find_checkpoint
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for name, step, mtime in (("last.ckpt", 6, 1_000), ("step000004.ckpt", 4, 2_000), ("step000006.ckpt", 6, 3_000)):
+        torch.save({"global_step": step, RECORD_KEY: {"format": RECORD_FORMAT}}, folder / name)
+        os.utime(folder / name, (mtime, mtime))
+    chosen = find_checkpoint("auto", tmp_path)
+    assert (chosen.path.name, chosen.global_step) == ("last.ckpt", 6)  # most steps; last.ckpt among equals

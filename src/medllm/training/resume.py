@@ -197,28 +197,29 @@ def check_resumable(checkpoint: Checkpoint, cfg: DictConfig) -> None:
         )
 
 
-def _candidates(checkpoint_dir: Path) -> list[Path]:
-    """The dir's checkpoints, newest first (last.ckpt first among equals: it is written after a step's)."""
-    found = list(checkpoint_dir.glob("*.ckpt"))
-    return sorted(found, key=lambda p: (p.stat().st_mtime, p.name == "last.ckpt"), reverse=True)
-
-
 def find_checkpoint(ckpt_path: str | None, run_dir: Path) -> Checkpoint | None:
-    """The checkpoint to resume from: ``ckpt_path`` itself, or for ``auto`` the newest *loadable* one of
-    ``run_dir`` (unreadable ones skipped with a warning); None: start fresh."""
+    """The checkpoint to resume from: ``ckpt_path`` itself, or for ``auto`` the *loadable* one of ``run_dir``
+    with the most steps (unreadable ones skipped with a warning; last.ckpt first among equals, being written
+    after a step's); None: start fresh. Steps, not file times, which a copy of the run dir may not keep."""
     if ckpt_path is None:
         return None
     if ckpt_path != "auto":
         return read_checkpoint(Path(ckpt_path))
     checkpoint_dir = run_dir / "checkpoints"
-    candidates = _candidates(checkpoint_dir)
+    candidates = sorted(checkpoint_dir.glob("*.ckpt"))
+    loadable = []
     for path in candidates:
         try:
-            checkpoint = read_checkpoint(path)
+            loadable.append(read_checkpoint(path))
         except CheckpointError as err:
             log.warning("ckpt_path=auto: skipping %s", err)
-            continue
-        log.info("ckpt_path=auto: the newest loadable checkpoint is %s (step %d)", path, checkpoint.global_step)
+    if loadable:
+        checkpoint = max(loadable, key=lambda c: (c.global_step, c.path.name == "last.ckpt"))
+        log.info(
+            "ckpt_path=auto: the loadable checkpoint with the most steps is %s (step %d)",
+            checkpoint.path,
+            checkpoint.global_step,
+        )
         return checkpoint
     if candidates:  # starting fresh would write over them: leave that decision to the user
         raise CheckpointError(
