@@ -26,14 +26,8 @@ from medllm.data.datamodule import ReasoningDataModule
 from medllm.models.lora import LoraSpec
 from medllm.models.tiny import tiny_llama
 from medllm.training import wandb_logging
-from medllm.training.wandb_logging import (
-    REDACTED,
-    is_secret_key,
-    redact_argv,
-    redact_secrets,
-    resolve_mode,
-    sample_rows,
-)
+from medllm.training.secrets import REDACTED, is_secret_key, redact_argv, redact_secrets
+from medllm.training.wandb_logging import resolve_mode, sample_rows
 from tests.conftest import ROOT
 
 SECRET = "sk-SECRET123"

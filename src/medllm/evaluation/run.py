@@ -98,10 +98,6 @@ def _to_accelerator(model: Any, accelerator: str) -> Any:
     return model
 
 
-def _for_inference(model: Any, backend: str) -> None:
-    get_backend(backend).for_inference(model)
-
-
 def training_run(adapter_path: str) -> dict[str, Any] | None:
     """What trained an adapter saved by train.py (``<run>/adapter``): its val loss, lr, rank and alpha."""
     run_dir = Path(adapter_path).expanduser().parent
@@ -289,7 +285,7 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
             completions = decode_completions(decoder, tokenizer, prompt_ids, settings)
         else:
             model = _to_accelerator(model, cfg.trainer.accelerator)
-            _for_inference(model, model_cfg.backend)
+            get_backend(model_cfg.backend).for_inference(model)
             batch_size = 8 if settings["batch_size"] == "auto" else settings["batch_size"]
             completions = generate(model, tokenizer, prompt_ids, **(settings | {"batch_size": batch_size}))
         metrics, predictions = score_completions(items, prompts, completions, tokenizer)
@@ -314,7 +310,7 @@ def answer_question(cfg: DictConfig, tokenizer: Any, adapters: list[str]) -> lis
     model_cfg = _peft_model_cfg(cfg.model)
     for label, model in each_model(model_cfg, tokenizer, adapters, cfg.include_base, cfg.seed):
         model = _to_accelerator(model, cfg.trainer.accelerator)
-        _for_inference(model, model_cfg.backend)
+        get_backend(model_cfg.backend).for_inference(model)
         print(f"\n===== {label} =====", flush=True)
         text = stream_answer(model, tokenizer, prompt, max_new_tokens=cfg.max_new_tokens)
         print(flush=True)

@@ -37,12 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from medllm.config_checks import ConfigError
 from medllm.data.chat_format import ASSISTANT, EOS, IGNORE_INDEX, THINK_OPEN
-
-# The notion of a secret lives in medllm.training.secrets; these names stay importable from here.
-from medllm.training.secrets import REDACTED as REDACTED
-from medllm.training.secrets import is_secret_key as is_secret_key
 from medllm.training.secrets import redact_argv
-from medllm.training.secrets import redact_secrets as redact_secrets
 
 log = logging.getLogger(__name__)
 
