@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import threading
@@ -44,6 +45,7 @@ PROMPT_LENGTHS = (300, 500)
 R1_LENGTH_MEAN, R1_LENGTH_STD, R1_LENGTH_MIN = 1000, 400, 64
 EOS_ID = 128001  # the R1 tokenizer's <｜end▁of▁sentence｜>
 PAD_ID = 0
+WARMUP_TOKENS = 256  # new tokens of a plain path's untimed first call: a whole fixed-mode call
 
 
 def workload(mode: str, count: int, new_tokens: int, seed: int) -> tuple[list[list[int]], list[int]]:
@@ -115,8 +117,11 @@ def run_plain(args, load) -> list[dict[str, Any]]:
     results = []
     for mode in args.modes:
         prompts, budgets = workload(mode, args.prompts[mode], args.new_tokens[mode], args.seed)
+        if mode in args.plain_prompts:  # a slow path times the first prompts of the same workload
+            prompts, budgets = prompts[: args.plain_prompts[mode]], budgets[: args.plain_prompts[mode]]
         batch = int(args.batch) if args.batch != "auto" else 64
-        _generate_in_batches(model, prompts[:batch], budgets[:batch], batch, mode == "fixed")  # a whole warm-up call
+        warmup = [min(b, WARMUP_TOKENS) for b in budgets[:batch]]
+        _generate_in_batches(model, prompts[:batch], warmup, batch, mode == "fixed")  # a whole batch, warm-up
         harness.reset_peak_memory()
         start = time.perf_counter()
         completions = _generate_in_batches(model, prompts, budgets, batch, mode == "fixed")
@@ -140,7 +145,10 @@ def load_hf(args):
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(
-        args.checkpoint, dtype=torch.bfloat16, attn_implementation="sdpa", device_map={"": 0}
+        args.checkpoint,
+        dtype=torch.bfloat16,
+        attn_implementation="sdpa",
+        device_map={"": 0 if torch.cuda.is_available() else "cpu"},
     ).eval()
 
 
@@ -175,8 +183,8 @@ def run_medllm(args) -> list[dict[str, Any]]:
                 attention = model.config._attn_implementation
                 model.set_attn_implementation("sdpa")
                 plain = _generate_in_batches(model, prompts, budgets, decoders[mode].batch_size, fixed=False)
+                extra |= agreement(completions, plain) | parting_margins(model, prompts, completions, plain)
                 model.set_attn_implementation(attention)
-                extra |= agreement(completions, plain)
             results.append(result(args, mode, label, seconds, completions, decoders[mode].batch_size, **extra))
     return results
 
@@ -190,6 +198,29 @@ def agreement(fast: list[list[int]], plain: list[list[int]]) -> dict[str, float]
     return {
         "identical_to_plain_generate": sum(a == b for a, b in zip(fast, plain)) / len(fast),
         "mean_share_before_divergence": sum(common) / len(common),
+    }
+
+
+@torch.inference_mode()
+def parting_margins(model, prompts, fast, plain) -> dict[str, float | None]:
+    """Plain generate's top-1 minus top-2 logit where the two parted, beside its median over all tokens.
+
+    A random-weight model's logits are nearly flat, so bf16 rounding flips greedy choices: a parting at a
+    margin far below the typical one is rounding, not a wrong step.
+    """
+    where_parted, everywhere = [], []
+    for prompt, a, b in zip(prompts, fast, plain, strict=True):
+        ids = torch.tensor([list(prompt) + b], device=model.device)
+        logits = model(ids, logits_to_keep=len(b) + 1).logits[0, :-1].float()  # the logits that chose b
+        top = logits.topk(2, dim=-1).values
+        margins = (top[:, 0] - top[:, 1]).tolist()
+        everywhere += margins
+        parted = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+        if parted is not None:
+            where_parted.append(margins[parted])
+    return {
+        "median_margin_where_parted": statistics.median(where_parted) if where_parted else None,
+        "median_margin": statistics.median(everywhere),
     }
 
 
@@ -235,6 +266,12 @@ def run_streaming(name: str, command: list[str], timeout: float | None) -> list[
     return lines
 
 
+def write_results(out: Path, results: list[dict]) -> None:
+    record = {"card": harness.device_name(), "versions": package_versions(), "argv": sys.argv[1:], "results": results}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+
+
 def table(results: list[dict]) -> str:
     lines = []
     for mode in dict.fromkeys(r["mode"] for r in results):
@@ -257,9 +294,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--adapter", default=None, help="a LoRA adapter of the checkpoint for medllm to merge")
-    parser.add_argument("--paths", default="hf_generate,unsloth_generate,medllm")
+    parser.add_argument(
+        "--paths",
+        default="hf_generate,unsloth_generate,medllm",
+        help="comma-separated; name@mode+mode runs a path in its own modes, e.g. hf_generate@fixed",
+    )
     parser.add_argument("--modes", default="fixed,r1")
     parser.add_argument("--prompts", default="fixed=64,r1=512", help="prompts per mode, e.g. fixed=64,r1=512")
+    parser.add_argument(
+        "--plain-prompts",
+        default="",
+        help="unsloth_generate and hf_generate time only the first N prompts of a mode, e.g. r1=64",
+    )
     parser.add_argument("--batch", default="64", help="rows per batch, or auto (medllm: as many as fit)")
     parser.add_argument("--medllm-batch", default=None, help="medllm's batch if not --batch, e.g. auto")
     parser.add_argument("--new-tokens", default="fixed=256,r1=2048", help="most new tokens a row, per mode")
@@ -270,8 +316,9 @@ def main() -> None:
     parser.add_argument("--workdir", default="/tmp/medllm-generation-bench", help="completions of each path")
     args = parser.parse_args()
     args.modes = args.modes.split(",")
-    args.prompts, args.new_tokens = (
-        {k: int(v) for k, v in (i.split("=") for i in a.split(","))} for a in (args.prompts, args.new_tokens)
+    args.prompts, args.new_tokens, args.plain_prompts = (
+        {k: int(v) for k, v in (i.split("=") for i in a.split(",") if i)}
+        for a in (args.prompts, args.new_tokens, args.plain_prompts)
     )
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     if args.run_path:  # inside one path's process
@@ -285,10 +332,12 @@ def main() -> None:
         return
 
     results: list[dict] = []
-    for name in args.paths.split(","):
+    for spec in args.paths.split(","):
+        name, _, modes = spec.partition("@")  # e.g. unsloth_generate@fixed+r1: this path's own modes
         batch = args.medllm_batch if name == "medllm" and args.medllm_batch else args.batch
         argv = [a for a in sys.argv[1:] if a not in (args.out, "--out")]
         command = [sys.executable, __file__, *argv, "--run-path", name, "--batch", batch]
+        command += ["--modes", modes.replace("+", ",")] if modes else []
         print(f"[{name}] $ {' '.join(command)}", flush=True)
         start = time.perf_counter()
         lines = run_streaming(name, command, args.path_timeout)
@@ -298,6 +347,8 @@ def main() -> None:
             for line in lines
             if line.startswith(harness.RESULT_PREFIX)
         ]
+        if args.out:  # after every path: a killed or timed-out call keeps what it measured
+            write_results(Path(args.out), results)
     print(table(results))
     for r in results:
         if "identical_to_plain_generate" in r:
@@ -306,14 +357,6 @@ def main() -> None:
                 f"generate on the same weights; on average {r['mean_share_before_divergence']:.0%} of a "
                 "completion comes before the first differing token"
             )
-    if args.out:
-        record = {
-            "card": harness.device_name(),
-            "versions": package_versions(),
-            "argv": sys.argv[1:],
-            "results": results,
-        }
-        Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 from peft import PeftModel, get_peft_model
 
 from medllm.data.chat_format import R1ChatFormat
-from medllm.evaluation.decoding import GROUPED_ATTENTION, Decoder, Sampling
+from medllm.evaluation.decoding import GROUPED_ATTENTION, Decoder, Sampling, balanced
 from medllm.evaluation.generation import generate
 from medllm.evaluation.merged import merged
 from medllm.evaluation.run import evaluate, resolve_engine
@@ -150,3 +151,13 @@ def test_an_adapter_that_replaces_whole_modules_is_sent_to_the_peft_engine(token
     with pytest.raises(ModelLoadError, match="engine=peft"), merged(model, str(tmp_path / "adapter")):
         pass
     assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
+
+
+@pytest.mark.parametrize("rows", [1, 7, 16, 17, 250, 513, 1000])
+@pytest.mark.parametrize("most", [1, 16, 64, 256])
+def test_balanced_batches_are_as_few_as_the_most_allow_and_pad_less_than_one_a_batch(rows, most) -> None:
+    batch = balanced(rows, most)
+    batches = math.ceil(rows / batch)
+    assert batch <= most
+    assert batches == math.ceil(rows / most)  # no batch more than the largest batch would take
+    assert batches * batch - rows < batches  # copies that fill the last batch: fewer than one a batch

@@ -82,10 +82,21 @@ def kv_bytes_per_token(config: Any, dtype: torch.dtype) -> int:
     return 2 * config.num_hidden_layers * kv_heads * head_dim * torch.tensor([], dtype=dtype).element_size()
 
 
+def balanced(rows: int, most: int) -> int:
+    """The smallest batch that needs no more batches than ``most`` rows a batch would.
+
+    Every batch has the same shape (a short last one is filled with copies), so 513 rows at most 256 a
+    batch run as 3 batches of 171, not 3 of 256 of which the last decodes 255 copies.
+    """
+    batches = math.ceil(max(rows, 1) / most)
+    return math.ceil(max(rows, 1) / batches)
+
+
 def auto_batch_size(model: Any, cache_len: int, rows: int, prompt_len: int) -> int:
-    """The most rows whose KV cache and prefill activations fit ``FREE_MEMORY_SHARE`` of the free GPU memory."""
+    """As many rows as fit ``FREE_MEMORY_SHARE`` of the free GPU memory (KV cache and prefill activations),
+    spread evenly over the batches that ``rows`` need."""
     if model.device.type != "cuda":
-        return max(1, min(rows, CPU_BATCH_SIZE))
+        return balanced(rows, CPU_BATCH_SIZE)
     torch.cuda.empty_cache()  # loading and rounding the weights leave freed blocks behind
     free, _ = torch.cuda.mem_get_info(model.device)
     config = model.config
@@ -99,7 +110,7 @@ def auto_batch_size(model: Any, cache_len: int, rows: int, prompt_len: int) -> i
             f"one row of {cache_len} tokens needs {per_row / 2**30:.1f} GiB of KV cache and activations, "
             f"{free / 2**30:.1f} GiB are free: lower max_new_tokens, or use engine=peft"
         )
-    return max(1, min(rows, fits, MAX_BATCH_SIZE))
+    return balanced(rows, min(fits, MAX_BATCH_SIZE))
 
 
 class Decoder:
