@@ -31,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,9 +113,8 @@ def _generate_in_batches(model, prompts, budgets, batch: int, fixed: bool) -> li
     return out
 
 
-def run_plain(args, load) -> list[dict[str, Any]]:
+def run_plain(args, load) -> Iterator[dict[str, Any]]:
     model = load()
-    results = []
     for mode in args.modes:
         prompts, budgets = workload(mode, args.prompts[mode], args.new_tokens[mode], args.seed)
         if mode in args.plain_prompts:  # a slow path times the first prompts of the same workload
@@ -126,8 +126,7 @@ def run_plain(args, load) -> list[dict[str, Any]]:
         start = time.perf_counter()
         completions = _generate_in_batches(model, prompts, budgets, batch, mode == "fixed")
         harness.synchronize()
-        results.append(result(args, mode, "", time.perf_counter() - start, completions, batch))
-    return results
+        yield result(args, mode, "", time.perf_counter() - start, completions, batch)
 
 
 def load_unsloth(args):
@@ -152,7 +151,7 @@ def load_hf(args):
     ).eval()
 
 
-def run_medllm(args) -> list[dict[str, Any]]:
+def run_medllm(args) -> Iterator[dict[str, Any]]:
     """eval.py's merged engine as ``medllm.evaluation.run.evaluate`` drives it: one base, the adapter merged in."""
     from omegaconf import OmegaConf
 
@@ -161,7 +160,7 @@ def run_medllm(args) -> list[dict[str, Any]]:
 
     model_cfg = OmegaConf.load(REPO_ROOT / "conf/model/r1_distill_llama_8b.yaml")
     model_cfg.name_or_path, model_cfg.max_seq_length = args.checkpoint, 4096
-    results, decoders = [], {}
+    decoders = {}
     batch = None if args.batch == "auto" else int(args.batch)
     for label, model in each_merged_model(model_cfg, None, [args.adapter] if args.adapter else []):
         for mode in args.modes:
@@ -185,8 +184,7 @@ def run_medllm(args) -> list[dict[str, Any]]:
                 plain = _generate_in_batches(model, prompts, budgets, decoders[mode].batch_size, fixed=False)
                 extra |= agreement(completions, plain) | parting_margins(model, prompts, completions, plain)
                 model.set_attn_implementation(attention)
-            results.append(result(args, mode, label, seconds, completions, decoders[mode].batch_size, **extra))
-    return results
+            yield result(args, mode, label, seconds, completions, decoders[mode].batch_size, **extra)
 
 
 def agreement(fast: list[list[int]], plain: list[list[int]]) -> dict[str, float]:
