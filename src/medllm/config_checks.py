@@ -36,6 +36,10 @@ def check_train_config(cfg: DictConfig) -> None:
     _check_hardware(cfg)
     _check_launcher(cfg)
     _check_writable(cfg)
+    if os.environ.get("MEDLLM_MEMORY_CAP_GIB"):  # read when the model loads: a bad value fails here instead
+        from medllm.models.memory import memory_cap_gib
+
+        memory_cap_gib()
     gguf = cfg.get("export", {}).get("gguf")
     if gguf and not get_backend(cfg.model.backend).exports_gguf:
         needed = " or ".join(gguf_backends())

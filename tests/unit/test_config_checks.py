@@ -15,6 +15,7 @@ from peft import get_peft_model
 
 from medllm.config_checks import ConfigError, check_train_config
 from medllm.data.datamodule import ReasoningDataModule
+from medllm.errors import MedllmError
 from medllm.models.backends import ModelLoadError
 from medllm.models.backends.hf import check_target_modules
 from medllm.models.lora import LoraSpec
@@ -45,6 +46,17 @@ def test_the_smoke_config_passes(tmp_path):
 def test_non_positive_values_name_their_key(tmp_path, override, key):
     with pytest.raises(ConfigError, match=rf"^{key}=\S+ must be a number > 0"):
         check(tmp_path, override)
+
+
+@pytest.mark.parametrize("devices", ["1.5", "0", "true", "[0,1.5]", "[-1]", "gpu"])
+def test_devices_must_be_whole_numbers_or_auto(tmp_path, devices):
+    with pytest.raises(ConfigError, match=r"^trainer.devices=.+ must be a whole number >= 1, -1 \(all\), auto"):
+        check(tmp_path, f"trainer.devices={devices}")
+
+
+@pytest.mark.parametrize("devices", ["1", "-1", "auto", "[0]", "[0,1]"])
+def test_devices_that_lightning_takes_pass(tmp_path, devices):
+    check(tmp_path, f"trainer.devices={devices}")
 
 
 def test_local_data_without_a_path_or_with_a_missing_file(tmp_path):
@@ -218,3 +230,10 @@ def test_nodes_and_devices_that_disagree_with_the_launcher_are_named(tmp_path, m
     with pytest.raises(ConfigError) as err:
         check(tmp_path, "hardware=ddp_cpu", *overrides)
     assert str(err.value).startswith(message)
+
+
+@pytest.mark.parametrize("cap", ["24GB", "-1", "inf"])
+def test_a_bad_memory_cap_fails_with_the_config_not_when_the_model_loads(tmp_path, monkeypatch, cap):
+    monkeypatch.setenv("MEDLLM_MEMORY_CAP_GIB", cap)
+    with pytest.raises(MedllmError, match=rf"MEDLLM_MEMORY_CAP_GIB='{cap}' must be a positive number of GiB"):
+        check(tmp_path)

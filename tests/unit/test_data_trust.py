@@ -339,3 +339,14 @@ def test_a_pretty_printed_json_object_is_named_as_not_rows(tmp_path):
     path.write_text(json.dumps({"data": ROWS}, indent=2), "utf-8")
     with pytest.raises(DataError, match=rf"{path}: one JSON object, not rows"):
         validate.check_data({"source": "local", "path": str(path)})
+
+
+def test_identifiers_are_named_by_the_files_own_row_numbers_after_skipped_and_duplicate_rows(tokenizer, tmp_path):
+    rows = sample_rows()
+    rows[1]["Response"] = ""  # row 2: bad, skipped
+    rows[3] = dict(rows[2])  # row 4: a duplicate of row 3, dropped
+    rows[6]["Question"] += " Contact jane.doe@example.org."  # row 7 of the file, 5th row kept
+    path = write_jsonl(tmp_path / "rows.jsonl", rows)
+    data = datamodule(tokenizer, path, tmp_path / "cache", phi_check="error", on_bad_row="skip")
+    with pytest.raises(DataError, match=r"email: 1 row\(s\) \(7\)"):
+        data.setup("fit")

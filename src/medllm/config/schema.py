@@ -24,9 +24,15 @@ from medllm.models.backends import backend_names
 POSITIVE = above(0)
 COUNT = at_least(0)  # 0 allowed: none
 BETAS = Rule("two numbers in [0, 1)", lambda v: len(v) == 2 and all(between(0, 1, high_open=True).ok(b) for b in v))
+
+
+def _whole(v: Any, low: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
 DEVICES = Rule(
-    "a number >= 1, -1 (all), auto, or a list of device indices",
-    lambda v: one_of(-1, "auto").ok(v) or at_least(1).ok(v) or (isinstance(v, list) and all(COUNT.ok(i) for i in v)),
+    "a whole number >= 1, -1 (all), auto, or a list of device indices",
+    lambda v: one_of(-1, "auto").ok(v) or _whole(v, 1) or (isinstance(v, list) and all(_whole(i, 0) for i in v)),
 )
 PRECISIONS = one_of(
     "32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true", "32", "bf16", "16", "64", 32, 16, 64

@@ -6,6 +6,7 @@ tripwire for data that was meant to be de-identified, not a de-identification to
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -52,10 +53,13 @@ class PhiFinding:
         return f"{source}: possible personal identifiers found; " + "; ".join(parts)
 
 
-def scan(columns: Sequence[Sequence[str]]) -> PhiFinding:
-    """Rows (1-based) in which each kind of identifier appears, across all given text columns."""
+def scan(columns: Sequence[Sequence[str]], row_numbers: Sequence[int] | None = None) -> PhiFinding:
+    """Rows in which each kind of identifier appears, across all given text columns.
+
+    Rows are named by ``row_numbers`` (the file's own numbers of rows that survived cleaning), or 1, 2, ...
+    """
     finding = PhiFinding()
-    for i, texts in enumerate(zip(*columns), start=1):
+    for i, texts in zip(row_numbers or itertools.count(1), zip(*columns)):
         joined = "\n".join(texts)
         lower = joined.lower()
         for kind, pattern in PATTERNS.items():

@@ -52,6 +52,7 @@ class CleanReport:
     rows_read: int = 0
     dropped: Counter = field(default_factory=Counter)
     bad_rows: list[str] = field(default_factory=list)
+    kept_rows: list[int] = field(default_factory=list)  # the source's row number (1-based) of each kept row
 
 
 def sample_rows() -> list[dict[str, str]]:
@@ -169,6 +170,7 @@ def clean(
             report.dropped["duplicate"] += 1
             continue
         seen.add(values)
+        report.kept_rows.append(i)
         for f, v in zip(FIELDS, values):
             kept[f].append(v)
     if report.bad_rows and on_bad_row == "error":

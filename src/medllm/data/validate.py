@@ -99,7 +99,7 @@ def _validate(source: RowSource, columns: records.Columns, on_bad_row, phi_check
         log.warning("%s: skipped %d bad row(s), e.g. %s", source.name, len(report.bad_rows), report.bad_rows[0])
     counts: dict[str, int] = {}
     if source.path is not None and phi_check != "off":
-        finding = phi.scan([rows.data.column(f).to_pylist() for f in records.FIELDS])
+        finding = phi.scan([rows.data.column(f).to_pylist() for f in records.FIELDS], report.kept_rows)
         if finding and phi_check == "error":
             raise records.DataError(finding.describe(source.name) + ". Remove them, or set data.phi_check=warn|off.")
         if finding:
