@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 import subprocess
 import sys
 import time
@@ -237,3 +238,20 @@ def test_a_bad_memory_cap_fails_with_the_config_not_when_the_model_loads(tmp_pat
     monkeypatch.setenv("MEDLLM_MEMORY_CAP_GIB", cap)
     with pytest.raises(MedllmError, match=rf"MEDLLM_MEMORY_CAP_GIB='{cap}' must be a positive number of GiB"):
         check(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (("+logger.csv.nmae=x",), "unknown key logger.csv.nmae; did you mean logger.csv.name?"),
+        (("logger.wandb.mode=onlin",), "logger.wandb.mode=onlin must be one of online | offline | disabled"),
+        (("~logger.wandb", "logger.csv.version=[1]"), "logger.csv.version=[1] must be"),
+    ],
+)
+def test_each_logger_of_logger_many_is_checked_by_its_own_schema(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check(tmp_path, "logger=many", *overrides)
+
+
+def test_logger_many_as_composed_passes(tmp_path):
+    check(tmp_path, "logger=many")

@@ -33,13 +33,14 @@ class Dispatch:
     """A node whose schema depends on one of its values, e.g. an optimizer on its ``_target_``.
 
     strict: a value without a schema is an error (a benchmark name); else it passes unchecked (a user's
-    own class). many: the node is a dict of such nodes (callbacks by name).
+    own class). many: the node is a dict of such nodes (callbacks by name); None: either, a node without
+    ``key`` being a dict of them (``logger``: one logger, or several by name with ``logger=many``).
     """
 
     key: str
     schemas: dict[str, type]
     strict: bool = False
-    many: bool = False
+    many: bool | None = False
 
 
 def setting(default: Any = MISSING, rule: Rule | None = None, *, factory: Callable[[], Any] | None = None) -> Any:
@@ -50,7 +51,7 @@ def setting(default: Any = MISSING, rule: Rule | None = None, *, factory: Callab
     return dataclasses.field(default=default, metadata=metadata)
 
 
-def dispatch(key: str, schemas: dict[str, type], *, strict: bool = False, many: bool = False) -> Any:
+def dispatch(key: str, schemas: dict[str, type], *, strict: bool = False, many: bool | None = False) -> Any:
     return dataclasses.field(default=None, metadata={"dispatch": Dispatch(key, schemas, strict, many)})
 
 

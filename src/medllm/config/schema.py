@@ -294,7 +294,7 @@ class TrainConfig:
     optimizer: Any = dispatch("_target_", OPTIMIZERS)
     scheduler: Any = dispatch("_target_", SCHEDULERS)
     trainer: Trainer = setting(factory=Trainer)
-    logger: Any = dispatch("_target_", LOGGERS)
+    logger: Any = dispatch("_target_", LOGGERS, many=None)  # one logger, or several by name (logger=many)
     callbacks: Any = dispatch("_target_", CALLBACKS, many=True)
     export: Export = setting(factory=Export)
     paths: Paths = setting(factory=Paths)

@@ -80,7 +80,8 @@ class _Checker:
                     raise ConfigError(f"{self.source(key)}={show(plain)} must be {rule.expect}{hint or '.'}")
 
     def dispatch(self, values: Any, how: Dispatch, key: str) -> None:
-        nodes = values.items() if how.many else [(None, values)]
+        many = how.many if how.many is not None else isinstance(values, dict) and how.key not in values
+        nodes = values.items() if many else [(None, values)]
         for name, node in nodes:
             where = key if name is None else f"{key}.{name}"
             if not isinstance(node, dict):
