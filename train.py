@@ -36,7 +36,11 @@ def main(cfg: DictConfig) -> float | None:
         from medllm.training.run import train
 
         # What a sweeper optimizes (hparams_search=optuna): a number from the run's summary.
-        return train(cfg)[cfg.get("optimized_metric") or "val_loss"]
+        metric = cfg.get("optimized_metric")
+        value = train(cfg)[metric or "val_loss"]
+        if metric and value is None:
+            raise MedllmError(f"optimized_metric={metric}: this run's summary.json has no value for it")
+        return value
     except MedllmError as err:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode

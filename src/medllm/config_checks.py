@@ -36,6 +36,12 @@ def check_train_config(cfg: DictConfig) -> None:
     _check_hardware(cfg)
     _check_launcher(cfg)
     _check_writable(cfg)
+    metric = cfg.get("optimized_metric")
+    if metric in ("val_loss", "val_ppl") and trainer.get("limit_val_batches") == 0:
+        raise ConfigError(
+            f"optimized_metric={metric} needs validation, and trainer.limit_val_batches=0 turns it off: "
+            "every trial would return nothing to the sweeper."
+        )
     if os.environ.get("MEDLLM_MEMORY_CAP_GIB"):  # read when the model loads: a bad value fails here instead
         from medllm.models.memory import memory_cap_gib
 

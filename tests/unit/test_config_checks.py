@@ -255,3 +255,8 @@ def test_each_logger_of_logger_many_is_checked_by_its_own_schema(tmp_path, overr
 
 def test_logger_many_as_composed_passes(tmp_path):
     check(tmp_path, "logger=many")
+
+
+def test_a_sweep_on_validation_loss_without_validation_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="optimized_metric=val_loss needs validation"):
+        check(tmp_path, "hparams_search=optuna", "trainer.limit_val_batches=0")
