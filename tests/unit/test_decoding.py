@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,7 +11,7 @@ import torch
 from peft import PeftModel, get_peft_model
 
 from medllm.data.chat_format import R1ChatFormat
-from medllm.evaluation.decoding import GROUPED_ATTENTION, Decoder, Sampling, balanced
+from medllm.evaluation.decoding import GROUPED_ATTENTION, Decoder, Sampling
 from medllm.evaluation.generation import generate
 from medllm.evaluation.merged import merged
 from medllm.evaluation.run import evaluate, resolve_engine
@@ -153,11 +153,24 @@ def test_an_adapter_that_replaces_whole_modules_is_sent_to_the_peft_engine(token
     assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
 
 
-@pytest.mark.parametrize("rows", [1, 7, 16, 17, 250, 513, 1000])
-@pytest.mark.parametrize("most", [1, 16, 64, 256])
-def test_balanced_batches_are_as_few_as_the_most_allow_and_pad_less_than_one_a_batch(rows, most) -> None:
-    batch = balanced(rows, most)
-    batches = math.ceil(rows / batch)
-    assert batch <= most
-    assert batches == math.ceil(rows / most)  # no batch more than the largest batch would take
-    assert batches * batch - rows < batches  # copies that fill the last batch: fewer than one a batch
+def test_the_decoding_step_traces_as_one_graph_without_breaks(tokenizer, prompt_ids) -> None:
+    """What CUDA graphs need: the step (per-slot columns, mask and cache writes) is one graph, no breaks."""
+    decoder = Decoder(fresh_model(tokenizer), max(map(len, prompt_ids)), 8, 2, compile=False)
+    tokens = torch.full((2, 1), tokenizer.pad_token_id)
+    with torch.inference_mode():
+        explained = torch._dynamo.explain(decoder._forward)(tokens)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("c++") is None, reason="torch.compile on the CPU needs a C++ compiler")
+def test_the_compiled_step_decodes_as_the_eager_one_and_compiles_once(tokenizer, prompt_ids) -> None:
+    model = fresh_model(tokenizer)
+    budgets = [3, 24, 1, 10, 7]  # 5 rows through 2 slots: rows end and slots are refilled mid-run
+    eager = decode(model, tokenizer, prompt_ids, 2, row_budgets=budgets)
+    torch._dynamo.reset()
+    compiled = Decoder(model, max(map(len, prompt_ids)), 24, 2, compile=True)
+    special = {"eos_id": tokenizer.eos_token_id, "pad_id": tokenizer.pad_token_id, "progress": False}
+    with torch._dynamo.config.patch(error_on_recompile=True):  # a second graph would mean a second capture
+        for _ in range(2):
+            assert compiled.decode(prompt_ids, row_budgets=budgets, **special) == eager

@@ -1,14 +1,15 @@
-"""Batched decoding on a static KV cache, with one compiled forward per new token.
+"""Batched decoding on a static KV cache, with one compiled forward per new token and rows refilled as they end.
 
-``model.generate`` syncs with the host at every step (stopping criteria, finished rows) and, with a
-static cache, still grows its attention mask by a column a step. Here every step has the same shapes:
-the cache and the attention mask are sized once for the longest prompt plus ``max_new_tokens``, a batch
-is always ``batch_size`` rows (a short last batch is filled with copies of a prompt whose outputs are
-dropped), and the host looks at the finished rows only every ``SYNC_EVERY`` steps. On a GPU the forward
-is compiled with CUDA graphs (``torch.compile(mode="reduce-overhead")``) once for the whole run.
+``model.generate`` syncs with the host at every step (stopping criteria, finished rows), and a batch
+runs until its longest row ends: with R1's reasoning lengths (~500 to 2,000 tokens) half of its rows'
+steps decode padding. Here the batch is a set of ``batch_size`` slots in one static cache. Each slot
+holds one prompt at columns ``0..len-1`` and writes each new token at its own next column; every few
+steps (``SYNC_EVERY``) the host collects the rows that ended and prefills the next prompts into their
+slots. Every step has the same shapes, so on a GPU the step is compiled once with CUDA graphs
+(``torch.compile(mode="reduce-overhead")``) for the whole run and every model decoded with it.
 
-Prompts are decoded longest first, so the rows of a batch need little padding; a batch stops as soon
-as all its rows have produced EOS or their budget of new tokens.
+A row's completion depends only on its prompt: the slot it lands in, its neighbours and the batch size
+change nothing but rounding (none in float32 on the CPU).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AttentionInterface, AttentionMaskInterface, StaticCache, TopPLogitsWarper
+from transformers import AttentionInterface, AttentionMaskInterface, TopPLogitsWarper
+from transformers.cache_utils import Cache, DynamicCache, StaticLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
@@ -36,6 +38,9 @@ CPU_BATCH_SIZE = 16
 FREE_MEMORY_SHARE = 0.8
 # Rows in one batch at most: beyond this the decode step is compute-bound and gains little.
 MAX_BATCH_SIZE = 512
+# Prompts prefilled in one forward: enough tokens to keep the GPU busy, few enough that the prefill's
+# activations stay small beside the cache.
+PREFILL_ROWS = 32
 
 
 @dataclass(frozen=True)
@@ -82,44 +87,51 @@ def kv_bytes_per_token(config: Any, dtype: torch.dtype) -> int:
     return 2 * config.num_hidden_layers * kv_heads * head_dim * torch.tensor([], dtype=dtype).element_size()
 
 
-def balanced(rows: int, most: int) -> int:
-    """The smallest batch that needs no more batches than ``most`` rows a batch would.
-
-    Every batch has the same shape (a short last one is filled with copies), so 513 rows at most 256 a
-    batch run as 3 batches of 171, not 3 of 256 of which the last decodes 255 copies.
-    """
-    batches = math.ceil(max(rows, 1) / most)
-    return math.ceil(max(rows, 1) / batches)
-
-
 def auto_batch_size(model: Any, cache_len: int, rows: int, prompt_len: int) -> int:
-    """As many rows as fit ``FREE_MEMORY_SHARE`` of the free GPU memory (KV cache and prefill activations),
-    spread evenly over the batches that ``rows`` need."""
+    """As many slots as fit ``FREE_MEMORY_SHARE`` of the free GPU memory, beside one prefill of
+    ``PREFILL_ROWS`` prompts (its activations, mask and keys and values)."""
     if model.device.type != "cuda":
-        return balanced(rows, CPU_BATCH_SIZE)
+        return max(1, min(rows, CPU_BATCH_SIZE))
     torch.cuda.empty_cache()  # loading and rounding the weights leave freed blocks behind
     free, _ = torch.cuda.mem_get_info(model.device)
     config = model.config
-    per_row = kv_bytes_per_token(config, model.dtype) * cache_len
-    # Prefill holds a layer's activations for every prompt token (MLP gate, up and product; queries, keys,
-    # values, output) and its attention mask.
-    per_row += prompt_len * ((3 * config.intermediate_size + 4 * config.hidden_size) * model.dtype.itemsize + cache_len)
-    fits = int(free * FREE_MEMORY_SHARE) // per_row
+    kv_per_token = kv_bytes_per_token(config, model.dtype)
+    per_row = kv_per_token * cache_len
+    # A prefill holds a layer's activations for every prompt token (MLP gate, up and product; queries,
+    # keys, values, output), its attention mask, and the prompts' keys and values for all layers.
+    activations = (3 * config.intermediate_size + 4 * config.hidden_size) * model.dtype.itemsize
+    prefill = PREFILL_ROWS * prompt_len * (activations + prompt_len + kv_per_token)
+    fits = (int(free * FREE_MEMORY_SHARE) - prefill) // per_row
     if fits < 1:
         raise torch.OutOfMemoryError(
-            f"one row of {cache_len} tokens needs {per_row / 2**30:.1f} GiB of KV cache and activations, "
-            f"{free / 2**30:.1f} GiB are free: lower max_new_tokens, or use engine=peft"
+            f"one row of {cache_len} tokens needs {per_row / 2**30:.1f} GiB of KV cache beside "
+            f"{prefill / 2**30:.1f} GiB for prefilling, {free / 2**30:.1f} GiB are free: lower max_new_tokens, "
+            "or use engine=peft"
         )
-    return balanced(rows, min(fits, MAX_BATCH_SIZE))
+    return max(1, min(rows, fits, MAX_BATCH_SIZE))
+
+
+class _SlotLayer(StaticLayer):
+    """A static cache layer whose rows each write their one new token at their own column (``columns``)."""
+
+    def __init__(self, max_cache_len: int, columns: torch.Tensor) -> None:
+        super().__init__(max_cache_len=max_cache_len)
+        self.columns = columns
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        index = self.columns.view(-1, 1, 1, 1).expand(-1, key_states.shape[1], 1, key_states.shape[3])
+        self.keys.scatter_(2, index, key_states)
+        self.values.scatter_(2, index, value_states)
+        return self.keys, self.values
 
 
 class Decoder:
-    """Decodes batches of ``batch_size`` rows into one static cache of ``max_prompt_len + max_new_tokens``.
+    """Decodes prompts through ``batch_size`` slots of one static cache of ``max_prompt_len + max_new_tokens``.
 
     Built once per evaluation and reused for every model: the merged engine changes the weights in
     place, so the compiled step (and its CUDA graphs) serve the base and every adapter.
-    ``batch_size`` None picks the largest batch that fits (``auto_batch_size``); ``compile`` None
-    compiles on a GPU.
+    ``batch_size`` None picks as many slots as fit (``auto_batch_size``); ``compile`` None compiles on
+    a GPU.
     """
 
     def __init__(
@@ -135,31 +147,62 @@ class Decoder:
         self.max_new_tokens = max_new_tokens
         self.cache_len = CACHE_ALIGN * math.ceil((max_prompt_len + max_new_tokens) / CACHE_ALIGN)
         self.batch_size = batch_size or auto_batch_size(model, self.cache_len, rows_wanted, max_prompt_len)
-        self.cache = StaticCache(config=model.config, max_cache_len=self.cache_len)
-        model.set_attn_implementation(GROUPED_ATTENTION)
         config = model.config
+        device = model.device
+        # Each slot's next column (= the position of the token it is fed); the layers write there.
+        self.columns = torch.zeros(self.batch_size, dtype=torch.long, device=device)
+        self.cache = Cache(layers=[_SlotLayer(self.cache_len, self.columns) for _ in range(config.num_hidden_layers)])
+        model.set_attn_implementation(GROUPED_ATTENTION)
         self.cache.early_initialization(  # all of it now, not layer by layer between a prefill's activations
             self.batch_size,
             config.num_key_value_heads,
             getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads,
             model.dtype,
-            model.device,
+            device,
         )
+        torch._dynamo.mark_static_address(self.columns)
+        self._all_columns = torch.arange(self.cache_len, device=device)
         self.step = self._forward
-        if model.device.type == "cuda" if compile is None else compile:
+        if device.type == "cuda" if compile is None else compile:
             self.step = torch.compile(self._forward, mode="reduce-overhead", dynamic=False)
 
-    def _forward(self, tokens, positions, cache_position, attention_mask) -> torch.Tensor:
+    def _forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """One new token a slot, each at its slot's column, attending to the columns before it."""
+        visible = (self._all_columns[None, :] <= self.columns[:, None])[:, None, None, :]
         out = self.model(
             input_ids=tokens,
-            position_ids=positions,
-            cache_position=cache_position,
-            attention_mask=attention_mask,
+            position_ids=self.columns[:, None],
+            attention_mask=visible,
             past_key_values=self.cache,
             use_cache=True,
             logits_to_keep=1,
         )
         return out.logits[:, -1].float()
+
+    def _prefill(self, prompts: list[Sequence[int]], slots: list[int], pad_id: int) -> torch.Tensor:
+        """Writes the prompts' keys and values into their slots' columns ``0..len-1``; the logits of their
+        last tokens, ``[len(prompts), vocab]``. Prompts are right-padded: each starts at column 0."""
+        device, width = self.model.device, max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, prompt in enumerate(prompts):
+            ids[row, : len(prompt)] = torch.as_tensor(prompt, dtype=torch.long)
+            mask[row, : len(prompt)] = 1
+        scratch = DynamicCache(config=self.model.config)
+        hidden = self.model.get_decoder()(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            position_ids=torch.arange(width, device=device).expand(len(prompts), -1),
+            past_key_values=scratch,
+            use_cache=True,
+        ).last_hidden_state
+        rows = torch.arange(len(prompts), device=device)
+        last = hidden[rows, torch.as_tensor([len(p) - 1 for p in prompts], device=device)]
+        into = torch.as_tensor(slots, device=device)
+        for layer, written in zip(self.cache.layers, scratch.layers, strict=True):
+            layer.keys[:, :, :width].index_copy_(0, into, written.keys)
+            layer.values[:, :, :width].index_copy_(0, into, written.values)
+        return self.model.get_output_embeddings()(last).float()
 
     @torch.inference_mode()
     def decode(
@@ -180,63 +223,63 @@ class Decoder:
         """
         limit = self.max_new_tokens
         budgets = [min(b, limit) for b in row_budgets] if row_budgets is not None else [limit] * len(prompts)
-        longest = max((len(p) for p in prompts), default=0)
-        if longest + limit > self.cache_len:
-            raise ValueError(f"a prompt of {longest} tokens does not fit a cache of {self.cache_len}")
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
+        if any(len(p) + limit > self.cache_len for p in prompts):
+            raise ValueError(f"a prompt of {max(map(len, prompts))} tokens does not fit a cache of {self.cache_len}")
+        device, slots = self.model.device, self.batch_size
+        queue = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)[::-1]  # pop(): longest
+        held: list[int | None] = [None] * slots  # the prompt each slot decodes
         results: list[list[int]] = [[] for _ in prompts]
+        out = torch.full((slots, limit + 1), pad_id, dtype=torch.long, device=device)  # +1: finished rows' pads
+        count = torch.zeros(slots, dtype=torch.long, device=device)  # new tokens so far
+        budget = torch.zeros(slots, dtype=torch.long, device=device)
+        start = torch.zeros(slots, dtype=torch.long, device=device)  # prompt lengths
+        finished = torch.ones(slots, dtype=torch.bool, device=device)  # an empty slot counts as finished
+        logits = torch.zeros((slots, self.model.config.vocab_size), device=device)
         torch.manual_seed(seed)
         bar = tqdm(total=len(prompts), desc="generate", unit="completion", disable=not progress)
         started, new_tokens = time.perf_counter(), 0
-        rows = self.batch_size
-        for start in range(0, len(order), rows):
-            batch = order[start : start + rows]
-            filled = batch + [batch[-1]] * (rows - len(batch))  # a full batch keeps the compiled shapes
-            ids, lengths = self._batch(
-                [prompts[i] for i in filled], [budgets[i] for i in filled], eos_id, pad_id, sampling
-            )
-            for row, index in enumerate(batch):
-                results[index] = ids[row, : lengths[row]].tolist()
-                new_tokens += lengths[row]
-            bar.update(len(batch))
-            bar.set_postfix_str(f"{new_tokens / (time.perf_counter() - started):,.0f} new tok/s")
+        while True:
+            done = finished.tolist()  # the one host sync every SYNC_EVERY steps
+            lengths = count.tolist()
+            ended = [slot for slot in range(slots) if done[slot] and held[slot] is not None]
+            if ended:
+                rows = out[ended].tolist()
+                for slot, row in zip(ended, rows):
+                    results[held[slot]] = row[: lengths[slot]]
+                    new_tokens += lengths[slot]
+                    held[slot] = None
+                bar.update(len(ended))
+                bar.set_postfix_str(f"{new_tokens / (time.perf_counter() - started):,.0f} new tok/s")
+            free = [slot for slot in range(slots) if held[slot] is None]
+            if free and queue:
+                self._fill(free[: len(queue)], queue, held, prompts, budgets, pad_id, logits, budget, start)
+            if all(item is None for item in held):
+                break
+            active = torch.as_tensor([item is not None for item in held], device=device)
+            fresh = active & finished
+            count.masked_fill_(fresh, 0)
+            finished &= ~fresh
+            for _ in range(SYNC_EVERY):
+                token = sampling.choose(logits)
+                finished |= (token == eos_id) | (count >= budget)
+                token = torch.where(finished, pad_id, token)
+                out.scatter_(1, count[:, None], token[:, None])  # a finished row writes a pad past its end
+                self.columns.copy_((start + count).clamp(max=self.cache_len - 1))
+                count += ~finished
+                logits = self.step(token[:, None])
+                if device.type == "cuda":
+                    logits = logits.clone()  # a CUDA graph's output is overwritten by its next replay
         bar.close()
         return results
 
-    def _batch(
-        self, prompts: list[Sequence[int]], budgets: list[int], eos_id: int, pad_id: int, sampling: Sampling
-    ) -> tuple[torch.Tensor, list[int]]:
-        """Decode one full batch: ``(new ids [rows, steps], new tokens per row before EOS)``."""
-        device, rows, steps = self.model.device, len(prompts), max(budgets)
-        width = max(len(p) for p in prompts)
-        ids = torch.full((rows, width), pad_id, dtype=torch.long)
-        mask = torch.ones((rows, self.cache_len), dtype=torch.long)  # the causal mask hides unwritten columns
-        for row, prompt in enumerate(prompts):  # left padding: every row's next token lands at column `width`
-            ids[row, width - len(prompt) :] = torch.as_tensor(prompt, dtype=torch.long)
-            mask[row, : width - len(prompt)] = 0
-        ids, mask = ids.to(device), mask.to(device)
-        positions = (mask[:, :width].cumsum(-1) - 1).clamp(min=0)
-        self.cache.reset()
-        logits = self._forward(ids, positions, torch.arange(width, device=device), mask)
-
-        out = torch.full((rows, steps), pad_id, dtype=torch.long, device=device)
-        budget = torch.as_tensor(budgets, device=device)
-        lengths = torch.full((rows,), steps, dtype=torch.long, device=device)
-        finished = torch.zeros(rows, dtype=torch.bool, device=device)
-        position = positions[:, -1:]
-        cache_position = torch.tensor([width - 1], device=device)
-        for t in range(steps):
-            token = sampling.choose(logits)
-            stop = ~finished & ((token == eos_id) | (budget <= t))
-            lengths = torch.where(stop, t, lengths)
-            finished |= stop
-            token = torch.where(finished, pad_id, token)
-            out[:, t] = token
-            if t + 1 == steps or (t % SYNC_EVERY == SYNC_EVERY - 1 and bool(finished.all())):
-                break
-            position += 1  # in place on the device: the host never waits for a step
-            cache_position += 1
-            logits = self.step(token[:, None], position, cache_position, mask)
-            if device.type == "cuda":
-                logits = logits.clone()  # a CUDA graph's output is overwritten by its next replay
-        return out, lengths.tolist()
+    def _fill(self, free, queue, held, prompts, budgets, pad_id, logits, budget, start) -> None:
+        """Prefills the next prompts of ``queue`` into the ``free`` slots, ``PREFILL_ROWS`` at a time."""
+        for first in range(0, len(free), PREFILL_ROWS):
+            slots = free[first : first + PREFILL_ROWS]
+            items = [queue.pop() for _ in slots]
+            for slot, item in zip(slots, items):
+                held[slot] = item
+            into = torch.as_tensor(slots, device=logits.device)
+            logits.index_copy_(0, into, self._prefill([prompts[i] for i in items], slots, pad_id))
+            budget.index_copy_(0, into, torch.as_tensor([budgets[i] for i in items], device=logits.device))
+            start.index_copy_(0, into, torch.as_tensor([len(prompts[i]) for i in items], device=logits.device))
