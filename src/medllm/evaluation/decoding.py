@@ -225,61 +225,72 @@ class Decoder:
         budgets = [min(b, limit) for b in row_budgets] if row_budgets is not None else [limit] * len(prompts)
         if any(len(p) + limit > self.cache_len for p in prompts):
             raise ValueError(f"a prompt of {max(map(len, prompts))} tokens does not fit a cache of {self.cache_len}")
-        device, slots = self.model.device, self.batch_size
-        queue = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)[::-1]  # pop(): longest
-        held: list[int | None] = [None] * slots  # the prompt each slot decodes
+        queue = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # pop() takes the longest
+        state = _Slots.empty(self.batch_size, limit, self.model.config.vocab_size, pad_id, self.model.device)
+        held: list[int | None] = [None] * self.batch_size  # the prompt each slot decodes
         results: list[list[int]] = [[] for _ in prompts]
-        out = torch.full((slots, limit + 1), pad_id, dtype=torch.long, device=device)  # +1: finished rows' pads
-        count = torch.zeros(slots, dtype=torch.long, device=device)  # new tokens so far
-        budget = torch.zeros(slots, dtype=torch.long, device=device)
-        start = torch.zeros(slots, dtype=torch.long, device=device)  # prompt lengths
-        finished = torch.ones(slots, dtype=torch.bool, device=device)  # an empty slot counts as finished
-        logits = torch.zeros((slots, self.model.config.vocab_size), device=device)
         torch.manual_seed(seed)
         bar = tqdm(total=len(prompts), desc="generate", unit="completion", disable=not progress)
         started, new_tokens = time.perf_counter(), 0
-        while True:
-            done = finished.tolist()  # the one host sync every SYNC_EVERY steps
-            lengths = count.tolist()
-            ended = [slot for slot in range(slots) if done[slot] and held[slot] is not None]
+        while True:  # the host looks at the slots only here, every SYNC_EVERY steps
+            done, lengths = state.finished.tolist(), state.count.tolist()
+            ended = [slot for slot, item in enumerate(held) if item is not None and done[slot]]
+            for slot, row in zip(ended, state.out[ended].tolist()):
+                results[held[slot]] = row[: lengths[slot]]
+                new_tokens += lengths[slot]
+                held[slot] = None
             if ended:
-                rows = out[ended].tolist()
-                for slot, row in zip(ended, rows):
-                    results[held[slot]] = row[: lengths[slot]]
-                    new_tokens += lengths[slot]
-                    held[slot] = None
                 bar.update(len(ended))
                 bar.set_postfix_str(f"{new_tokens / (time.perf_counter() - started):,.0f} new tok/s")
-            free = [slot for slot in range(slots) if held[slot] is None]
-            if free and queue:
-                self._fill(free[: len(queue)], queue, held, prompts, budgets, pad_id, logits, budget, start)
+            free = [slot for slot, item in enumerate(held) if item is None][: len(queue)]
+            for first in range(0, len(free), PREFILL_ROWS):
+                slots = free[first : first + PREFILL_ROWS]
+                items = [queue.pop() for _ in slots]
+                for slot, item in zip(slots, items):
+                    held[slot] = item
+                logits = self._prefill([prompts[i] for i in items], slots, pad_id)
+                state.start_rows(slots, logits, [budgets[i] for i in items], [len(prompts[i]) for i in items])
             if all(item is None for item in held):
                 break
-            active = torch.as_tensor([item is not None for item in held], device=device)
-            fresh = active & finished
-            count.masked_fill_(fresh, 0)
-            finished &= ~fresh
             for _ in range(SYNC_EVERY):
-                token = sampling.choose(logits)
-                finished |= (token == eos_id) | (count >= budget)
-                token = torch.where(finished, pad_id, token)
-                out.scatter_(1, count[:, None], token[:, None])  # a finished row writes a pad past its end
-                self.columns.copy_((start + count).clamp(max=self.cache_len - 1))
-                count += ~finished
+                token = sampling.choose(state.logits)
+                state.finished |= (token == eos_id) | (state.count >= state.budget)
+                token = torch.where(state.finished, pad_id, token)
+                state.out.scatter_(1, state.count[:, None], token[:, None])  # a finished row: a pad past its end
+                self.columns.copy_((state.start + state.count).clamp(max=self.cache_len - 1))
+                state.count += ~state.finished
                 logits = self.step(token[:, None])
-                if device.type == "cuda":
-                    logits = logits.clone()  # a CUDA graph's output is overwritten by its next replay
+                # A CUDA graph's output is overwritten by its next replay.
+                state.logits = logits.clone() if logits.device.type == "cuda" else logits
         bar.close()
         return results
 
-    def _fill(self, free, queue, held, prompts, budgets, pad_id, logits, budget, start) -> None:
-        """Prefills the next prompts of ``queue`` into the ``free`` slots, ``PREFILL_ROWS`` at a time."""
-        for first in range(0, len(free), PREFILL_ROWS):
-            slots = free[first : first + PREFILL_ROWS]
-            items = [queue.pop() for _ in slots]
-            for slot, item in zip(slots, items):
-                held[slot] = item
-            into = torch.as_tensor(slots, device=logits.device)
-            logits.index_copy_(0, into, self._prefill([prompts[i] for i in items], slots, pad_id))
-            budget.index_copy_(0, into, torch.as_tensor([budgets[i] for i in items], device=logits.device))
-            start.index_copy_(0, into, torch.as_tensor([len(prompts[i]) for i in items], device=logits.device))
+
+@dataclass
+class _Slots:
+    """What the device holds for each slot: the new tokens so far, their count, the row's budget, its
+    prompt's length, whether it ended (an empty slot counts as ended) and the logits of its next token."""
+
+    out: torch.Tensor  # [slots, max_new_tokens + 1]: one more column for the pads of ended rows
+    count: torch.Tensor
+    budget: torch.Tensor
+    start: torch.Tensor
+    finished: torch.Tensor
+    logits: torch.Tensor
+
+    @classmethod
+    def empty(cls, slots: int, max_new_tokens: int, vocab: int, pad_id: int, device: torch.device) -> _Slots:
+        def zeros(dtype=torch.long):
+            return torch.zeros(slots, dtype=dtype, device=device)
+
+        out = torch.full((slots, max_new_tokens + 1), pad_id, dtype=torch.long, device=device)
+        finished = torch.ones(slots, dtype=torch.bool, device=device)
+        return cls(out, zeros(), zeros(), zeros(), finished, torch.zeros((slots, vocab), device=device))
+
+    def start_rows(self, slots: list[int], logits: torch.Tensor, budgets: list[int], prompt_lengths: list[int]) -> None:
+        into = torch.as_tensor(slots, device=self.count.device)
+        self.logits.index_copy_(0, into, logits)
+        self.budget.index_copy_(0, into, torch.as_tensor(budgets, device=into.device))
+        self.start.index_copy_(0, into, torch.as_tensor(prompt_lengths, device=into.device))
+        self.count.index_fill_(0, into, 0)
+        self.finished.index_fill_(0, into, False)
