@@ -19,6 +19,12 @@ from medllm.config.validate import ConfigError, validate
 from medllm.models.backends import get_backend, gguf_backends
 from medllm.resolvers import launcher
 
+# Summary numbers where higher is better; for the others (losses, perplexity, memory, parse failures) lower is.
+HIGHER_IS_BETTER = (
+    "tokens_per_s", "trained_tokens_per_s", "eval_accuracy", "eval_macro_f1", "eval_precision", "eval_recall",
+    "eval_format_rate", "eval_token_accuracy",
+)  # fmt: skip
+
 __all__ = ["ConfigError", "check_eval_config", "check_train_config"]
 
 
@@ -36,12 +42,7 @@ def check_train_config(cfg: DictConfig) -> None:
     _check_hardware(cfg)
     _check_launcher(cfg)
     _check_writable(cfg)
-    metric = cfg.get("optimized_metric")
-    if metric in ("val_loss", "val_ppl") and trainer.get("limit_val_batches") == 0:
-        raise ConfigError(
-            f"optimized_metric={metric} needs validation, and trainer.limit_val_batches=0 turns it off: "
-            "every trial would return nothing to the sweeper."
-        )
+    _check_optimized_metric(cfg)
     if os.environ.get("MEDLLM_MEMORY_CAP_GIB"):  # read when the model loads: a bad value fails here instead
         from medllm.models.memory import memory_cap_gib
 
@@ -86,6 +87,42 @@ def check_eval_config(cfg: DictConfig) -> None:
             raise ConfigError(f"benchmark.path={bench.path}: no such file or folder.")
     _check_hardware(cfg)
     _check_writable(cfg)
+
+
+def _check_optimized_metric(cfg: DictConfig) -> None:
+    """What a sweep optimizes must be in every trial's summary, and be optimized the right way."""
+    metric = cfg.get("optimized_metric")
+    if metric in ("val_loss", "val_ppl") and cfg.trainer.get("limit_val_batches") == 0:
+        raise ConfigError(
+            f"optimized_metric={metric} needs validation, and trainer.limit_val_batches=0 turns it off: "
+            "every trial would return nothing to the sweeper."
+        )
+    if cfg.get("eval_after_training"):
+        from medllm.training.eval_after import check_eval_after_training
+
+        check_eval_after_training(cfg)
+    elif metric and metric.startswith("eval_"):
+        raise ConfigError(
+            f"optimized_metric={metric} is a score of an evaluation after training: give one, e.g. "
+            '\'eval_after_training=["benchmark=pubmedqa","benchmark.path=data/pubmedqa","limit=200"]\'.'
+        )
+    direction = _sweep_direction(cfg)
+    if metric and direction:
+        wanted = "maximize" if metric in HIGHER_IS_BETTER else "minimize"
+        if direction != wanted:
+            raise ConfigError(
+                f"optimized_metric={metric} with hydra.sweeper.direction={direction}: the sweep would look for "
+                f"the worst trials; set hydra.sweeper.direction={wanted}."
+            )
+
+
+def _sweep_direction(cfg: DictConfig) -> str | None:
+    """The Optuna sweeper's direction, where one runs (a config composed with Hydra's, or the running app's)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_cfg = cfg.get("hydra") or (HydraConfig.get() if HydraConfig.initialized() else None)
+    direction = OmegaConf.select(hydra_cfg, "sweeper.direction") if hydra_cfg is not None else None
+    return str(direction) if isinstance(direction, str) else None
 
 
 def _check_file(cfg: DictConfig, key: str, needed: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import math
 import re
 import subprocess
@@ -260,3 +261,27 @@ def test_logger_many_as_composed_passes(tmp_path):
 def test_a_sweep_on_validation_loss_without_validation_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="optimized_metric=val_loss needs validation"):
         check(tmp_path, "hparams_search=optuna", "trainer.limit_val_batches=0")
+
+
+def test_an_eval_metric_to_optimize_needs_an_evaluation_after_training(tmp_path):
+    with pytest.raises(ConfigError, match="optimized_metric=eval_accuracy is a score of an evaluation after training"):
+        check(tmp_path, "hparams_search=optuna", "optimized_metric=eval_accuracy", "hydra.sweeper.direction=maximize")
+
+
+def test_a_mistake_in_the_evaluation_after_training_fails_before_training(tmp_path):
+    with pytest.raises(ConfigError, match="^eval_after_training: .*pubmedq"):
+        check(tmp_path, 'eval_after_training=["benchmark=pubmedq"]')
+    with pytest.raises(ConfigError, match="^eval_after_training: .*benchmark=mcq needs benchmark.path"):
+        check(tmp_path, 'eval_after_training=["benchmark=mcq"]')
+
+
+def test_a_sweep_must_maximize_a_score_and_minimize_a_loss(tmp_path):
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps({"question": "Yes?", "options": ["yes", "no"], "answer": "A"}) + "\n")
+    after = f'eval_after_training=["benchmark=mcq","benchmark.path={questions}"]'
+    with pytest.raises(ConfigError, match="set hydra.sweeper.direction=maximize"):
+        check(tmp_path, "hparams_search=optuna", "optimized_metric=eval_accuracy", after)
+    maximize = "hydra.sweeper.direction=maximize"
+    check(tmp_path, "hparams_search=optuna", "optimized_metric=eval_accuracy", after, maximize)
+    with pytest.raises(ConfigError, match="set hydra.sweeper.direction=minimize"):
+        check(tmp_path, "hparams_search=optuna", "hydra.sweeper.direction=maximize")  # val_loss

@@ -16,6 +16,7 @@ from typing import Any, Optional, Union
 
 from medllm.config.rules import Rule, above, at_least, between, dispatch, fraction_or_count, one_of, setting
 from medllm.models.backends import backend_names
+from medllm.training.eval_after import SUMMARY_NAMES as EVAL_SUMMARY_NAMES
 
 # Optional[...] and Union[...] rather than "X | None": OmegaConf reads these annotations on Python 3.10.
 # setting() and dispatch() return dataclasses.field(...), which RUF009 can't tell.
@@ -263,7 +264,8 @@ class Trainer(Hardware):
 # ---------------------------------------------------------------------------------------------- train.yaml
 # The numbers in a run's summary (training.run.train): what a sweep may optimize (optimized_metric).
 SUMMARY_METRICS = (
-    "val_loss", "val_ppl", "train_loss_first", "train_loss_last", "tokens_per_s", "trained_tokens_per_s", "peak_mem_gib"
+    "val_loss", "val_ppl", "train_loss_first", "train_loss_last", "tokens_per_s", "trained_tokens_per_s",
+    "peak_mem_gib", *EVAL_SUMMARY_NAMES,  # with eval_after_training
 )  # fmt: skip
 
 
@@ -289,6 +291,7 @@ class TrainConfig:
     throughput_warmup_steps: int = setting(1, COUNT)  # optimizer steps
     lora_alpha_ratio: Optional[float] = setting(None, POSITIVE)  # hparams_search=lr_rank_grid
     optimized_metric: Optional[str] = setting(None, one_of(None, *SUMMARY_METRICS))  # what train.py returns
+    eval_after_training: Optional[list[str]] = None  # eval.py overrides, e.g. [benchmark=pubmedqa, limit=200]
     model: Model = setting(factory=Model)
     data: Data = setting(factory=Data)
     optimizer: Any = dispatch("_target_", OPTIMIZERS)

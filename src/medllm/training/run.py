@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -21,6 +22,7 @@ from medllm.models.memory import checkpointing_summary
 from medllm.run_record import full_run_record, read_run_record, write_run_record
 from medllm.training.callbacks import ThroughputMonitor
 from medllm.training.checkpoint_io import AtomicCheckpointIO
+from medllm.training.eval_after import evaluate_run
 from medllm.training.module import ReasoningSFTModule
 from medllm.training.resume import (
     RunRecord,
@@ -175,4 +177,11 @@ def train(cfg: DictConfig) -> dict:
         run_exports(cfg.get("export"), cfg.model, module.model, tokenizer, out_dir)
         (out_dir / SUMMARY).write_text(json.dumps(summary, indent=2))
         log.info("adapter: %s; summary: %s", out_dir / "adapter", json.dumps(summary))
+        if cfg.get("eval_after_training"):
+            del trainer, module, model  # the adapter is saved: the evaluation loads its own model
+            gc.collect()
+            torch.cuda.empty_cache()
+            summary |= evaluate_run(cfg, out_dir)
+            (out_dir / SUMMARY).write_text(json.dumps(summary, indent=2))  # training's numbers were written first
+            log.info("evaluation: %s", {k: v for k, v in summary.items() if k.startswith("eval_")})
     return summary

@@ -1,0 +1,66 @@
+"""eval_after_training: train.py scores its own adapter when it ends, and an Optuna sweep optimizes that score."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, run_train
+
+pytestmark = pytest.mark.slow
+
+
+def write_questions(path):
+    rows = [
+        {"id": f"q{i}", "question": f"Is {i} even?", "options": ["yes", "no"], "answer": "AB"[i % 2]} for i in range(6)
+    ]
+    path.write_text("\n".join(json.dumps(row) for row in rows))
+    return path
+
+
+def after(questions) -> str:
+    return f'eval_after_training=["benchmark=mcq","benchmark.path={questions}","max_new_tokens=8"]'
+
+
+def test_a_run_scores_its_adapter_into_its_dir_and_summary(tmp_path):
+    run = tmp_path / "run"
+    questions = write_questions(tmp_path / "q.jsonl")
+    run_train("experiment=smoke", "trainer.max_steps=2", after(questions), f"hydra.run.dir={run}")
+    summary = json.loads((run / "summary.json").read_text())
+    (scores,) = json.loads((run / "eval" / "report.json").read_text())["benchmarks"]["mcq"].values()  # no base
+    assert summary["eval_benchmark"] == "mcq" and scores["n"] == 6
+    for name in ("accuracy", "macro_f1", "precision", "recall", "parse_failures", "format_rate"):
+        assert summary[f"eval_{name}"] == scores[name], name
+    assert summary["val_loss"] is not None  # training's own numbers stay
+    predictions = [json.loads(line) for line in (run / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert {p["model"] for p in predictions} == {f"adapter:{run / 'adapter'}"}
+
+
+def test_an_optuna_sweep_maximizes_the_score_each_trial_returns(tmp_path):
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    out = subprocess.run(
+        [
+            sys.executable, "train.py", "-m", "experiment=smoke", "hparams_search=optuna", "hydra.sweeper.n_trials=2",
+            "trainer.max_steps=2", "optimized_metric=eval_macro_f1", "hydra.sweeper.direction=maximize",
+            after(write_questions(tmp_path / "q.jsonl")), f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-4000:]
+    import optuna
+
+    study = optuna.load_study(study_name="medllm", storage=f"sqlite:///{sweep}/optuna.db")
+    scores = {}
+    for job, trial in enumerate(study.trials):
+        scores[job] = json.loads((sweep / str(job) / "summary.json").read_text())["eval_macro_f1"]
+        assert trial.value == pytest.approx(scores[job])
+    with (sweep / "summary.csv").open() as f:
+        assert {int(r["job"]): float(r["eval_macro_f1"]) for r in csv.DictReader(f)} == pytest.approx(scores)
+    best = json.loads((sweep / "best.json").read_text())
+    assert best["eval_macro_f1"] == max(scores.values())
