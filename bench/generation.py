@@ -245,9 +245,10 @@ def result(args, mode: str, model: str, seconds: float, completions: list[list[i
 # ---------------------------------------------------------------------------------------------- driver
 
 
-def run_streaming(name: str, command: list[str], timeout: float | None) -> list[str]:
-    """Runs one path, echoing its output with a prefix as it comes (a killed path still shows how far it got)."""
-    lines: list[str] = []
+def run_streaming(name: str, command: list[str], timeout: float | None, on_result) -> None:
+    """Runs one path, echoing its output with a prefix as it comes (a killed path still shows how far it got)
+    and handing each result line to ``on_result`` as it arrives, with the seconds since the path started."""
+    start = time.perf_counter()
     with subprocess.Popen(
         command, cwd=REPO_ROOT, env=os.environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     ) as process:
@@ -255,13 +256,13 @@ def run_streaming(name: str, command: list[str], timeout: float | None) -> list[
         if killer:
             killer.start()
         for line in process.stdout:
-            lines.append(line.rstrip("\n"))
             print(f"[{name}] {line}", end="", flush=True)
+            if line.startswith(harness.RESULT_PREFIX):
+                on_result(json.loads(line[len(harness.RESULT_PREFIX) :]), time.perf_counter() - start)
         if killer:
             killer.cancel()
         if process.wait():
             print(f"[{name}] exited with {process.returncode}", flush=True)
-    return lines
 
 
 def write_results(out: Path, results: list[dict]) -> None:
@@ -337,16 +338,14 @@ def main() -> None:
         command = [sys.executable, __file__, *argv, "--run-path", name, "--batch", batch]
         command += ["--modes", modes.replace("+", ",")] if modes else []
         print(f"[{name}] $ {' '.join(command)}", flush=True)
-        start = time.perf_counter()
-        lines = run_streaming(name, command, args.path_timeout)
-        seconds = time.perf_counter() - start  # the whole process: imports, loading, compiling, every mode
-        results += [
-            json.loads(line[len(harness.RESULT_PREFIX) :]) | {"process_s": seconds}
-            for line in lines
-            if line.startswith(harness.RESULT_PREFIX)
-        ]
-        if args.out:  # after every path: a killed or timed-out call keeps what it measured
-            write_results(Path(args.out), results)
+
+        def keep(result: dict, seconds: float) -> None:
+            # process_s: the path's process until this result: imports, loading, compiling, earlier modes.
+            results.append(result | {"process_s": seconds})
+            if args.out:  # after every result: a killed or timed-out call keeps what it measured
+                write_results(Path(args.out), results)
+
+        run_streaming(name, command, args.path_timeout, keep)
     print(table(results))
     for r in results:
         if "identical_to_plain_generate" in r:
