@@ -10,6 +10,7 @@ medllm's training code (which imports both) is imported only after the backend i
 config is checked before that (Unsloth takes ~40 s to import on a GPU machine; a typo fails in seconds).
 """
 
+import os
 import sys
 
 import hydra
@@ -37,8 +38,8 @@ def main(cfg: DictConfig) -> float | None:
 
         # What a sweeper optimizes (hparams_search=optuna): a number from the run's summary.
         metric = cfg.get("optimized_metric")
-        value = train(cfg)[metric or "val_loss"]
-        if metric and value is None:
+        value = train(cfg).get(metric or "val_loss")
+        if metric and value is None and os.environ.get("RANK", "0") == "0":  # rank 0 alone evaluates
             raise MedllmError(f"optimized_metric={metric}: this run's summary.json has no value for it")
         return value
     except MedllmError as err:
