@@ -83,7 +83,7 @@ def test_a_stop_signal_saves_a_checkpoint_and_the_resume_ends_as_an_uninterrupte
 
     assert out.returncode == 1, out.stderr[-2000:]
     last_line = out.stderr.strip().splitlines()[-1]
-    checkpoint = find_checkpoint("auto", run_dir)
+    checkpoint = find_checkpoint("auto", run_dir / "checkpoints")
     assert 4 <= checkpoint.global_step < 24 and not (run_dir / "summary.json").exists()
     assert last_line == (
         f"stopped by {signal.Signals(signum).name} at step {checkpoint.global_step}; checkpoint saved: "
@@ -109,7 +109,7 @@ def test_slurm_time_limit_signal_saves_requeues_and_the_requeued_job_resumes_by_
     out = signal_mid_training(cmd, run_dir, env, signal.SIGUSR1)
 
     assert out.returncode == 1, out.stderr[-2000:]
-    checkpoint = find_checkpoint("auto", run_dir)
+    checkpoint = find_checkpoint("auto", run_dir / "checkpoints")
     assert out.stderr.strip().splitlines()[-1] == (
         f"stopped by SIGUSR1 at step {checkpoint.global_step}; checkpoint saved: {checkpoint.path}. "
         "Requeued SLURM job 4242: it resumes by itself."

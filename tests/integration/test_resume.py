@@ -143,3 +143,33 @@ def test_an_unreadable_or_foreign_checkpoint_is_named_in_one_line(short_run, tmp
     assert out.returncode != 0
     assert out.stderr.strip().splitlines()[-1].startswith(expected)
     assert "Traceback" not in out.stderr
+
+
+def test_checkpoints_kept_outside_the_run_dir_are_resumed_from_and_never_written_over(tmp_path):
+    run, elsewhere = tmp_path / "run", tmp_path / "scratch" / "ckpts"
+    overrides = [*OVERRIDES, f"callbacks.checkpoint.dirpath={elsewhere}"]
+    process = subprocess.Popen(
+        [sys.executable, "train.py", *overrides, f"hydra.run.dir={run}"],
+        cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    while not list(elsewhere.glob("step*.ckpt")) and time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail("the run ended before its first checkpoint")
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+
+    # Another run given the same checkpoint folder would write over the killed run's checkpoints: refused.
+    kept = snapshot(elsewhere)
+    other = run_train(*overrides, f"hydra.run.dir={tmp_path / 'other'}", check=False)
+    assert other.returncode != 0 and "holds checkpoints of another run" in other.stderr.splitlines()[-1]
+    assert snapshot(elsewhere) == kept
+
+    run_train(*overrides, f"hydra.run.dir={run}", "ckpt_path=auto")
+    assert f"the loadable checkpoint with the most steps is {elsewhere}" in (run / "train.log").read_text()
+    assert train_steps(run) == list(range(1, 25))  # resumed from the folder: no step trained twice
+    assert (elsewhere / "last.ckpt").is_file() and not (run / "checkpoints").exists()

@@ -128,5 +128,5 @@ def test_auto_takes_the_checkpoint_with_the_most_steps_not_the_newest_file(tmp_p
     for name, step, mtime in (("last.ckpt", 6, 1_000), ("step000004.ckpt", 4, 2_000), ("step000006.ckpt", 6, 3_000)):
         torch.save({"global_step": step, RECORD_KEY: {"format": RECORD_FORMAT}}, folder / name)
         os.utime(folder / name, (mtime, mtime))
-    chosen = find_checkpoint("auto", tmp_path)
+    chosen = find_checkpoint("auto", folder)
     assert (chosen.path.name, chosen.global_step) == ("last.ckpt", 6)  # most steps; last.ckpt among equals

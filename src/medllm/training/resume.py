@@ -197,15 +197,28 @@ def check_resumable(checkpoint: Checkpoint, cfg: DictConfig) -> None:
         )
 
 
-def find_checkpoint(ckpt_path: str | None, run_dir: Path) -> Checkpoint | None:
-    """The checkpoint to resume from: ``ckpt_path`` itself, or for ``auto`` the *loadable* one of ``run_dir``
-    with the most steps (unreadable ones skipped with a warning; last.ckpt first among equals, being written
-    after a step's); None: start fresh. Steps, not file times, which a copy of the run dir may not keep."""
+def checkpoint_dir(cfg: DictConfig, run_dir: Path) -> Path:
+    """Where the run writes its checkpoints: its ModelCheckpoint callback's ``dirpath``, else <run>/checkpoints."""
+    for callback in (cfg.get("callbacks") or {}).values():
+        if callback and str(callback.get("_target_", "")).endswith("ModelCheckpoint") and callback.get("dirpath"):
+            return Path(callback.dirpath)
+    return run_dir / "checkpoints"
+
+
+def find_checkpoint(ckpt_path: str | None, checkpoint_dir: Path) -> Checkpoint | None:
+    """The checkpoint to resume from: ``ckpt_path`` itself, or for ``auto`` the *loadable* one in
+    ``checkpoint_dir`` with the most steps (unreadable ones skipped with a warning; last.ckpt first among
+    equals, being written after a step's); None: start fresh. Steps, not file times, which a copy of the run
+    dir may not keep. A fresh start into a folder that holds checkpoints is refused: it would write over them."""
     if ckpt_path is None:
+        if any(checkpoint_dir.glob("*.ckpt")):
+            raise CheckpointError(
+                f"{checkpoint_dir} holds checkpoints of another run, which this one would write over: resume "
+                "with ckpt_path=auto, or give callbacks.checkpoint.dirpath a folder of its own."
+            )
         return None
     if ckpt_path != "auto":
         return read_checkpoint(Path(ckpt_path))
-    checkpoint_dir = run_dir / "checkpoints"
     candidates = sorted(checkpoint_dir.glob("*.ckpt"))
     loadable = []
     for path in candidates:

@@ -27,6 +27,7 @@ from medllm.training.module import ReasoningSFTModule
 from medllm.training.resume import (
     RunRecord,
     check_resumable,
+    checkpoint_dir,
     continue_csv_log,
     find_checkpoint,
     record_differences,
@@ -91,7 +92,7 @@ def finished_summary(cfg: DictConfig, out_dir: Path) -> dict | None:
         if changes:
             raise MedllmError(
                 f"{out_dir} holds a finished run of other settings ({'; '.join(changes)}); choose another "
-                f"hydra.run.dir (to train on from it: ckpt_path={out_dir / 'checkpoints' / 'last.ckpt'})."
+                f"hydra.run.dir (to train on from it: ckpt_path={checkpoint_dir(cfg, out_dir) / 'last.ckpt'})."
             )
     log.info("ckpt_path=auto: %s finished already (%s); nothing to resume, nothing changed", out_dir, path)
     return json.loads(path.read_text())
@@ -105,7 +106,8 @@ def train(cfg: DictConfig) -> dict:
     finished = finished_summary(cfg, out_dir)
     if finished is not None:
         return finished
-    checkpoint = find_checkpoint(cfg.get("ckpt_path"), out_dir)  # read and checked before any model loads
+    checkpoints = checkpoint_dir(cfg, out_dir)
+    checkpoint = find_checkpoint(cfg.get("ckpt_path"), checkpoints)  # read and checked before any model loads
     if checkpoint is not None:
         check_resumable(checkpoint, cfg)
     start_step = checkpoint.global_step if checkpoint else 0
@@ -148,7 +150,7 @@ def train(cfg: DictConfig) -> dict:
             f"the GPU ran out of memory ({err}). Lower data.batch_size (raise trainer.accumulate_grad_batches to "
             "keep the effective batch), lower max_seq_length, or turn on model.gradient_checkpointing=unsloth."
         ) from err
-    trainer.save_checkpoint(out_dir / "checkpoints" / "last.ckpt")
+    trainer.save_checkpoint(checkpoints / "last.ckpt")
     trainer.validate(module, datamodule=datamodule, verbose=False)
     # Lightning's teardown leaves the module on the CPU: exports (merging, GGUF) run where training ran.
     module.to(trainer.strategy.root_device)
