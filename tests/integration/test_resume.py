@@ -173,3 +173,20 @@ def test_checkpoints_kept_outside_the_run_dir_are_resumed_from_and_never_written
     assert f"the loadable checkpoint with the most steps is {elsewhere}" in (run / "train.log").read_text()
     assert train_steps(run) == list(range(1, 25))  # resumed from the folder: no step trained twice
     assert (elsewhere / "last.ckpt").is_file() and not (run / "checkpoints").exists()
+
+
+def test_a_resume_on_rows_edited_since_the_checkpoint_is_refused_before_the_model_loads(tmp_path):
+    from medllm.data.records import sample_rows
+
+    rows = sample_rows()
+    data = tmp_path / "rows.json"
+    data.write_text(json.dumps(rows))
+    local = ["data=local", f"data.path={data}"]
+    run_train(*OVERRIDES, *local, "trainer.max_steps=6", f"hydra.run.dir={tmp_path / 'first'}")
+    rows[3]["Response"] += " Confirm with an ECG."  # same file, same count, same settings: other rows
+    data.write_text(json.dumps(rows))
+    ckpt = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    out = run_train(*OVERRIDES, *local, f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'second'}", check=False)
+    assert out.returncode != 0
+    assert out.stderr.strip().splitlines()[-1].startswith(f"error: {ckpt} was trained on other rows (rows of ")
+    assert "Trainable params" not in out.stdout + out.stderr and not (tmp_path / "second" / "checkpoints").exists()

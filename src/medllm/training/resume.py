@@ -197,6 +197,20 @@ def check_resumable(checkpoint: Checkpoint, cfg: DictConfig) -> None:
         )
 
 
+def check_same_rows(checkpoint: Checkpoint, record: dict[str, Any]) -> None:
+    """CheckpointError unless the rows (and their chat format) are those the checkpoint trained on: a data
+    file edited in place keeps every setting a resume compares, not what is trained."""
+    changes = [
+        *_differences(checkpoint.record.get("data_split", {}), record["data_split"], "rows of "),
+        *_differences(checkpoint.record.get("chat_format", {}), record["chat_format"], "chat format "),
+    ]
+    if changes:
+        raise CheckpointError(
+            f"{checkpoint.path} was trained on other rows ({'; '.join(changes)}): the data changed since. Resume "
+            "with the rows it trained on, or start over in another hydra.run.dir."
+        )
+
+
 def checkpoint_dir(cfg: DictConfig, run_dir: Path) -> Path:
     """Where the run writes its checkpoints: its ModelCheckpoint callback's ``dirpath``, else <run>/checkpoints."""
     for callback in (cfg.get("callbacks") or {}).values():

@@ -27,6 +27,7 @@ from medllm.training.module import ReasoningSFTModule
 from medllm.training.resume import (
     RunRecord,
     check_resumable,
+    check_same_rows,
     checkpoint_dir,
     continue_csv_log,
     find_checkpoint,
@@ -118,6 +119,8 @@ def train(cfg: DictConfig) -> dict:
     datamodule = instantiate(cfg.data, tokenizer=tokenizer)
     datamodule.setup("fit")  # validates and tokenizes before any model weight is loaded
     record = full_run_record(run_record(cfg), datamodule)  # checkpoints and the adapter folder carry it
+    if checkpoint is not None:
+        check_same_rows(checkpoint, record)  # an edited data file: refused before any model loads
 
     tokens_per_batch = cfg.data.batch_size * cfg.max_seq_length
     model = backend.load_model(cfg.model, tokenizer, seed=cfg.seed, tokens_per_batch=tokens_per_batch)
