@@ -285,3 +285,10 @@ def test_a_sweep_must_maximize_a_score_and_minimize_a_loss(tmp_path):
     check(tmp_path, "hparams_search=optuna", "optimized_metric=eval_accuracy", after, maximize)
     with pytest.raises(ConfigError, match="set hydra.sweeper.direction=minimize"):
         check(tmp_path, "hparams_search=optuna", "hydra.sweeper.direction=maximize")  # val_loss
+
+
+def test_the_evaluations_items_are_read_before_training(tmp_path):
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps({"question": "Yes?", "answer": "A"}) + "\n")  # no options
+    with pytest.raises(ConfigError, match=rf"^eval_after_training: {questions}: row 1: field 'options' is missing"):
+        check(tmp_path, f'eval_after_training=["benchmark=mcq","benchmark.path={questions}"]')

@@ -314,3 +314,11 @@ def load_benchmark(
         raise BenchmarkError(f"benchmark.limit must be a positive number of items, got {limit}")
     keep = sorted(random.Random(seed).sample(range(len(items)), limit))
     return [items[i] for i in keep]
+
+
+def load_items(cfg: Any) -> list[BenchmarkItem]:
+    """The items of an eval config's ``benchmark`` (its file or folder, else the hub), ``limit`` of them."""
+    bench = cfg.benchmark
+    extra = {"cop_base": bench.cop_base} if bench.get("cop_base") is not None else {}
+    path = bench.get("path")
+    return load_benchmark(bench.name, path=str(path) if path else None, limit=cfg.limit, seed=cfg.seed, **extra)

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, open_dict
 from medllm.config_checks import check_eval_config
 from medllm.data.chat_format import R1ChatFormat
 from medllm.evaluation.adapters import ADAPTER_CONFIG, EvalConfigError, find_adapters
-from medllm.evaluation.benchmarks import BenchmarkItem, load_benchmark
+from medllm.evaluation.benchmarks import BenchmarkItem, load_items
 from medllm.evaluation.decoding import Decoder, Sampling, kv_bytes_per_token
 from medllm.evaluation.extraction import extract_answer
 from medllm.evaluation.generation import generate, majority_vote, special_ids, stream_answer
@@ -201,13 +201,6 @@ def _generation_settings(cfg: DictConfig) -> dict[str, Any]:
     return {key: cfg[key] for key in keys}
 
 
-def _load_items(cfg: DictConfig) -> list[BenchmarkItem]:
-    bench = cfg.benchmark
-    extra = {"cop_base": bench.cop_base} if bench.get("cop_base") is not None else {}
-    path = bench.get("path")
-    return load_benchmark(bench.name, path=str(path) if path else None, limit=cfg.limit, seed=cfg.seed, **extra)
-
-
 def _val_datamodule(cfg: DictConfig, tokenizer: Any, records: dict[str, dict[str, Any]]) -> Any:
     """The data config's validation split: the training run's, checked against the adapters' run records."""
     datamodule = instantiate(cfg.data, tokenizer=tokenizer)
@@ -260,7 +253,7 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
         datamodule = _val_datamodule(cfg, tokenizer, records)
     else:
         settings = _generation_settings(cfg)
-        items = _load_items(cfg)
+        items = load_items(cfg)
         fmt = R1ChatFormat(instruction=cfg.benchmark.get("instruction"))
         check_prompt(fmt, records)
         prompts = [fmt.generation_prompt(item.prompt_text()) for item in items]

@@ -19,6 +19,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
+from medllm.evaluation.run_settings import VAL_BENCHMARK
+
 log = logging.getLogger(__name__)
 
 # The numbers of an evaluation's report that become eval_<name> in the summary.
@@ -55,7 +57,7 @@ def compose_eval(overrides: Sequence[str]) -> DictConfig:
 
 
 def check_eval_after_training(cfg: DictConfig) -> None:
-    """The evaluation's config, composed and checked before training starts (no adapter yet)."""
+    """The evaluation's config and its benchmark's items, checked before training starts (no adapter yet)."""
     from hydra.errors import HydraException
 
     from medllm.config.validate import ConfigError
@@ -69,6 +71,14 @@ def check_eval_after_training(cfg: DictConfig) -> None:
         check_eval_config(eval_cfg)
     except ConfigError as err:
         raise ConfigError(f"eval_after_training: {err}") from None
+    if eval_cfg.benchmark.name != VAL_BENCHMARK:  # its items now: a bad file or an unreachable hub
+        from medllm.errors import MedllmError
+        from medllm.evaluation.benchmarks import load_items
+
+        try:
+            load_items(eval_cfg)
+        except MedllmError as err:
+            raise ConfigError(f"eval_after_training: {err}") from None
 
 
 def _one_line(message: str) -> str:
