@@ -99,19 +99,26 @@ def test_a_stop_signal_saves_a_checkpoint_and_the_resume_ends_as_an_uninterrupte
     assert train_steps(run_dir) == list(range(1, 25))
 
 
-def test_slurm_time_limit_signal_saves_requeues_and_the_requeued_job_resumes_by_itself(whole, tmp_path):
+@pytest.mark.parametrize(
+    ("launcher", "signum"),
+    [({}, signal.SIGUSR1), ({"SUBMITIT_EXECUTOR": "slurm"}, signal.SIGUSR2)],
+    ids=["sbatch-USR1", "submitit-USR2"],
+)
+def test_slurm_time_limit_signal_saves_requeues_and_the_requeued_job_resumes_by_itself(
+    whole, tmp_path, launcher, signum
+):
     run_dir, calls = tmp_path / "run", tmp_path / "scontrol-calls"
     fake_scontrol(tmp_path / "bin", calls)
-    env = {**os.environ, **SLURM_JOB, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    env = {**os.environ, **SLURM_JOB, **launcher, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     env["PATH"] = f"{tmp_path / 'bin'}{os.pathsep}{env['PATH']}"
     env.pop("SLURM_RESTART_COUNT", None)
     cmd = [sys.executable, "train.py", *OVERRIDES, f"hydra.run.dir={run_dir}"]
-    out = signal_mid_training(cmd, run_dir, env, signal.SIGUSR1)
+    out = signal_mid_training(cmd, run_dir, env, signum)
 
     assert out.returncode == 1, out.stderr[-2000:]
     checkpoint = find_checkpoint("auto", run_dir / "checkpoints")
     assert out.stderr.strip().splitlines()[-1] == (
-        f"stopped by SIGUSR1 at step {checkpoint.global_step}; checkpoint saved: {checkpoint.path}. "
+        f"stopped by {signum.name} at step {checkpoint.global_step}; checkpoint saved: {checkpoint.path}. "
         "Requeued SLURM job 4242: it resumes by itself."
     )
     assert calls.read_text().splitlines() == ["requeue 4242"]

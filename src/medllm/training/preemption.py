@@ -19,6 +19,7 @@ signal; the stop waits for the optimizer step, where the checkpoint equals the s
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 from pathlib import Path
@@ -33,6 +34,10 @@ from medllm.resolvers import slurm_run_name
 log = logging.getLogger(__name__)
 
 LAST = "last.ckpt"
+# The signal hydra/launcher=slurm's jobs get before their time limit: submitit's sbatch scripts always
+# ask for --signal=USR2@<hydra.launcher.signal_delay_s>. Handled here as requeue_signal, in place of
+# submitit's own handler, which would requeue without saving the steps since the last checkpoint.
+SUBMITIT_SIGNAL = signal.SIGUSR2
 
 
 def slurm_job_id() -> str | None:
@@ -44,7 +49,8 @@ def slurm_job_id() -> str | None:
 class Preemption(L.Callback):
     """Stop signals save a checkpoint at the next optimizer step; under SLURM the job is then requeued.
 
-    requeue_signal: the signal SLURM sends before the time limit (sbatch ``--signal=<it>@<seconds>``).
+    requeue_signal: the signal SLURM sends before the time limit (sbatch ``--signal=<it>@<seconds>``);
+        SIGUSR2 in jobs of hydra/launcher=slurm (submitit's).
     requeue: under SLURM, requeue the job after saving (false: save and exit only).
     """
 
@@ -66,6 +72,8 @@ class Preemption(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         signals = [signal.SIGTERM, signal.SIGINT]
+        if os.environ.get("SUBMITIT_EXECUTOR") == "slurm":  # its sbatch script asks for USR2 whatever we say
+            self.requeue_signal = SUBMITIT_SIGNAL
         if slurm_job_id() is not None:
             signals.append(self.requeue_signal)
         for signum in signals:  # the main thread only (signal.signal's rule); Lightning restores them at teardown
