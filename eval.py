@@ -49,4 +49,8 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from pathlib import Path
+
+    from medllm.override_hints import run
+
+    run(main, Path(__file__).parent / "conf", "eval")  # main(), with a "did you mean" after Hydra's errors

@@ -55,7 +55,7 @@ def rows_with_one_bad(count: int, bad_row: int) -> list[dict[str, str]]:
 def cases(base: list[str], data_file: Path, bad_row: int) -> list[Case]:
     return [
         Case("train: new key typo", "train.py", [*base, "+optimizer.lrr=1e-4"], "did you mean optimizer.lr", 5),
-        Case("train: override typo", "train.py", [*base, "optimizer.lrr=1e-4"], "Key 'lrr' is not in struct", 5),
+        Case("train: override typo", "train.py", [*base, "optimizer.lrr=1e-4"], "did you mean optimizer.lr", 5),
         Case("train: out of range", "train.py", [*base, "model.lora.dropout=1.5"], "model.lora.dropout", 5),
         Case(
             "train: bad row in 20,000",

@@ -1,0 +1,58 @@
+"""A "did you mean" for an override Hydra refuses before medllm's own checks run.
+
+``optimizer.lrr=1e-4`` (no ``+``) fails inside Hydra's composition, which says "Could not override
+'optimizer.lrr'. To append to your config use +optimizer.lrr=1e-4": advice that adds the typo. When an
+entry point exits that way, the composition is repeated without that override and the key is matched
+against its neighbours: "did you mean optimizer.lr?".
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import DictConfig, OmegaConf
+
+REFUSED = re.compile(r"Could not override '([^']+)'")
+
+
+def hint(conf_dir: Path, config_name: str, argv: Sequence[str]) -> str | None:
+    """ "did you mean <key>?" when Hydra refused an override of ``argv`` as an unknown key; else None."""
+    overrides = [arg for arg in argv if "=" in arg and not arg.startswith("-")]
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        try:
+            compose(config_name, overrides=overrides)
+            return None
+        except ConfigCompositionException as err:
+            refused = REFUSED.search(str(err))
+        if refused is None:
+            return None
+        key = refused.group(1)
+        others = [o for o in overrides if o.split("=", 1)[0] != key]
+        try:
+            cfg = compose(config_name, overrides=others)
+        except ConfigCompositionException:
+            return None
+    parent, _, name = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    if not isinstance(node, DictConfig):
+        return None
+    close = difflib.get_close_matches(name, [str(k) for k in node], n=1)
+    return f"did you mean {parent + '.' if parent else ''}{close[0]}?" if close else None
+
+
+def run(main: Callable[[], object], conf_dir: Path, config_name: str) -> None:
+    """Runs a ``@hydra.main`` entry point; after Hydra's own error exit, prints the hint, if any."""
+    try:
+        main()
+    except SystemExit as stop:
+        if stop.code == 1:  # how Hydra ends on its errors (medllm's own end with "error: ...")
+            text = hint(conf_dir, config_name, sys.argv[1:])
+            if text:
+                print(text, file=sys.stderr)
+        raise

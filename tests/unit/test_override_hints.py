@@ -1,0 +1,33 @@
+"""A "did you mean" after Hydra refuses an override of an unknown key (no ``+``), for train.py and eval.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from medllm.override_hints import hint
+from tests.conftest import CONF, run_train
+
+
+@pytest.mark.parametrize(
+    ("config", "argv", "expected"),
+    [
+        ("train", ["experiment=smoke", "optimizer.lrr=1e-4"], "did you mean optimizer.lr?"),
+        ("train", ["-m", "trainer.max_stepz=3", "seed=1"], "did you mean trainer.max_steps?"),
+        ("train", ["sede=3"], "did you mean seed?"),
+        ("eval", ["limitt=3"], "did you mean limit?"),
+        ("train", ["experiment=smoke", "optimizer.lr=1e-4"], None),  # nothing refused
+        ("train", ["optimizer.zzzzzz=1"], None),  # refused, but nothing close
+    ],
+)
+def test_a_refused_key_is_matched_against_its_neighbours(config, argv, expected):
+    from medllm.resolvers import register
+
+    register()  # as the entry points do before composing
+    assert hint(CONF, config, argv) == expected
+
+
+def test_train_py_prints_the_hint_after_hydras_error():
+    out = run_train("experiment=smoke", "optimizer.lrr=1e-4", check=False)
+    assert out.returncode == 1
+    assert "Could not override 'optimizer.lrr'" in out.stderr
+    assert out.stderr.strip().splitlines()[-1] == "did you mean optimizer.lr?"
