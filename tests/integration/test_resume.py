@@ -29,24 +29,29 @@ OVERRIDES = [
 ]
 
 
-def test_killed_run_resumed_with_ckpt_path_auto_equals_an_uninterrupted_run(tmp_path):
-    whole, broken = tmp_path / "whole", tmp_path / "broken"
-    run_train(*OVERRIDES, f"hydra.run.dir={whole}")
-
+def kill_after_first_checkpoint(overrides: list[str], checkpoints) -> None:
+    """``train.py <overrides>`` killed (SIGKILL) as soon as its first step checkpoint is in ``checkpoints``."""
     process = subprocess.Popen(
-        [sys.executable, "train.py", *OVERRIDES, f"hydra.run.dir={broken}"],
+        [sys.executable, "train.py", *overrides],
         cwd=ROOT,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 300
-    while not list((broken / "checkpoints").glob("step*.ckpt")) and time.monotonic() < deadline:
+    while not list(checkpoints.glob("step*.ckpt")) and time.monotonic() < deadline:
         if process.poll() is not None:
             pytest.fail("the run ended before its first checkpoint")
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL
+
+
+def test_killed_run_resumed_with_ckpt_path_auto_equals_an_uninterrupted_run(tmp_path):
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    run_train(*OVERRIDES, f"hydra.run.dir={whole}")
+
+    kill_after_first_checkpoint([*OVERRIDES, f"hydra.run.dir={broken}"], broken / "checkpoints")
     assert not (broken / "summary.json").exists()  # it really was stopped before the end
 
     # A new run into the killed run's dir is refused and touches nothing; a resume is what it takes.
@@ -148,20 +153,7 @@ def test_an_unreadable_or_foreign_checkpoint_is_named_in_one_line(short_run, tmp
 def test_checkpoints_kept_outside_the_run_dir_are_resumed_from_and_never_written_over(tmp_path):
     run, elsewhere = tmp_path / "run", tmp_path / "scratch" / "ckpts"
     overrides = [*OVERRIDES, f"callbacks.checkpoint.dirpath={elsewhere}"]
-    process = subprocess.Popen(
-        [sys.executable, "train.py", *overrides, f"hydra.run.dir={run}"],
-        cwd=ROOT,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 300
-    while not list(elsewhere.glob("step*.ckpt")) and time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail("the run ended before its first checkpoint")
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL
+    kill_after_first_checkpoint([*overrides, f"hydra.run.dir={run}"], elsewhere)
 
     # Another run given the same checkpoint folder would write over the killed run's checkpoints: refused.
     kept = snapshot(elsewhere)
