@@ -8,7 +8,7 @@ steps (``SYNC_EVERY``) the host collects the rows that ended and prefills the ne
 slots. Every step has the same shapes, so on a GPU the step is compiled once with CUDA graphs
 (``torch.compile(mode="reduce-overhead")``) for the whole run and every model decoded with it.
 
-A row's completion depends only on its prompt: the slot it lands in, its neighbours and the batch size
+A row's greedy completion depends only on its prompt: the slot it lands in, its neighbours and the batch size
 change nothing but rounding (none in float32 on the CPU).
 """
 
