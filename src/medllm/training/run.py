@@ -14,7 +14,6 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from medllm.config_checks import check_train_config
 from medllm.errors import MedllmError
 from medllm.models.backends import get_backend
 from medllm.models.export import run_exports
@@ -101,8 +100,10 @@ def finished_summary(cfg: DictConfig, out_dir: Path) -> dict | None:
 
 @finishing_wandb_run()  # each Hydra multirun job its own W&B run, even when one fails
 def train(cfg: DictConfig) -> dict:
-    """Prepare the data (failing fast on bad rows), load the model, fit, save adapter and summary."""
-    check_train_config(cfg)
+    """Prepare the data (failing fast on bad rows), load the model, fit, save adapter and summary.
+
+    ``cfg`` has passed ``check_train_config``: train.py checks it before importing the backend, once.
+    """
     out_dir = Path(cfg.paths.output_dir)
     finished = finished_summary(cfg, out_dir)
     if finished is not None:
