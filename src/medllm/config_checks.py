@@ -18,12 +18,10 @@ from medllm.config.schema import EvalConfig, TrainConfig
 from medllm.config.validate import ConfigError, validate
 from medllm.models.backends import get_backend, gguf_backends
 from medllm.resolvers import launcher
+from medllm.training.eval_after import HIGHER_IS_BETTER as EVAL_HIGHER_IS_BETTER
 
 # Summary numbers where higher is better; for the others (losses, perplexity, memory, parse failures) lower is.
-HIGHER_IS_BETTER = (
-    "tokens_per_s", "trained_tokens_per_s", "eval_accuracy", "eval_macro_f1", "eval_precision", "eval_recall",
-    "eval_format_rate", "eval_token_accuracy",
-)  # fmt: skip
+HIGHER_IS_BETTER = ("tokens_per_s", "trained_tokens_per_s", *EVAL_HIGHER_IS_BETTER)
 
 __all__ = ["ConfigError", "check_eval_config", "check_train_config"]
 

@@ -23,12 +23,13 @@ from medllm.evaluation.run_settings import VAL_BENCHMARK
 
 log = logging.getLogger(__name__)
 
-# The numbers of an evaluation's report that become eval_<name> in the summary.
-EVAL_METRICS = (
-    "accuracy", "macro_f1", "precision", "recall", "parse_failures", "format_rate", "loss", "perplexity",
-    "token_accuracy",
-)  # fmt: skip
+# The numbers of an evaluation's report that become eval_<name> in the summary, and whether higher is better.
+EVAL_METRICS = {
+    "accuracy": True, "macro_f1": True, "precision": True, "recall": True, "parse_failures": False,
+    "format_rate": True, "loss": False, "perplexity": False, "token_accuracy": True,
+}  # fmt: skip
 SUMMARY_NAMES = tuple(f"eval_{name}" for name in EVAL_METRICS)
+HIGHER_IS_BETTER = tuple(f"eval_{name}" for name, higher in EVAL_METRICS.items() if higher)
 # Where the repository keeps its configs, for when no Hydra app is running (a test calling train()).
 REPO_CONF = Path(__file__).resolve().parents[3] / "conf"
 
