@@ -66,8 +66,14 @@ def useful(ids: list[int]) -> list[int]:
 # ---------------------------------------------------------------------------------------------- paths
 
 
-def _generate_in_batches(model, prompts, budgets, batch: int, fixed: bool) -> list[list[int]]:
-    """Plain ``model.generate`` over batches of left-padded prompts, longest first; R1 lengths by forced EOS."""
+def _generate_in_batches(
+    model, prompts, budgets, batch: int, fixed: bool, seconds: float | None = None
+) -> list[list[int]]:
+    """Plain ``model.generate`` over batches of left-padded prompts, longest first; R1 lengths by forced EOS.
+
+    ``seconds`` stops generating then (``generate``'s ``max_time``): the rows of the batch running keep the
+    tokens they have, later batches are not run (their completions stay empty lists)."""
+    deadline = time.perf_counter() + seconds if seconds else None
     from transformers import LogitsProcessor, LogitsProcessorList
 
     class ForceEOS(LogitsProcessor):
@@ -83,6 +89,9 @@ def _generate_in_batches(model, prompts, budgets, batch: int, fixed: bool) -> li
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
     out: list[list[int]] = [[] for _ in prompts]
     for start in range(0, len(order), batch):
+        left = deadline - time.perf_counter() if deadline else None
+        if left is not None and left <= 0:
+            break
         rows = order[start : start + batch]
         width = max(len(prompts[i]) for i in rows)
         ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
@@ -106,6 +115,7 @@ def _generate_in_batches(model, prompts, budgets, batch: int, fixed: bool) -> li
             top_k=None,
             eos_token_id=EOS_ID,
             pad_token_id=PAD_ID,
+            max_time=left,
             **extra,
         )[:, width:].tolist()
         for r, i in enumerate(rows):
@@ -124,9 +134,14 @@ def run_plain(args, load) -> Iterator[dict[str, Any]]:
         _generate_in_batches(model, prompts[:batch], warmup, batch, mode == "fixed")  # a whole batch, warm-up
         harness.reset_peak_memory()
         start = time.perf_counter()
-        completions = _generate_in_batches(model, prompts, budgets, batch, mode == "fixed")
+        cap = args.plain_seconds.get(mode)
+        completions = _generate_in_batches(model, prompts, budgets, batch, mode == "fixed", cap)
         harness.synchronize()
-        yield result(args, mode, "", time.perf_counter() - start, completions, batch)
+        seconds = time.perf_counter() - start
+        # Cut short, a batch has run its first steps only, when most of its rows are still going and the
+        # cache is shortest: its tokens/s then is more than the whole workload's would be, not less.
+        cut = sum(len(c) for c in completions) < sum(budgets)
+        yield result(args, mode, "", seconds, completions, batch, **({"cut_at_s": cap} if cut else {}))
 
 
 def load_unsloth(args):
@@ -278,12 +293,13 @@ def table(results: list[dict]) -> str:
         base = next((r for r in rows if r["path"] == "unsloth_generate"), None)
         lines += [
             f"\n{mode}: new tokens/s (useful: before EOS)",
-            f"{'path':<30}{'prompts':>8}{'batch':>7}{'tok/s':>10}{'s':>8}{'peak GiB':>10}{'vs unsloth':>12}",
+            f"{'path':<38}{'prompts':>8}{'batch':>7}{'tok/s':>10}{'s':>8}{'peak GiB':>10}{'vs unsloth':>12}",
         ]
         for r in rows:
             ratio = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x" if base else ""
+            path = r["path"] + (f" (cut at {r['cut_at_s']:.0f} s)" if "cut_at_s" in r else "")
             lines.append(
-                f"{r['path']:<30}{r['prompts']:>8}{r['batch']:>7}{r['tokens_per_s']:>10,.0f}"
+                f"{path:<38}{r['prompts']:>8}{r['batch']:>7}{r['tokens_per_s']:>10,.0f}"
                 f"{r['seconds']:>8.1f}{r['peak_gib']:>10.1f}{ratio:>12}"
             )
     return "\n".join(lines)
@@ -305,6 +321,12 @@ def main() -> None:
         default="",
         help="unsloth_generate and hf_generate time only the first N prompts of a mode, e.g. r1=64",
     )
+    parser.add_argument(
+        "--plain-seconds",
+        default="",
+        help="unsloth_generate and hf_generate stop a mode's timed run after N seconds, e.g. r1=150 (their "
+        "tokens/s so far is then an upper bound: a batch's first steps have the most rows running)",
+    )
     parser.add_argument("--batch", default="64", help="rows per batch, or auto (medllm: as many as fit)")
     parser.add_argument("--medllm-batch", default=None, help="medllm's batch if not --batch, e.g. auto")
     parser.add_argument("--new-tokens", default="fixed=256,r1=2048", help="most new tokens a row, per mode")
@@ -315,9 +337,9 @@ def main() -> None:
     parser.add_argument("--workdir", default="/tmp/medllm-generation-bench", help="completions of each path")
     args = parser.parse_args()
     args.modes = args.modes.split(",")
-    args.prompts, args.new_tokens, args.plain_prompts = (
+    args.prompts, args.new_tokens, args.plain_prompts, args.plain_seconds = (
         {k: int(v) for k, v in (i.split("=") for i in a.split(",") if i)}
-        for a in (args.prompts, args.new_tokens, args.plain_prompts)
+        for a in (args.prompts, args.new_tokens, args.plain_prompts, args.plain_seconds)
     )
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     if args.run_path:  # inside one path's process

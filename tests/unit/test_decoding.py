@@ -174,3 +174,19 @@ def test_the_compiled_step_decodes_as_the_eager_one_and_compiles_once(tokenizer,
     with torch._dynamo.config.patch(error_on_recompile=True):  # a second graph would mean a second capture
         for _ in range(2):
             assert compiled.decode(prompt_ids, row_budgets=budgets, **special) == eager
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("c++") is None, reason="torch.compile on the CPU needs a C++ compiler")
+def test_the_compiled_step_writes_into_the_cache_in_place(tokenizer, prompt_ids) -> None:
+    """A step that allocated a buffer of a cache layer's shape would copy the whole cache at every step
+    (inductor compiles a ``scatter_`` into the cache that way): most of a step's time at R1 lengths."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    decoder = Decoder(fresh_model(tokenizer), max(map(len, prompt_ids)), 8, 2, compile=True)
+    layer = decoder.cache.layers[0]
+    with torch.inference_mode():
+        _, code = run_and_get_code(decoder.step, torch.full((2, 1), tokenizer.pad_token_id))
+    assert "empty_strided" in "".join(code)  # the generated code allocates its buffers so
+    assert f"empty_strided_cpu({tuple(layer.keys.shape)}" not in "".join(code)
