@@ -7,6 +7,7 @@ sorted longest first and batched alike, greedy:
 |---|---|
 | `medllm` | eval.py's merged engine: the base rounded through NF4 as QLoRA trained on it (then the |
 |  | adapter merged in); static KV cache, a compiled step with CUDA graphs |
+| `medllm_flex` | the same with FlexAttention decoding: each row reads the cache blocks up to its own column only |
 | `unsloth_generate` | Unsloth 4-bit, `FastLanguageModel.for_inference`, plain `model.generate` |
 | `hf_generate` | transformers bf16, SDPA, plain `model.generate` |
 
@@ -177,13 +178,16 @@ def run_medllm(args) -> Iterator[dict[str, Any]]:
     model_cfg.name_or_path, model_cfg.max_seq_length = args.checkpoint, 4096
     decoders = {}
     batch = None if args.batch == "auto" else int(args.batch)
+    attention = "flex" if args.run_path == "medllm_flex" else "sdpa"
     for label, model in each_merged_model(model_cfg, None, [args.adapter] if args.adapter else []):
         for mode in args.modes:
             prompts, budgets = workload(mode, args.prompts[mode], args.new_tokens[mode], args.seed)
             first_s = None
             if mode not in decoders:  # the first model of the run compiles; the others reuse it
                 start = time.perf_counter()
-                decoders[mode] = Decoder(model, max(map(len, prompts)), args.new_tokens[mode], batch, len(prompts))
+                decoders[mode] = Decoder(
+                    model, max(map(len, prompts)), args.new_tokens[mode], batch, len(prompts), attention=attention
+                )
                 rows = decoders[mode].batch_size
                 decoders[mode].decode(prompts[:rows], eos_id=EOS_ID, pad_id=PAD_ID, row_budgets=[32] * rows)
                 first_s = time.perf_counter() - start
@@ -345,6 +349,7 @@ def main() -> None:
     if args.run_path:  # inside one path's process
         runners = {
             "medllm": lambda: run_medllm(args),
+            "medllm_flex": lambda: run_medllm(args),
             "unsloth_generate": lambda: run_plain(args, lambda: load_unsloth(args)),
             "hf_generate": lambda: run_plain(args, lambda: load_hf(args)),
         }
@@ -355,7 +360,7 @@ def main() -> None:
     results: list[dict] = []
     for spec in args.paths.split(","):
         name, _, modes = spec.partition("@")  # e.g. unsloth_generate@fixed+r1: this path's own modes
-        batch = args.medllm_batch if name == "medllm" and args.medllm_batch else args.batch
+        batch = args.medllm_batch if name.startswith("medllm") and args.medllm_batch else args.batch
         argv = [a for a in sys.argv[1:] if a not in (args.out, "--out")]
         command = [sys.executable, __file__, *argv, "--run-path", name, "--batch", batch]
         command += ["--modes", modes.replace("+", ",")] if modes else []

@@ -11,7 +11,7 @@ import torch
 from peft import PeftModel, get_peft_model
 
 from medllm.data.chat_format import R1ChatFormat
-from medllm.evaluation.decoding import GROUPED_ATTENTION, Decoder, Sampling
+from medllm.evaluation.decoding import GROUPED_ATTENTION, KV_BLOCK, Decoder, Sampling
 from medllm.evaluation.generation import generate
 from medllm.evaluation.merged import merged
 from medllm.evaluation.run import evaluate, resolve_engine
@@ -36,8 +36,12 @@ def fresh_model(tokenizer):
     return tiny_llama(tokenizer, seed=0).eval()
 
 
-def decode(model, tokenizer, prompt_ids, batch_size=None, max_new_tokens=24, **kwargs) -> list[list[int]]:
-    decoder = Decoder(model, max(map(len, prompt_ids)), max_new_tokens, batch_size, len(prompt_ids))
+def decode(
+    model, tokenizer, prompt_ids, batch_size=None, max_new_tokens=24, attention="sdpa", **kwargs
+) -> list[list[int]]:
+    decoder = Decoder(
+        model, max(map(len, prompt_ids)), max_new_tokens, batch_size, len(prompt_ids), attention=attention
+    )
     return decoder.decode(
         prompt_ids, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, progress=False, **kwargs
     )
@@ -75,6 +79,28 @@ def test_row_budgets_cut_each_row_and_results_keep_the_callers_order(tokenizer, 
     cut = decode(model, tokenizer, prompt_ids, batch_size=2, row_budgets=budgets)
     assert cut == [ids[:budget] for ids, budget in zip(full, budgets)]
     assert all(tokenizer.eos_token_id not in ids for ids in full)  # completions end before their EOS
+
+
+def test_flex_attention_decodes_as_the_full_cache_mask(tokenizer, prompt_ids) -> None:
+    """Rows cross cache blocks and slots are refilled: reading only the blocks up to each row's column
+    (FlexAttention) gives the completions of attending over the whole cache with a mask."""
+    model = fresh_model(tokenizer)
+    budgets = [150, 200, 3, 170, 90]
+    assert max(len(p) + b for p, b in zip(prompt_ids, budgets)) > KV_BLOCK  # some rows reach a second block
+    sdpa = decode(model, tokenizer, prompt_ids, 2, max_new_tokens=200, row_budgets=budgets)
+    assert decode(model, tokenizer, prompt_ids, 2, 200, "flex", row_budgets=budgets) == sdpa
+
+
+def test_flex_block_mask_reads_the_blocks_up_to_each_rows_column(tokenizer) -> None:
+    decoder = Decoder(fresh_model(tokenizer), 100, 3 * KV_BLOCK, 4, attention="flex")
+    decoder.columns.copy_(torch.tensor([0, KV_BLOCK - 1, KV_BLOCK, 2 * KV_BLOCK + 5]))
+    mask = decoder._block_mask()
+    assert mask.full_kv_num_blocks.flatten().tolist() == [0, 1, 1, 2]  # wholly visible
+    assert mask.kv_num_blocks.flatten().tolist() == [1, 0, 1, 1]  # the block a row's column falls in
+    partial = mask.kv_indices[:, 0, 0, 0].tolist()
+    assert [p for p, n in zip(partial, [1, 0, 1, 1]) if n] == [0, 1, 2]
+    with pytest.raises(ValueError, match="attention='flash'"):
+        Decoder(fresh_model(tokenizer), 100, 8, 1, attention="flash")
 
 
 def test_sampling_is_seeded(tokenizer, prompt_ids) -> None:
@@ -153,9 +179,10 @@ def test_an_adapter_that_replaces_whole_modules_is_sent_to_the_peft_engine(token
     assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
 
 
-def test_the_decoding_step_traces_as_one_graph_without_breaks(tokenizer, prompt_ids) -> None:
+@pytest.mark.parametrize("attention", ["sdpa", "flex"])
+def test_the_decoding_step_traces_as_one_graph_without_breaks(tokenizer, prompt_ids, attention) -> None:
     """What CUDA graphs need: the step (per-slot columns, mask and cache writes) is one graph, no breaks."""
-    decoder = Decoder(fresh_model(tokenizer), max(map(len, prompt_ids)), 8, 2, compile=False)
+    decoder = Decoder(fresh_model(tokenizer), max(map(len, prompt_ids)), 8, 2, compile=False, attention=attention)
     tokens = torch.full((2, 1), tokenizer.pad_token_id)
     with torch.inference_mode():
         explained = torch._dynamo.explain(decoder._forward)(tokens)
@@ -164,12 +191,13 @@ def test_the_decoding_step_traces_as_one_graph_without_breaks(tokenizer, prompt_
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("c++") is None, reason="torch.compile on the CPU needs a C++ compiler")
-def test_the_compiled_step_decodes_as_the_eager_one_and_compiles_once(tokenizer, prompt_ids) -> None:
+@pytest.mark.parametrize("attention", ["sdpa", "flex"])
+def test_the_compiled_step_decodes_as_the_eager_one_and_compiles_once(tokenizer, prompt_ids, attention) -> None:
     model = fresh_model(tokenizer)
     budgets = [3, 24, 1, 10, 7]  # 5 rows through 2 slots: rows end and slots are refilled mid-run
     eager = decode(model, tokenizer, prompt_ids, 2, row_budgets=budgets)
     torch._dynamo.reset()
-    compiled = Decoder(model, max(map(len, prompt_ids)), 24, 2, compile=True)
+    compiled = Decoder(model, max(map(len, prompt_ids)), 24, 2, compile=True, attention=attention)
     special = {"eos_id": tokenizer.eos_token_id, "pad_id": tokenizer.pad_token_id, "progress": False}
     with torch._dynamo.config.patch(error_on_recompile=True):  # a second graph would mean a second capture
         for _ in range(2):

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
 from tqdm.auto import tqdm
 from transformers import AttentionInterface, AttentionMaskInterface, TopPLogitsWarper
 from transformers.cache_utils import Cache, DynamicCache, StaticLayer
@@ -28,8 +29,10 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
 SYNC_EVERY = 16
-# The cache length is rounded up to this: SDPA's memory-efficient kernel wants aligned mask rows.
-CACHE_ALIGN = 64
+# Cache columns per block of `attention="flex"`: a row reads only the blocks up to its own column. The cache
+# length is rounded up to it (SDPA's memory-efficient kernel wants aligned mask rows too).
+KV_BLOCK = 128
+ATTENTION = ("sdpa", "flex")
 GROUPED_ATTENTION = "medllm_grouped_sdpa"
 # Without a GPU there is no free-memory figure to size batches from.
 CPU_BATCH_SIZE = 16
@@ -65,8 +68,12 @@ def grouped_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling
     values once per query head of a group (4x for Llama 8B) at every layer and step: at a batch of 64
     and 756 cached tokens that is most of a step's memory traffic. Here the query heads that share a key
     head become rows of one query instead, so the cache is read once. Prompts (more than one new token
-    a row) go through transformers' SDPA.
+    a row) go through transformers' SDPA. Given a ``BlockMask`` (``Decoder(attention="flex")``), FlexAttention
+    reads each row's cache only up to its own column.
     """
+    if isinstance(attention_mask, BlockMask):
+        out = flex_attention(query, key, value, block_mask=attention_mask, scale=scaling, enable_gqa=True)
+        return out.transpose(1, 2), None
     groups = getattr(module, "num_key_value_groups", 1)
     batch, heads, new, dim = query.shape
     if new != 1 or groups == 1:
@@ -135,7 +142,9 @@ class Decoder:
     Built once per evaluation and reused for every model: the merged engine changes the weights in
     place, so the compiled step (and its CUDA graphs) serve the base and every adapter.
     ``batch_size`` None picks as many slots as fit (``auto_batch_size``); ``compile`` None compiles on
-    a GPU.
+    a GPU. ``attention``: ``"sdpa"`` attends over the whole cache with a mask of each row's columns;
+    ``"flex"`` (FlexAttention) skips the cache blocks past each row's column, which at R1 lengths are
+    most of them.
     """
 
     def __init__(
@@ -146,10 +155,13 @@ class Decoder:
         batch_size: int | None = None,
         rows_wanted: int = 1,
         compile: bool | None = None,
+        attention: str = "sdpa",
     ) -> None:
-        self.model = model
+        if attention not in ATTENTION:
+            raise ValueError(f"attention={attention!r}: one of {', '.join(ATTENTION)}")
+        self.model, self.attention = model, attention
         self.max_new_tokens = max_new_tokens
-        self.cache_len = CACHE_ALIGN * math.ceil((max_prompt_len + max_new_tokens) / CACHE_ALIGN)
+        self.cache_len = KV_BLOCK * math.ceil((max_prompt_len + max_new_tokens) / KV_BLOCK)
         self.batch_size = batch_size or auto_batch_size(model, self.cache_len, rows_wanted, max_prompt_len)
         config = model.config
         device = model.device
@@ -169,13 +181,39 @@ class Decoder:
         torch._dynamo.mark_static_address(self.columns)
         torch._dynamo.mark_static_address(rows)
         self._all_columns = torch.arange(self.cache_len, device=device)
+        self._blocks = torch.arange(self.cache_len // KV_BLOCK, dtype=torch.int32, device=device)
         self.step = self._forward
         if device.type == "cuda" if compile is None else compile:
             self.step = torch.compile(self._forward, mode="reduce-overhead", dynamic=False)
 
+    def _block_mask(self) -> BlockMask:
+        """Each slot's columns ``0..column`` as FlexAttention blocks: the blocks wholly before its column, and
+        the one it falls in (masked inside); the blocks after it are never read."""
+        slots, blocks = len(self.columns), len(self._blocks)
+        whole = ((self.columns + 1) // KV_BLOCK).int()
+        partial = ((self.columns + 1) % KV_BLOCK != 0).int()
+        first_partial = (self._blocks[None, :] + whole[:, None]) % blocks  # the partial block comes first
+
+        def visible(batch, head, q_index, kv_index):
+            return kv_index <= self.columns[batch]
+
+        return BlockMask.from_kv_blocks(
+            partial.view(slots, 1, 1),
+            first_partial.view(slots, 1, 1, blocks),
+            whole.view(slots, 1, 1),
+            self._blocks.expand(slots, blocks).reshape(slots, 1, 1, blocks),
+            BLOCK_SIZE=(KV_BLOCK, KV_BLOCK),
+            mask_mod=visible,
+            seq_lengths=(1, self.cache_len),
+            compute_q_blocks=False,
+        )
+
     def _forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """One new token a slot, each at its slot's column, attending to the columns before it."""
-        visible = (self._all_columns[None, :] <= self.columns[:, None])[:, None, None, :]
+        if self.attention == "flex":
+            visible = self._block_mask()
+        else:
+            visible = (self._all_columns[None, :] <= self.columns[:, None])[:, None, None, :]
         out = self.model(
             input_ids=tokens,
             position_ids=self.columns[:, None],
