@@ -56,6 +56,14 @@ def main(cfg: DictConfig) -> float | None:
 if __name__ == "__main__":
     from pathlib import Path
 
+    from medllm.config_checks import check_train_config
     from medllm.override_hints import run
+    from medllm.sweep_check import shared_settings_error
 
-    run(main, Path(__file__).parent / "conf", "train")  # main(), with a "did you mean" after Hydra's errors
+    conf = Path(__file__).parent / "conf"
+    shared = shared_settings_error(conf, "train", sys.argv[1:], check_train_config)  # -m: once, not per job
+    if shared:
+        from medllm.training.secrets import redact_text
+
+        sys.exit(f"error: {redact_text(shared)}\n(a setting every job of the sweep shares: no job was launched)")
+    run(main, conf, "train")  # main(), with a "did you mean" after Hydra's errors

@@ -1,0 +1,50 @@
+"""A sweep's shared settings are checked once, before Hydra launches any job."""
+
+from __future__ import annotations
+
+import pytest
+
+from medllm.config_checks import check_train_config
+from medllm.sweep_check import shared_settings_error
+from tests.conftest import CONF, run_train
+
+
+@pytest.fixture(autouse=True)
+def resolvers():
+    from medllm.resolvers import register
+
+    register()  # as train.py does before composing
+
+
+def test_a_mistake_every_job_shares_ends_the_sweep_before_any_job(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    out = run_train(
+        "-m", "experiment=smoke", "hparams_search=lr_rank_grid", "model.lora.dropout=1.5",
+        f"hydra.sweep.dir={sweep_dir}", check=False,
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert out.stderr.count("model.lora.dropout=1.5 must be a number in [0, 1)") == 1
+    assert "no job was launched" in out.stderr and "Traceback" not in out.stderr
+    assert not sweep_dir.exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["-m", "experiment=smoke", "hparams_search=optuna", "model.lora.dropout=1.5"], "model.lora.dropout=1.5"),
+        (
+            ["--multirun", "experiment=smoke", "hparams_search=optuna", "hydra.sweeper.direction=maximize"],
+            "set hydra.sweeper.direction=minimize",
+        ),
+        # A swept key's values are the jobs' to check: 0.1 is a valid one.
+        (["-m", "experiment=smoke", "model.lora.dropout=1.5,0.1"], None),
+        # Swept by the sweeper's own params (hparams_search=optuna sweeps model.lora.r).
+        (["-m", "experiment=smoke", "hparams_search=optuna", "model.lora.r=0"], None),
+        (["-m", "experiment=smoke", "hparams_search=lr_rank_grid"], None),  # nothing wrong
+        (["experiment=smoke", "model.lora.dropout=1.5"], None),  # not a sweep: train.py's own check says it
+        (["-m", "experiment=smok"], None),  # Hydra's own error, which it reports when it composes
+    ],
+)
+def test_shared_settings_are_checked_without_what_is_swept(argv, expected):
+    error = shared_settings_error(CONF, "train", argv, check_train_config)
+    assert error == expected if expected is None else expected in error
