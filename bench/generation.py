@@ -141,7 +141,7 @@ def run_plain(args, load) -> Iterator[dict[str, Any]]:
         seconds = time.perf_counter() - start
         # Cut short, a batch has run its first steps only, when most of its rows are still going and the
         # cache is shortest: its tokens/s then is more than the whole workload's would be, not less.
-        cut = sum(len(c) for c in completions) < sum(budgets)
+        cut = cap is not None and seconds >= cap
         yield result(args, mode, "", seconds, completions, batch, **({"cut_at_s": cap} if cut else {}))
 
 

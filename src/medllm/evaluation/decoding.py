@@ -122,8 +122,8 @@ class _SlotLayer(StaticLayer):
     """A static cache layer whose rows each write their one new token at their own column (``columns``).
 
     The write is an ``index_put_``, which inductor performs in place on the cache. A ``scatter_`` would be
-    compiled out of place: a copy of the whole layer's cache at every step, a third of a step's time at
-    R1 lengths.
+    compiled out of place: a copy of the whole layer's cache at every step, more than half of a step's
+    time at R1 lengths (batch 64 on an H200: 1,535 new tokens/s, 3,769 in place).
     """
 
     def __init__(self, max_cache_len: int, rows: torch.Tensor, columns: torch.Tensor) -> None:
