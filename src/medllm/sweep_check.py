@@ -16,18 +16,22 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from medllm.errors import MedllmError
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
+# Another primary config than the entry point's: its jobs check it themselves.
+CONFIG_FLAGS = ("-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir")
 
 
 def shared_settings_error(
     conf_dir: Path, config_name: str, argv: Sequence[str], check: Callable[[DictConfig], None]
 ) -> str | None:
     """The message of ``check`` on the settings all jobs of a multirun share; None when they pass, when
-    ``argv`` is not a multirun, or when the mistake is one Hydra itself reports (it composes first)."""
-    if not any(arg in MULTIRUN_FLAGS for arg in argv):
+    ``argv`` is not a multirun, or when the settings can't be told without a running job (Hydra's own
+    errors, which it reports when it composes; values only a job resolves)."""
+    if not any(arg in MULTIRUN_FLAGS for arg in argv) or any(arg.split("=")[0] in CONFIG_FLAGS for arg in argv):
         return None
     overrides = [arg for arg in argv if "=" in arg and not arg.startswith("-")]
     try:
@@ -37,7 +41,10 @@ def shared_settings_error(
             cfg = compose(config_name, overrides=fixed, return_hydra_config=True)
             # The jobs write under the sweep dir; without a running Hydra, ${hydra:runtime.output_dir} is unset.
             cfg.paths.output_dir = OmegaConf.select(cfg, "hydra.sweep.dir")
-    except HydraException:
+    except (HydraException, OmegaConfBaseException):
+        return None
+    settings = {key: value for key, value in OmegaConf.to_container(cfg, resolve=False).items() if key != "hydra"}
+    if "${hydra:" in repr(settings):  # e.g. logger.name=${hydra:job.override_dirname}: only a job resolves it
         return None
     swept = {o.key_or_group for o in parsed if o.is_sweep_override()}
     swept |= set(OmegaConf.select(cfg, "hydra.sweeper.params", default=None) or {})

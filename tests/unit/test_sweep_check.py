@@ -43,6 +43,10 @@ def test_a_mistake_every_job_shares_ends_the_sweep_before_any_job(tmp_path):
         (["-m", "experiment=smoke", "hparams_search=lr_rank_grid"], None),  # nothing wrong
         (["experiment=smoke", "model.lora.dropout=1.5"], None),  # not a sweep: train.py's own check says it
         (["-m", "experiment=smok"], None),  # Hydra's own error, which it reports when it composes
+        (["-m", "--config-name", "eval", "limit=0"], None),  # another config: its jobs check it
+        # Only a job resolves ${hydra:job...}: the rest of the config is checked without it.
+        (["-m", "experiment=smoke", "logger=wandb", "logger.name=${hydra:job.override_dirname}"], None),
+        (["-m", "experiment=smoke", "logger=wandb", "model.lora.dropout=1.5"], "model.lora.dropout=1.5"),
     ],
 )
 def test_shared_settings_are_checked_without_what_is_swept(argv, expected):
