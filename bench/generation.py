@@ -72,9 +72,8 @@ def _generate_in_batches(
 ) -> list[list[int]]:
     """Plain ``model.generate`` over batches of left-padded prompts, longest first; R1 lengths by forced EOS.
 
-    ``seconds`` stops generating then (``generate``'s ``max_time``): the rows of the batch running keep the
-    tokens they have, later batches are not run (their completions stay empty lists)."""
-    deadline = time.perf_counter() + seconds if seconds else None
+    ``seconds`` runs the first batch only and stops it then (``generate``'s ``max_time``): its rows keep the
+    tokens they have. The completions of the prompts run, in their order."""
     from transformers import LogitsProcessor, LogitsProcessorList
 
     class ForceEOS(LogitsProcessor):
@@ -88,11 +87,10 @@ def _generate_in_batches(
             return scores
 
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
-    out: list[list[int]] = [[] for _ in prompts]
+    if seconds is not None:
+        order = order[:batch]
+    out: list[list[int] | None] = [None] * len(prompts)
     for start in range(0, len(order), batch):
-        left = deadline - time.perf_counter() if deadline else None
-        if left is not None and left <= 0:
-            break
         rows = order[start : start + batch]
         width = max(len(prompts[i]) for i in rows)
         ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
@@ -116,12 +114,12 @@ def _generate_in_batches(
             top_k=None,
             eos_token_id=EOS_ID,
             pad_token_id=PAD_ID,
-            max_time=left,
+            max_time=seconds,
             **extra,
         )[:, width:].tolist()
         for r, i in enumerate(rows):
             out[i] = useful(new[r])
-    return out
+    return [c for c in out if c is not None]
 
 
 def run_plain(args, load) -> Iterator[dict[str, Any]]:
@@ -140,7 +138,7 @@ def run_plain(args, load) -> Iterator[dict[str, Any]]:
         harness.synchronize()
         seconds = time.perf_counter() - start
         # Cut short, a batch has run its first steps only, when most of its rows are still going and the
-        # cache is shortest: its tokens/s then is more than the whole workload's would be, not less.
+        # cache is shortest: its tokens/s then is more than the whole batch's would be, not less.
         cut = cap is not None and seconds >= cap
         yield result(args, mode, "", seconds, completions, batch, **({"cut_at_s": cap} if cut else {}))
 
@@ -328,8 +326,8 @@ def main() -> None:
     parser.add_argument(
         "--plain-seconds",
         default="",
-        help="unsloth_generate and hf_generate stop a mode's timed run after N seconds, e.g. r1=150 (their "
-        "tokens/s so far is then an upper bound: a batch's first steps have the most rows running)",
+        help="unsloth_generate and hf_generate time a mode's first batch only, stopped after N seconds, e.g. "
+        "r1=60 (their tokens/s so far is then an upper bound: a batch's first steps have the most rows running)",
     )
     parser.add_argument("--batch", default="64", help="rows per batch, or auto (medllm: as many as fit)")
     parser.add_argument("--medllm-batch", default=None, help="medllm's batch if not --batch, e.g. auto")
@@ -345,6 +343,8 @@ def main() -> None:
         {k: int(v) for k, v in (i.split("=") for i in a.split(",") if i)}
         for a in (args.prompts, args.new_tokens, args.plain_prompts, args.plain_seconds)
     )
+    if any(seconds <= 0 for seconds in args.plain_seconds.values()):
+        parser.error(f"--plain-seconds: seconds must be > 0, not {args.plain_seconds}")
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     if args.run_path:  # inside one path's process
         runners = {

@@ -44,6 +44,14 @@ def test_a_mistake_every_job_shares_ends_the_sweep_before_any_job(tmp_path):
         (["experiment=smoke", "model.lora.dropout=1.5"], None),  # not a sweep: train.py's own check says it
         (["-m", "experiment=smok"], None),  # Hydra's own error, which it reports when it composes
         (["-m", "--config-name", "eval", "limit=0"], None),  # another config: its jobs check it
+        (["-m", "experiment=smoke", "model.lora.dropout=1.5", "--help"], None),  # Hydra's help, as before
+        # Jobs on this machine: no GPU here is every job's mistake.
+        (["-m", "experiment=qlora_r16", "hparams_search=lr_rank_grid"], "no CUDA GPU is visible"),
+        # SLURM jobs see their nodes' GPUs, files and environment, not this machine's.
+        (["-m", "experiment=qlora_r16", "hparams_search=lr_rank_grid", "hydra/launcher=slurm"], None),
+        # A swept group: its options set other keys (both experiments use the Unsloth backend gguf needs).
+        (["-m", "experiment=smoke,qlora_r16", "export.gguf=q4_k_m", "hardware=cpu"], None),
+        (["-m", "experiment=smoke", "~model.tiny"], "needs model.tiny"),  # deletions are applied
         # Only a job resolves ${hydra:job...}: the rest of the config is checked without it.
         (["-m", "experiment=smoke", "logger=wandb", "logger.name=${hydra:job.override_dirname}"], None),
         (["-m", "experiment=smoke", "logger=wandb", "model.lora.dropout=1.5"], "model.lora.dropout=1.5"),
