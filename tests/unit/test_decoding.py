@@ -194,10 +194,12 @@ def test_the_decoding_step_traces_as_one_graph_without_breaks(tokenizer, prompt_
 @pytest.mark.parametrize("attention", ["sdpa", "flex"])
 def test_the_compiled_step_decodes_as_the_eager_one_and_compiles_once(tokenizer, prompt_ids, attention) -> None:
     model = fresh_model(tokenizer)
-    budgets = [3, 24, 1, 10, 7]  # 5 rows through 2 slots: rows end and slots are refilled mid-run
-    eager = decode(model, tokenizer, prompt_ids, 2, row_budgets=budgets)
+    # 5 rows through 2 slots: rows end and slots are refilled mid-run; rows reach a second cache block.
+    budgets = [3, 150, 1, 10, 90]
+    assert max(len(p) + b for p, b in zip(prompt_ids, budgets)) > KV_BLOCK
+    eager = decode(model, tokenizer, prompt_ids, 2, max_new_tokens=150, row_budgets=budgets)
     torch._dynamo.reset()
-    compiled = Decoder(model, max(map(len, prompt_ids)), 24, 2, compile=True, attention=attention)
+    compiled = Decoder(model, max(map(len, prompt_ids)), 150, 2, compile=True, attention=attention)
     special = {"eos_id": tokenizer.eos_token_id, "pad_id": tokenizer.pad_token_id, "progress": False}
     with torch._dynamo.config.patch(error_on_recompile=True):  # a second graph would mean a second capture
         for _ in range(2):
