@@ -182,6 +182,8 @@ class Decoder:
         torch._dynamo.mark_static_address(rows)
         self._all_columns = torch.arange(self.cache_len, device=device)
         self._blocks = torch.arange(self.cache_len // KV_BLOCK, dtype=torch.int32, device=device)
+        # Every slot's whole blocks in order (the first ``whole`` of them count): the same at every step.
+        self._whole_blocks = self._blocks.expand(self.batch_size, -1).reshape(self.batch_size, 1, 1, -1)
         self.step = self._forward
         if device.type == "cuda" if compile is None else compile:
             self.step = torch.compile(self._forward, mode="reduce-overhead", dynamic=False)
@@ -201,7 +203,7 @@ class Decoder:
             partial.view(slots, 1, 1),
             first_partial.view(slots, 1, 1, blocks),
             whole.view(slots, 1, 1),
-            self._blocks.expand(slots, blocks).reshape(slots, 1, 1, blocks),
+            self._whole_blocks,
             BLOCK_SIZE=(KV_BLOCK, KV_BLOCK),
             mask_mod=visible,
             seq_lengths=(1, self.cache_len),
