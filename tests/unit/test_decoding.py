@@ -99,6 +99,9 @@ def test_flex_block_mask_reads_the_blocks_up_to_each_rows_column(tokenizer) -> N
     assert mask.kv_num_blocks.flatten().tolist() == [1, 0, 1, 1]  # the block a row's column falls in
     partial = mask.kv_indices[:, 0, 0, 0].tolist()
     assert [p for p, n in zip(partial, [1, 0, 1, 1]) if n] == [0, 1, 2]
+    # FlexAttention's CUDA decoding kernel reads the whole blocks' indices with the partial ones' strides.
+    assert mask.full_kv_indices.stride() == mask.kv_indices.stride()
+    assert mask.full_kv_num_blocks.stride() == mask.kv_num_blocks.stride()
     with pytest.raises(ValueError, match="attention='flash'"):
         Decoder(fresh_model(tokenizer), 100, 8, 1, attention="flash")
 

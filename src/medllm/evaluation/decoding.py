@@ -182,8 +182,10 @@ class Decoder:
         torch._dynamo.mark_static_address(rows)
         self._all_columns = torch.arange(self.cache_len, device=device)
         self._blocks = torch.arange(self.cache_len // KV_BLOCK, dtype=torch.int32, device=device)
-        # Every slot's whole blocks in order (the first ``whole`` of them count): the same at every step.
-        self._whole_blocks = self._blocks.expand(self.batch_size, -1).reshape(self.batch_size, 1, 1, -1)
+        # Every slot's whole blocks in order (the first ``whole`` of them count): the same at every step. A
+        # real copy per slot, not an expanded view: the CUDA decoding kernel finds a slot's row of these with
+        # the strides of the partial blocks' indices, so both must be laid out alike.
+        self._whole_blocks = self._blocks.repeat(self.batch_size, 1).view(self.batch_size, 1, 1, -1)
         self.step = self._forward
         if device.type == "cuda" if compile is None else compile:
             self.step = torch.compile(self._forward, mode="reduce-overhead", dynamic=False)
