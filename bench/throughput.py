@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import importlib.metadata
 import json
 import os
@@ -75,11 +76,19 @@ PATHS: dict[str, BenchPath] = {
     "unsloth_trl_padded": module_path("bench.paths.unsloth_trl", "--padded"),
     "hf_peft": module_path("bench.paths.hf_peft"),
     # medllm's train.py (Unsloth backend), with Unsloth's offloaded checkpointing and with `auto`.
-    "medllm": BenchPath(lambda s, w: medllm.command(s, w, "unsloth"), medllm.read_summary),
-    "medllm_auto": BenchPath(lambda s, w: medllm.command(s, w, "auto"), medllm.read_summary),
+    "medllm": BenchPath(lambda s, w, extra=(): medllm.command(s, w, "unsloth", extra=extra), medllm.read_summary),
+    "medllm_auto": BenchPath(lambda s, w, extra=(): medllm.command(s, w, "auto", extra=extra), medllm.read_summary),
     # The same as "medllm" on every GPU of the machine under torchrun (hardware=ddp), `batch` rows per GPU.
     "medllm_ddp": BenchPath(
-        lambda s, w: medllm.command(s, w, "unsloth", gpus=torch.cuda.device_count()), medllm.read_summary
+        lambda s, w, extra=(): medllm.command(s, w, "unsloth", gpus=torch.cuda.device_count(), extra=extra),
+        medllm.read_summary,
+    ),
+    # The same with each GPU a node of its own: torchrun --nnodes <GPUs> --nproc_per_node 1, on localhost.
+    "medllm_ddp_nodes": BenchPath(
+        lambda s, w, extra=(): medllm.command(
+            s, w, "unsloth", gpus=torch.cuda.device_count(), as_nodes=True, extra=extra
+        ),
+        medllm.read_summary,
     ),
 }
 
@@ -157,14 +166,18 @@ def table(results: list[dict], mode: str) -> str:
     return "\n".join(lines)
 
 
-def scaling_line(results: list[dict], mode: str) -> str | None:
-    """medllm on all GPUs against medllm on one, when both ran."""
+def scaling_lines(results: list[dict], mode: str) -> list[str]:
+    """medllm on all GPUs (one node, or a node per GPU) against medllm on one, for those that ran."""
     by_path = {r["path"]: r for r in results if "error" not in r}
-    if "medllm" not in by_path or "medllm_ddp" not in by_path:
-        return None
+    if "medllm" not in by_path:
+        return []
     metric = primary_metric(mode)
-    ratio = by_path["medllm_ddp"][metric] / by_path["medllm"][metric]
-    return f"medllm_ddp on {by_path['medllm_ddp'].get('gpus')} GPUs / medllm on 1 GPU: {ratio:.2f}x"
+    return [
+        f"{name} on {by_path[name].get('gpus')} GPUs / medllm on 1 GPU: "
+        f"{by_path[name][metric] / by_path['medllm'][metric]:.2f}x"
+        for name in ("medllm_ddp", "medllm_ddp_nodes")
+        if name in by_path
+    ]
 
 
 def parse_args() -> argparse.Namespace:
@@ -240,16 +253,15 @@ def main() -> None:
         for name in args.paths.split(","):
             path = PATHS[name]
             if name.startswith("medllm") and args.medllm_override:
-                path = BenchPath(lambda s, w, p=path: p.command(s, w) + args.medllm_override, path.read_result)
+                path = BenchPath(functools.partial(path.command, extra=args.medllm_override), path.read_result)
             result = run_path(name, path, settings, workdir / name, env, args.path_timeout)
             results = [r for r in results if r["path"] != name] + [result]
             if args.out:  # after every path, so an interrupted run keeps what it measured
                 write_report(args.out, settings, results)
     heading = f"{settings.mode} mode on {report_card(results)}, batch {settings.batch}, {settings.steps} timed steps"
     print(f"\n{heading}:\n{table(results, settings.mode)}")
-    scaling = scaling_line(results, settings.mode)
-    if scaling:
-        print(scaling)
+    for line in scaling_lines(results, settings.mode):
+        print(line)
     if args.out:
         print(f"wrote {args.out}")
 

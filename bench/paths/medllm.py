@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import random
+import shlex
+import socket
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,12 +97,46 @@ def train_overrides(settings: harness.Settings, workdir: Path, checkpointing: st
     ]
 
 
-def command(settings: harness.Settings, workdir: Path, checkpointing: str, gpus: int = 1) -> list[str]:
-    """train.py's command; ``gpus`` > 1: under torchrun with ``hardware=ddp``, ``settings.batch`` rows per GPU."""
-    launcher = [sys.executable]
-    if gpus > 1:
-        launcher += ["-m", "torch.distributed.run", f"--nproc_per_node={gpus}"]
-    return [*launcher, "train.py", *train_overrides(settings, workdir, checkpointing, gpus)]
+def command(
+    settings: harness.Settings,
+    workdir: Path,
+    checkpointing: str,
+    gpus: int = 1,
+    as_nodes: bool = False,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """train.py's command; ``gpus`` > 1: under torchrun with ``hardware=ddp``, ``settings.batch`` rows per GPU.
+
+    ``extra``: Hydra overrides added last. ``as_nodes``: each GPU is a node of its own, as on a cluster of
+    one-GPU machines: one torchrun per GPU with ``--nnodes gpus --nproc_per_node 1``, meeting on localhost,
+    each seeing only its GPU.
+    """
+    train = ["train.py", *train_overrides(settings, workdir, checkpointing, gpus), *extra]
+    if gpus == 1:
+        return [sys.executable, *train]
+    run = [sys.executable, "-m", "torch.distributed.run"]
+    if not as_nodes:
+        return [*run, f"--nproc_per_node={gpus}", *train]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    nodes = [
+        f"CUDA_VISIBLE_DEVICES={rank} "
+        + shlex.join(
+            [
+                *run,
+                f"--nnodes={gpus}",
+                "--nproc_per_node=1",
+                f"--node_rank={rank}",
+                "--master_addr=127.0.0.1",
+                f"--master_port={port}",
+                *train,
+            ]
+        )
+        + " & pids+=($!)"
+        for rank in range(gpus)
+    ]
+    return ["bash", "-c", "\n".join(["pids=()", *nodes, 'for p in "${pids[@]}"; do wait "$p" || exit 1; done'])]
 
 
 def read_summary(lines: list[str], workdir: Path) -> dict[str, Any] | None:
