@@ -6,8 +6,9 @@ sorted longest first and batched alike, greedy:
 | path | what it is |
 |---|---|
 | `medllm` | eval.py's merged engine: the base rounded through NF4 as QLoRA trained on it (then the |
-|  | adapter merged in); static KV cache, a compiled step with CUDA graphs |
-| `medllm_flex` | the same with FlexAttention decoding: each row reads the cache blocks up to its own column only |
+|  | adapter merged in); static KV cache, a compiled step with CUDA graphs, FlexAttention decoding (on a |
+|  | GPU, as eval.py's `decode_attention=auto`): each row reads the cache blocks up to its own column only |
+| `medllm_sdpa` | the same with `decode_attention=sdpa`: each row attends over the whole cache under a mask |
 | `unsloth_generate` | Unsloth 4-bit, `FastLanguageModel.for_inference`, plain `model.generate` |
 | `hf_generate` | transformers bf16, SDPA, plain `model.generate` |
 
@@ -176,7 +177,7 @@ def run_medllm(args) -> Iterator[dict[str, Any]]:
     model_cfg.name_or_path, model_cfg.max_seq_length = args.checkpoint, 4096
     decoders = {}
     batch = None if args.batch == "auto" else int(args.batch)
-    attention = "flex" if args.run_path == "medllm_flex" else "sdpa"
+    attention = "sdpa" if args.run_path == "medllm_sdpa" else "auto"
     for label, model in each_merged_model(model_cfg, None, [args.adapter] if args.adapter else []):
         for mode in args.modes:
             prompts, budgets = workload(mode, args.prompts[mode], args.new_tokens[mode], args.seed)
@@ -349,7 +350,7 @@ def main() -> None:
     if args.run_path:  # inside one path's process
         runners = {
             "medllm": lambda: run_medllm(args),
-            "medllm_flex": lambda: run_medllm(args),
+            "medllm_sdpa": lambda: run_medllm(args),
             "unsloth_generate": lambda: run_plain(args, lambda: load_unsloth(args)),
             "hf_generate": lambda: run_plain(args, lambda: load_hf(args)),
         }

@@ -4,6 +4,7 @@ train.py estimated beside the one it measured."""
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -72,3 +73,23 @@ def test_the_table_sets_a_path_s_estimate_beside_its_measured_peak(tmp_path, mon
     assert rows[0].count("|") == rows[1].count("|") == rows[2].count("|") == rows[4].count("|")
     assert rows[2] == "| unsloth_loop | 10,000 | 9,990 | 8.05 | - | 1.00x |"
     assert f"| {auto['peak_gib']:.2f} | {plan.estimate_gib:.2f} (0.95x) | 1.50x |" in rows[3]
+
+
+def test_ddp_nodes_starts_one_torchrun_a_gpu_meeting_on_one_port(checkpoint, tmp_path):
+    """medllm_ddp_nodes: each GPU a node of its own, every node the same train.py run, extra overrides last."""
+    settings = harness.Settings(str(checkpoint), "fixed", batch=2, seq=256, steps=2, warmup=1, seed=0)
+    (tmp_path / "run").mkdir()
+    command = medllm.command(settings, tmp_path / "run", "unsloth", gpus=2, as_nodes=True, extra=["seed=7"])
+    assert command[:2] == ["bash", "-c"]
+    nodes = [shlex.split(line) for line in command[2].splitlines() if "torch.distributed.run" in line]
+    assert [node[0] for node in nodes] == ["CUDA_VISIBLE_DEVICES=0", "CUDA_VISIBLE_DEVICES=1"]
+    for rank, node in enumerate(nodes):
+        assert {"--nnodes=2", "--nproc_per_node=1", f"--node_rank={rank}", "--master_addr=127.0.0.1"} <= set(node)
+    assert len({a for node in nodes for a in node if a.startswith("--master_port=")}) == 1
+    trains = [node[node.index("train.py") + 1 : node.index("&")] for node in nodes]
+    assert trains[0] == trains[1] and "hardware=ddp" in trains[0] and trains[0][-1] == "seed=7"
+    cfg = compose_train(*trains[0], f"paths.output_dir={tmp_path}")
+    validate(cfg, TrainConfig)
+    assert cfg.seed == 7 and not cfg.data.packing
+    rows = Path(cfg.data.path).read_text().splitlines()
+    assert len(rows) == 2 * settings.total_steps * 2 + 8  # rows for both GPUs' batches

@@ -191,18 +191,22 @@ def test_single_completions_carry_no_vote_fields():
 # ---------------------------------------------------------------------------------------------- whole run
 
 
-def test_evaluate_writes_a_report_for_base_and_adapter(tmp_path):
+def mcq_file(tmp_path) -> Path:
     rows = [
         {"id": f"q{i}", "question": f"Question {i}?", "options": ["alpha", "beta", "gamma"], "answer": "B"}
         for i in range(6)
     ]
     questions = tmp_path / "questions.jsonl"
     questions.write_text("\n".join(json.dumps(r) for r in rows))
+    return questions
+
+
+def test_evaluate_writes_a_report_for_base_and_adapter(tmp_path):
     adapter = save_adapter(tmp_path / "adapter")
     out = tmp_path / "out"
     cfg = compose_eval(
         "benchmark=mcq",
-        f"benchmark.path={questions}",
+        f"benchmark.path={mcq_file(tmp_path)}",
         "limit=4",
         f"adapter_path={adapter}",
         "max_new_tokens=4",
@@ -216,3 +220,21 @@ def test_evaluate_writes_a_report_for_base_and_adapter(tmp_path):
     lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(lines) == 8 and {line["gold"] for line in lines} == {"B"}
     assert (out / "report.png").stat().st_size > 0
+
+
+def test_flex_and_sdpa_decoding_give_the_same_predictions(tmp_path):
+    """decode_attention only changes which cache blocks a step reads, never a completion or a score."""
+    questions, outputs = mcq_file(tmp_path), {}
+    for attention in ("sdpa", "flex"):
+        out = tmp_path / attention
+        cfg = compose_eval(
+            "benchmark=mcq",
+            f"benchmark.path={questions}",
+            "max_new_tokens=100",  # ~55-token prompts: rows that run on cross into a second cache block
+            "batch_size=2",
+            f"decode_attention={attention}",
+            f"paths.output_dir={out}",
+        )
+        evaluate(cfg)
+        outputs[attention] = (out / "predictions.jsonl").read_text()
+    assert outputs["flex"] == outputs["sdpa"] and outputs["sdpa"].count("\n") >= 6

@@ -349,6 +349,7 @@ class EvalConfig:
     max_new_tokens: int = setting(2048, POSITIVE)
     batch_size: Union[int, str] = setting("auto", at_least(1, {"auto": "chosen to fit"}))
     engine: str = setting("auto", one_of("auto", "merged", "peft"))
+    decode_attention: str = setting("auto", one_of("auto", "sdpa", "flex"))
     do_sample: bool = False
     temperature: float = setting(0.6, at_least(0))
     top_p: float = setting(0.95, between(0, 1, low_open=True))

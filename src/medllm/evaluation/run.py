@@ -274,7 +274,9 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
         if engine == "merged":
             batch_size = None if cfg.batch_size == "auto" else cfg.batch_size
             rows = len(prompt_ids) * cfg.num_samples
-            decoder = decoder or Decoder(model, max(map(len, prompt_ids)), cfg.max_new_tokens, batch_size, rows)
+            decoder = decoder or Decoder(
+                model, max(map(len, prompt_ids)), cfg.max_new_tokens, batch_size, rows, attention=cfg.decode_attention
+            )
             completions = decode_completions(decoder, tokenizer, prompt_ids, settings)
         else:
             model = _to_accelerator(model, cfg.trainer.accelerator)
