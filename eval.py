@@ -22,13 +22,13 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
     from medllm.config_checks import check_eval_config
     from medllm.errors import MedllmError
 
-    try:
-        check_eval_config(cfg)  # a mistake fails here in seconds, before the backend's slow import
-        from hydra.core.hydra_config import HydraConfig
-
+    try:  # a mistake fails here in seconds, before the backend's slow import
+        check_eval_config(cfg, HydraConfig.get().overrides.task)
         from medllm.evaluation.run_settings import take_run_settings
 
         take_run_settings(cfg, HydraConfig.get().overrides.task)  # model, data, seed: those the adapter trained with

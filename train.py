@@ -23,11 +23,13 @@ register_resolvers()  # before Hydra composes: configs use ${medllm.mul:...}
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+
     from medllm.config_checks import check_train_config
     from medllm.errors import MedllmError
 
-    try:
-        check_train_config(cfg)  # a mistake fails here in seconds, before the backend's slow import
+    try:  # a mistake fails here in seconds, before the backend's slow import
+        check_train_config(cfg, HydraConfig.get().overrides.task)
         from medllm.data.validate import check_data
 
         check_data(cfg.data)  # and so does a bad row
@@ -43,7 +45,6 @@ def main(cfg: DictConfig) -> float | None:
             raise MedllmError(f"optimized_metric={metric}: this run's summary.json has no value for it")
         return value
     except MedllmError as err:
-        from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
         if HydraConfig.get().mode == RunMode.MULTIRUN:

@@ -309,13 +309,19 @@ def main() -> None:
     parser.add_argument("--variants", default=DEFAULT_VARIANTS, help="comma-separated layout:runner")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--profile", default="", help="layout:runner=FILE,...: profiler tables of 3 steps")
+    parser.add_argument(
+        "--checkpointing",
+        choices=("unsloth", "off"),
+        default="unsloth",
+        help="Unsloth's offloaded gradient checkpointing, or none (what medllm's auto picks where memory allows)",
+    )
     args = parser.parse_args()
     settings = harness.settings_from_args(args)
     variants = [v.split(":") for v in args.variants.split(",")]
     unknown = [v for v in variants if len(v) != 2 or v[0] not in LAYOUTS or v[1] not in RUNNERS]
     if unknown:
         parser.error(f"unknown variants {unknown}; layouts {sorted(LAYOUTS)}, runners {sorted(RUNNERS)}")
-    model, _ = load_unsloth_model(settings)
+    model, _ = load_unsloth_model(settings, "unsloth" if args.checkpointing == "unsloth" else False)
 
     results: list[dict[str, Any]] = []
     for layout, runner in variants:
@@ -337,7 +343,12 @@ def main() -> None:
         )
         print(json.dumps(results[-1]), flush=True)
         if args.out:
-            report = {"card": harness.device_name(), "settings": dataclasses.asdict(settings), "bins": args.bins}
+            report = {
+                "card": harness.device_name(),
+                "settings": dataclasses.asdict(settings),
+                "bins": args.bins,
+                "checkpointing": args.checkpointing,
+            }
             args.out.write_text(json.dumps({**report, "results": results}, indent=1))
     for request in filter(None, args.profile.split(",")):
         variant, path = request.split("=")

@@ -7,8 +7,9 @@ from typing import Any
 from bench import harness
 
 
-def load_unsloth_model(settings: harness.Settings) -> tuple[Any, Any]:
-    """Unsloth QLoRA model in train mode, with the shared LoRA recipe.
+def load_unsloth_model(settings: harness.Settings, checkpointing: str | bool = "unsloth") -> tuple[Any, Any]:
+    """Unsloth QLoRA model in train mode, with the shared LoRA recipe; ``checkpointing`` is Unsloth's
+    ``use_gradient_checkpointing`` ("unsloth": offloaded, False: none, as medllm's ``auto`` picks on a big GPU).
 
     ``import unsloth`` happens here, first, so that it patches transformers, peft and trl before anything
     else in the process imports them.
@@ -26,7 +27,7 @@ def load_unsloth_model(settings: harness.Settings) -> tuple[Any, Any]:
         lora_dropout=harness.LORA_DROPOUT,
         target_modules=list(harness.LORA_TARGETS),
         bias="none",
-        use_gradient_checkpointing="unsloth",
+        use_gradient_checkpointing=checkpointing,
         random_state=settings.seed,
     )
     # from_pretrained hands the model back in eval mode, where Unsloth's checkpointing stays off.

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from medllm.config.schema import EvalConfig, TrainConfig
@@ -26,8 +28,9 @@ HIGHER_IS_BETTER = ("tokens_per_s", "trained_tokens_per_s", *EVAL_HIGHER_IS_BETT
 __all__ = ["ConfigError", "check_eval_config", "check_train_config"]
 
 
-def check_train_config(cfg: DictConfig) -> None:
-    validate(cfg, TrainConfig)
+def check_train_config(cfg: DictConfig, overrides: Sequence[str] | None = None) -> None:
+    """``overrides``: the command line's (Hydra's ``overrides.task``); None: those ``cfg.hydra`` holds, if any."""
+    validate(cfg, TrainConfig, deleted_keys(cfg, overrides))
     get_backend(cfg.model.backend).check_config(cfg.model)
     trainer = cfg.trainer
     if trainer.get("max_steps", -1) == -1 and trainer.get("max_epochs") in (None, -1):
@@ -61,8 +64,9 @@ def check_train_config(cfg: DictConfig) -> None:
         raise ConfigError(f"ckpt_path={ckpt}: no such checkpoint; give a .ckpt file, or ckpt_path=auto.")
 
 
-def check_eval_config(cfg: DictConfig) -> None:
-    validate(cfg, EvalConfig)
+def check_eval_config(cfg: DictConfig, overrides: Sequence[str] | None = None) -> None:
+    """``overrides``: as for ``check_train_config``."""
+    validate(cfg, EvalConfig, deleted_keys(cfg, overrides))
     get_backend(cfg.model.backend).check_config(cfg.model)
     if cfg.mode == "generate" and not str(cfg.get("question") or "").strip():
         raise ConfigError('mode=generate needs a question: question="A 60-year-old man presents with ..."')
@@ -85,6 +89,14 @@ def check_eval_config(cfg: DictConfig) -> None:
             raise ConfigError(f"benchmark.path={bench.path}: no such file or folder.")
     _check_hardware(cfg)
     _check_writable(cfg)
+
+
+def deleted_keys(cfg: DictConfig, overrides: Sequence[str] | None) -> list[str]:
+    """The keys the overrides delete (``~key``)."""
+    if overrides is None:
+        overrides = OmegaConf.select(cfg, "hydra.overrides.task", default=None) or []
+    deletions = [o for o in overrides if o.startswith("~")]
+    return [o.key_or_group for o in OverridesParser.create().parse_overrides(deletions)] if deletions else []
 
 
 def _check_optimized_metric(cfg: DictConfig) -> None:

@@ -125,6 +125,38 @@ def test_cli_negative_lr_exits_within_seconds_naming_the_key(tmp_path):
     assert seconds < 60  # the model never loads (most of this is Python imports on a slow machine)
 
 
+@pytest.mark.parametrize(
+    "deleted",
+    [
+        "~optimizer.lr",  # would train at torch's own lr 1e-3, silently
+        "~model.lora.dropout",  # would fail with a traceback once the model is built
+        "~trainer.max_epochs",  # would run Lightning's own default
+        "~callbacks.checkpoint.every_n_train_steps",  # would stop saving step checkpoints
+        "~scheduler",
+    ],
+)
+def test_deleting_a_setting_the_run_needs_is_refused(tmp_path, deleted):
+    with pytest.raises(
+        ConfigError, match=rf"^{re.escape(deleted)} deletes a setting the run needs.+Set {deleted[1:]}="
+    ):
+        check(tmp_path, deleted)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [("~logger",), ("~callbacks.preemption",), ("logger=many", "~logger.wandb")],
+)
+def test_deleting_what_the_run_can_do_without_passes(tmp_path, overrides):
+    check(tmp_path, *overrides)
+
+
+def test_cli_deleted_setting_exits_before_training(tmp_path):
+    out, _ = run_cli("~optimizer.lr", f"hydra.run.dir={tmp_path}")
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("error: ~optimizer.lr deletes a setting")
+    assert not (tmp_path / "summary.json").exists()
+
+
 def test_cli_unknown_option_is_named(tmp_path):
     out, _ = run_cli("trainer.max_stepz=3", f"hydra.run.dir={tmp_path}")
     assert out.returncode != 0 and "max_stepz" in out.stderr and "not in struct" in out.stderr

@@ -83,6 +83,12 @@ def test_evaluate_checks_its_config_before_anything_loads(tmp_path):
 # ---------------------------------------------------------------------------------------------- adapters
 
 
+def test_deleting_an_evaluation_setting_is_refused_before_anything_loads(tmp_path):
+    cfg = compose_eval("~max_new_tokens", "model.name_or_path=not/a/model", f"paths.output_dir={tmp_path}")
+    with pytest.raises(ConfigError, match=r"^~max_new_tokens deletes a setting the run needs"):
+        evaluate(cfg)
+
+
 def test_find_adapters_keeps_order_dedupes_and_sorts_sweep_jobs_numerically(tmp_path):
     one = mark_adapter(tmp_path / "run1" / "adapter")
     sweep = tmp_path / "sweep"

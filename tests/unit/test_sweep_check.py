@@ -51,7 +51,12 @@ def test_a_mistake_every_job_shares_ends_the_sweep_before_any_job(tmp_path):
         (["-m", "experiment=qlora_r16", "hparams_search=lr_rank_grid", "hydra/launcher=slurm"], None),
         # A swept group: its options set other keys (both experiments use the Unsloth backend gguf needs).
         (["-m", "experiment=smoke,qlora_r16", "export.gguf=q4_k_m", "hardware=cpu"], None),
-        (["-m", "experiment=smoke", "~model.tiny"], "needs model.tiny"),  # deletions are applied
+        (["-m", "experiment=smoke", "~model.tiny"], "~model.tiny deletes a setting the run needs"),
+        (
+            ["-m", "experiment=smoke", "hparams_search=lr_rank_grid", "~model.lora.dropout"],
+            "~model.lora.dropout deletes",
+        ),
+        (["-m", "experiment=smoke", "hparams_search=lr_rank_grid", "~callbacks.preemption"], None),
         # Only a job resolves ${hydra:job...}: the rest of the config is checked without it.
         (["-m", "experiment=smoke", "logger=wandb", "logger.name=${hydra:job.override_dirname}"], None),
         (["-m", "experiment=smoke", "logger=wandb", "model.lora.dropout=1.5"], "model.lora.dropout=1.5"),

@@ -35,12 +35,14 @@ class Dispatch:
     strict: a value without a schema is an error (a benchmark name); else it passes unchecked (a user's
     own class). many: the node is a dict of such nodes (callbacks by name); None: either, a node without
     ``key`` being a dict of them (``logger``: one logger, or several by name with ``logger=many``).
+    optional: the node may be left out (``~logger``: no logger); other declared keys may not be deleted.
     """
 
     key: str
     schemas: dict[str, type]
     strict: bool = False
     many: bool | None = False
+    optional: bool = False
 
 
 def setting(default: Any = MISSING, rule: Rule | None = None, *, factory: Callable[[], Any] | None = None) -> Any:
@@ -51,8 +53,10 @@ def setting(default: Any = MISSING, rule: Rule | None = None, *, factory: Callab
     return dataclasses.field(default=default, metadata=metadata)
 
 
-def dispatch(key: str, schemas: dict[str, type], *, strict: bool = False, many: bool | None = False) -> Any:
-    return dataclasses.field(default=None, metadata={"dispatch": Dispatch(key, schemas, strict, many)})
+def dispatch(
+    key: str, schemas: dict[str, type], *, strict: bool = False, many: bool | None = False, optional: bool = False
+) -> Any:
+    return dataclasses.field(default=None, metadata={"dispatch": Dispatch(key, schemas, strict, many, optional)})
 
 
 def _number(value: Any) -> bool:

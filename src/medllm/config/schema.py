@@ -297,7 +297,8 @@ class TrainConfig:
     optimizer: Any = dispatch("_target_", OPTIMIZERS)
     scheduler: Any = dispatch("_target_", SCHEDULERS)
     trainer: Trainer = setting(factory=Trainer)
-    logger: Any = dispatch("_target_", LOGGERS, many=None)  # one logger, or several by name (logger=many)
+    # one logger, or several by name (logger=many); ~logger: none
+    logger: Any = dispatch("_target_", LOGGERS, many=None, optional=True)
     callbacks: Any = dispatch("_target_", CALLBACKS, many=True)
     export: Export = setting(factory=Export)
     paths: Paths = setting(factory=Paths)

@@ -12,6 +12,7 @@ import difflib
 import re
 import types
 import typing
+from collections.abc import Sequence
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -26,15 +27,50 @@ class ConfigError(MedllmError):
     """A config value that can't work; the message names the key."""
 
 
-def validate(cfg: DictConfig, schema: type) -> None:
-    """Raise ConfigError naming the first key of ``cfg`` that ``schema`` refuses (Hydra's own node left out)."""
+def validate(cfg: DictConfig, schema: type, deleted: Sequence[str] = ()) -> None:
+    """Raise ConfigError naming the first key of ``cfg`` that ``schema`` refuses (Hydra's own node left out).
+
+    ``deleted``: the keys the command line deleted (``~key``). The schema fills a missing key with its
+    default when it checks, but the program would not: ``~optimizer.lr`` would train at torch's own 1e-3,
+    ``~model.lora.dropout`` fail with a traceback after loading. A declared key may not be deleted, unless
+    its node is optional (``~logger``); what the schema does not declare may (``~callbacks.preemption``).
+    """
     register_resolvers()  # the configs' ${medllm.*} resolvers, should the caller not have registered them
     mine = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
+    raw = OmegaConf.to_container(mine, resolve=False)
+    for key in deleted:
+        if _declared(key.split("."), raw, schema):
+            raise ConfigError(
+                f"~{key} deletes a setting the run needs: without it a library's own default would be used, "
+                f"or the run would fail later. Set {key}=<value> instead."
+            )
     try:
         values = OmegaConf.to_container(mine, resolve=True)
     except OmegaConfBaseException as err:  # an interpolation that can't resolve
         raise ConfigError(f"{err.full_key}: {err.msg}") from None
-    _Checker(OmegaConf.to_container(mine, resolve=False)).node(values, schema, prefix="")
+    _Checker(raw).node(values, schema, prefix="")
+
+
+def _declared(parts: list[str], values: Any, schema: type) -> bool:
+    """Whether the key ``parts`` (of the config ``values``) is one the schema declares and needs."""
+    field = next((f for f in dataclasses.fields(schema) if f.name == parts[0]), None)
+    if field is None:
+        return False
+    how, rest = field.metadata.get("dispatch"), parts[1:]
+    value = values.get(parts[0]) if isinstance(values, dict) else None
+    if not rest:
+        return not (how is not None and how.optional)
+    nested = _dataclass_in(typing.get_type_hints(schema)[field.name])
+    if nested is not None:
+        return _declared(rest, value, nested)
+    if how is None or not isinstance(value, dict):
+        return False
+    if how.many if how.many is not None else how.key not in value:  # entries by name: ~callbacks.checkpoint
+        value, rest = value.get(rest[0]), rest[1:]
+        if not rest or not isinstance(value, dict):
+            return False
+    kind = value.get(how.key)
+    return kind in how.schemas and _declared(rest, value, how.schemas[kind])
 
 
 class _Checker:

@@ -64,12 +64,13 @@ def check_eval_after_training(cfg: DictConfig) -> None:
     from medllm.config.validate import ConfigError
     from medllm.config_checks import check_eval_config
 
+    overrides = eval_overrides(cfg, adapter=None)
     try:
-        eval_cfg = compose_eval(eval_overrides(cfg, adapter=None))
+        eval_cfg = compose_eval(overrides)
     except HydraException as err:
         raise ConfigError(f"eval_after_training: {_one_line(str(err))}") from None
     try:
-        check_eval_config(eval_cfg)
+        check_eval_config(eval_cfg, overrides)
     except ConfigError as err:
         raise ConfigError(f"eval_after_training: {err}") from None
     if eval_cfg.benchmark.name != VAL_BENCHMARK:  # its items now: a bad file or an unreachable hub
