@@ -74,6 +74,11 @@ def check_eval_config(cfg: DictConfig, overrides: Sequence[str] | None = None) -
         raise ConfigError(
             f"temperature={cfg.temperature} must be > 0 with do_sample=true; for greedy decoding set do_sample=false."
         )
+    if cfg.engine == "peft" and cfg.decode_attention != "auto":
+        raise ConfigError(
+            f"decode_attention={cfg.decode_attention} is the merged engine's; engine=peft generates with "
+            "transformers' generate. Use engine=merged, or leave decode_attention out."
+        )
     if cfg.num_samples > 1 and not cfg.do_sample:
         raise ConfigError(
             f"num_samples={cfg.num_samples} needs do_sample=true: greedy decoding gives the same completion each time."

@@ -80,6 +80,12 @@ def test_evaluate_checks_its_config_before_anything_loads(tmp_path):
         evaluate(cfg)
 
 
+def test_a_decoding_attention_for_the_engine_that_has_none_is_refused(tmp_path):
+    cfg = compose_eval("engine=peft", "decode_attention=flex", f"paths.output_dir={tmp_path}")
+    with pytest.raises(ConfigError, match=r"^decode_attention=flex is the merged engine's; engine=peft"):
+        evaluate(cfg)
+
+
 # ---------------------------------------------------------------------------------------------- adapters
 
 
