@@ -8,6 +8,7 @@ asked for, so a typo fails in the time it takes to start Python.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from collections.abc import Sequence
@@ -22,6 +23,8 @@ from medllm.models.backends import get_backend, gguf_backends
 from medllm.resolvers import launcher
 from medllm.training.eval_after import HIGHER_IS_BETTER as EVAL_HIGHER_IS_BETTER
 
+# Config groups whose absence is their default (train.yaml lists them as null): ~experiment is the plain config.
+PRESET_GROUPS = ("experiment", "hparams_search")
 # Summary numbers where higher is better; for the others (losses, perplexity, memory, parse failures) lower is.
 HIGHER_IS_BETTER = ("tokens_per_s", "trained_tokens_per_s", *EVAL_HIGHER_IS_BETTER)
 
@@ -30,7 +33,7 @@ __all__ = ["ConfigError", "check_eval_config", "check_train_config"]
 
 def check_train_config(cfg: DictConfig, overrides: Sequence[str] | None = None) -> None:
     """``overrides``: the command line's (Hydra's ``overrides.task``); None: those ``cfg.hydra`` holds, if any."""
-    validate(cfg, TrainConfig, deleted_keys(cfg, overrides))
+    _check_deletions(cfg, overrides, TrainConfig)
     get_backend(cfg.model.backend).check_config(cfg.model)
     trainer = cfg.trainer
     if trainer.get("max_steps", -1) == -1 and trainer.get("max_epochs") in (None, -1):
@@ -66,7 +69,7 @@ def check_train_config(cfg: DictConfig, overrides: Sequence[str] | None = None) 
 
 def check_eval_config(cfg: DictConfig, overrides: Sequence[str] | None = None) -> None:
     """``overrides``: as for ``check_train_config``."""
-    validate(cfg, EvalConfig, deleted_keys(cfg, overrides))
+    _check_deletions(cfg, overrides, EvalConfig)
     get_backend(cfg.model.backend).check_config(cfg.model)
     if cfg.mode == "generate" and not str(cfg.get("question") or "").strip():
         raise ConfigError('mode=generate needs a question: question="A 60-year-old man presents with ..."')
@@ -96,12 +99,21 @@ def check_eval_config(cfg: DictConfig, overrides: Sequence[str] | None = None) -
     _check_writable(cfg)
 
 
-def deleted_keys(cfg: DictConfig, overrides: Sequence[str] | None) -> list[str]:
-    """The keys the overrides delete (``~key``)."""
+def _check_deletions(cfg: DictConfig, overrides: Sequence[str] | None, schema: type) -> None:
+    """The schema's checks, deleted settings included (see ``validate``), and no config group deleted whose
+    options set the run's settings: ``~hardware`` would train with Lightning's own precision and devices."""
     if overrides is None:
         overrides = OmegaConf.select(cfg, "hydra.overrides.task", default=None) or []
     deletions = [o for o in overrides if o.startswith("~")]
-    return [o.key_or_group for o in OverridesParser.create().parse_overrides(deletions)] if deletions else []
+    deleted = [o.key_or_group for o in OverridesParser.create().parse_overrides(deletions)] if deletions else []
+    fields = {field.name for field in dataclasses.fields(schema)}
+    for group in deleted:
+        if "." not in group and "/" not in group and group not in fields and group not in PRESET_GROUPS:
+            raise ConfigError(
+                f"~{group} removes the {group} group, whose settings the run needs; choose one of its options "
+                f"instead ({group}=<option>)."
+            )
+    validate(cfg, schema, deleted)
 
 
 def _check_optimized_metric(cfg: DictConfig) -> None:

@@ -142,9 +142,15 @@ def test_deleting_a_setting_the_run_needs_is_refused(tmp_path, deleted):
         check(tmp_path, deleted)
 
 
+def test_deleting_a_group_whose_settings_the_run_needs_is_refused(tmp_path):
+    # without one, Lightning's own accelerator, devices and 32-bit precision would train
+    with pytest.raises(ConfigError, match=r"^~hardware removes the hardware group.+\(hardware=<option>\)"):
+        check(tmp_path, "~hardware")
+
+
 @pytest.mark.parametrize(
     "overrides",
-    [("~logger",), ("~callbacks.preemption",), ("logger=many", "~logger.wandb")],
+    [("~logger",), ("~callbacks.preemption",), ("logger=many", "~logger.wandb"), ("~hparams_search",)],
 )
 def test_deleting_what_the_run_can_do_without_passes(tmp_path, overrides):
     check(tmp_path, *overrides)
