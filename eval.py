@@ -27,11 +27,12 @@ def main(cfg: DictConfig) -> None:
     from medllm.config_checks import check_eval_config
     from medllm.errors import MedllmError
 
+    overrides = HydraConfig.get().overrides.task
     try:  # a mistake fails here in seconds, before the backend's slow import
-        check_eval_config(cfg, HydraConfig.get().overrides.task)
+        check_eval_config(cfg, overrides)
         from medllm.evaluation.run_settings import take_run_settings
 
-        take_run_settings(cfg, HydraConfig.get().overrides.task)  # model, data, seed: those the adapter trained with
+        take_run_settings(cfg, overrides)  # model, data, seed: those the adapter trained with
         if cfg.mode == "benchmark" and cfg.benchmark.name == "medical_o1_val":
             from medllm.data.validate import check_data
 

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -70,26 +70,28 @@ def module_path(module: str, *flags: str) -> BenchPath:
     )
 
 
+def medllm_path(checkpointing: str, all_gpus: bool = False, as_nodes: bool = False) -> BenchPath:
+    """medllm's train.py on one GPU, or on every GPU of the machine; its command takes extra overrides."""
+
+    def command(settings: harness.Settings, workdir: Path, extra: Sequence[str] = ()) -> list[str]:
+        gpus = torch.cuda.device_count() if all_gpus else 1
+        return medllm.command(settings, workdir, checkpointing, gpus=gpus, as_nodes=as_nodes, extra=extra)
+
+    return BenchPath(command, medllm.read_summary)
+
+
 PATHS: dict[str, BenchPath] = {
     "unsloth_loop": module_path("bench.paths.unsloth_loop"),
     "unsloth_trl": module_path("bench.paths.unsloth_trl"),
     "unsloth_trl_padded": module_path("bench.paths.unsloth_trl", "--padded"),
     "hf_peft": module_path("bench.paths.hf_peft"),
     # medllm's train.py (Unsloth backend), with Unsloth's offloaded checkpointing and with `auto`.
-    "medllm": BenchPath(lambda s, w, extra=(): medllm.command(s, w, "unsloth", extra=extra), medllm.read_summary),
-    "medllm_auto": BenchPath(lambda s, w, extra=(): medllm.command(s, w, "auto", extra=extra), medllm.read_summary),
+    "medllm": medllm_path("unsloth"),
+    "medllm_auto": medllm_path("auto"),
     # The same as "medllm" on every GPU of the machine under torchrun (hardware=ddp), `batch` rows per GPU.
-    "medllm_ddp": BenchPath(
-        lambda s, w, extra=(): medllm.command(s, w, "unsloth", gpus=torch.cuda.device_count(), extra=extra),
-        medllm.read_summary,
-    ),
+    "medllm_ddp": medllm_path("unsloth", all_gpus=True),
     # The same with each GPU a node of its own: torchrun --nnodes <GPUs> --nproc_per_node 1, on localhost.
-    "medllm_ddp_nodes": BenchPath(
-        lambda s, w, extra=(): medllm.command(
-            s, w, "unsloth", gpus=torch.cuda.device_count(), as_nodes=True, extra=extra
-        ),
-        medllm.read_summary,
-    ),
+    "medllm_ddp_nodes": medllm_path("unsloth", all_gpus=True, as_nodes=True),
 }
 
 

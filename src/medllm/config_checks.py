@@ -33,7 +33,7 @@ __all__ = ["ConfigError", "check_eval_config", "check_train_config"]
 
 def check_train_config(cfg: DictConfig, overrides: Sequence[str] | None = None) -> None:
     """``overrides``: the command line's (Hydra's ``overrides.task``); None: those ``cfg.hydra`` holds, if any."""
-    _check_deletions(cfg, overrides, TrainConfig)
+    _check_schema(cfg, overrides, TrainConfig)
     get_backend(cfg.model.backend).check_config(cfg.model)
     trainer = cfg.trainer
     if trainer.get("max_steps", -1) == -1 and trainer.get("max_epochs") in (None, -1):
@@ -69,7 +69,7 @@ def check_train_config(cfg: DictConfig, overrides: Sequence[str] | None = None) 
 
 def check_eval_config(cfg: DictConfig, overrides: Sequence[str] | None = None) -> None:
     """``overrides``: as for ``check_train_config``."""
-    _check_deletions(cfg, overrides, EvalConfig)
+    _check_schema(cfg, overrides, EvalConfig)
     get_backend(cfg.model.backend).check_config(cfg.model)
     if cfg.mode == "generate" and not str(cfg.get("question") or "").strip():
         raise ConfigError('mode=generate needs a question: question="A 60-year-old man presents with ..."')
@@ -99,7 +99,7 @@ def check_eval_config(cfg: DictConfig, overrides: Sequence[str] | None = None) -
     _check_writable(cfg)
 
 
-def _check_deletions(cfg: DictConfig, overrides: Sequence[str] | None, schema: type) -> None:
+def _check_schema(cfg: DictConfig, overrides: Sequence[str] | None, schema: type) -> None:
     """The schema's checks, deleted settings included (see ``validate``), and no config group deleted whose
     options set the run's settings: ``~hardware`` would train with Lightning's own precision and devices."""
     if overrides is None:
