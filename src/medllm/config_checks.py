@@ -97,6 +97,17 @@ def check_eval_config(cfg: DictConfig, overrides: Sequence[str] | None = None) -
             raise ConfigError(f"benchmark.path={bench.path}: no such file or folder.")
     _check_hardware(cfg)
     _check_writable(cfg)
+    if cfg.mode == "benchmark":
+        _check_no_report(Path(cfg.paths.output_dir))
+
+
+def _check_no_report(out_dir: Path) -> None:
+    """An evaluation into a dir that holds another's report would replace it."""
+    from medllm.evaluation.report import REPORT_FILES  # matplotlib: only for an evaluation
+
+    held = [name for name in REPORT_FILES if (out_dir / name).exists()]
+    if held:
+        raise ConfigError(f"{out_dir} holds an evaluation already ({', '.join(held)}); choose another hydra.run.dir.")
 
 
 def _check_schema(cfg: DictConfig, overrides: Sequence[str] | None, schema: type) -> None:

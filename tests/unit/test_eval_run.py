@@ -234,6 +234,16 @@ def test_evaluate_writes_a_report_for_base_and_adapter(tmp_path):
     assert (out / "report.png").stat().st_size > 0
 
 
+def test_a_second_evaluation_into_the_same_dir_is_refused_and_the_first_kept(tmp_path):
+    out = tmp_path / "out"
+    settings = ("benchmark=mcq", f"benchmark.path={mcq_file(tmp_path)}", "limit=2", "max_new_tokens=4")
+    evaluate(compose_eval(*settings, f"paths.output_dir={out}"))
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    with pytest.raises(ConfigError, match=r"holds an evaluation already \(report.json, .+\); choose another"):
+        evaluate(compose_eval(*settings, "max_new_tokens=8", f"paths.output_dir={out}"))
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+
+
 def test_flex_and_sdpa_decoding_give_the_same_predictions(tmp_path):
     """decode_attention only changes which cache blocks a step reads, never a completion or a score."""
     questions, outputs = mcq_file(tmp_path), {}

@@ -200,13 +200,17 @@ def _chart(grouped: dict[str, dict[str, Mapping[str, Any]]], path: Path) -> None
     fig.savefig(path, dpi=120)
 
 
+# What write_report leaves in an evaluation's dir; any of them there means the dir holds an evaluation.
+REPORT_FILES = ("report.json", "report.md", "predictions.jsonl", "report.png")
+
+
 def write_report(out_dir: str | Path, results: Sequence[Mapping[str, Any]]) -> dict[str, Path]:
     """Write the four report files into ``out_dir`` (created if needed), and ``accuracy_vs_val_loss.png``
     where adapters carry their training run (``result["run"]``: val_loss, lr, r, alpha); returns their paths."""
     grouped = _group(results)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {name: out / name for name in ("report.json", "report.md", "predictions.jsonl", "report.png")}
+    paths = {name: out / name for name in REPORT_FILES}
     summary = {bench: {model: dict(r["metrics"]) for model, r in models.items()} for bench, models in grouped.items()}
     runs = {r["model"]: dict(r["run"]) for r in results if r.get("run")}
     paths["report.json"].write_text(json.dumps({"benchmarks": summary, "runs": runs}, indent=2) + "\n", "utf-8")
