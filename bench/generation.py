@@ -197,11 +197,11 @@ def run_medllm(args) -> Iterator[dict[str, Any]]:
             seconds = time.perf_counter() - start
             extra = {"warmup_s": first_s}
             if label == "base" and mode == "fixed":  # the same weights through plain generate, for agreement
-                attention = model.config._attn_implementation
+                implementation = model.config._attn_implementation
                 model.set_attn_implementation("sdpa")
                 plain = _generate_in_batches(model, prompts, budgets, decoders[mode].batch_size, fixed=False)
                 extra |= agreement(completions, plain) | parting_margins(model, prompts, completions, plain)
-                model.set_attn_implementation(attention)
+                model.set_attn_implementation(implementation)
             yield result(args, mode, label, seconds, completions, decoders[mode].batch_size, **extra)
 
 

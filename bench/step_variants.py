@@ -48,6 +48,7 @@ import torch
 
 from bench import harness
 from bench.paths.unsloth_loop import load_unsloth_model
+from medllm.models import unsloth_varlen
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -315,6 +316,13 @@ def main() -> None:
         default="unsloth",
         help="Unsloth's offloaded gradient checkpointing, or none (what medllm's auto picks where memory allows)",
     )
+    parser.add_argument(
+        "--packed-attention",
+        choices=("varlen", "segments"),
+        default="varlen",
+        help="packed rows through torch's varlen flash kernel, as train.py runs them (medllm supplies "
+        "enable_gqa on torch 2.11), or Unsloth as it comes there: one SDPA call per run of equal lengths",
+    )
     args = parser.parse_args()
     settings = harness.settings_from_args(args)
     variants = [v.split(":") for v in args.variants.split(",")]
@@ -322,6 +330,8 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown variants {unknown}; layouts {sorted(LAYOUTS)}, runners {sorted(RUNNERS)}")
     model, _ = load_unsloth_model(settings, "unsloth" if args.checkpointing == "unsloth" else False)
+    if args.packed_attention == "varlen":
+        unsloth_varlen.install()
 
     results: list[dict[str, Any]] = []
     for layout, runner in variants:
@@ -348,6 +358,7 @@ def main() -> None:
                 "settings": dataclasses.asdict(settings),
                 "bins": args.bins,
                 "checkpointing": args.checkpointing,
+                "packed_attention": args.packed_attention,
             }
             args.out.write_text(json.dumps({**report, "results": results}, indent=1))
     for request in filter(None, args.profile.split(",")):
@@ -358,7 +369,10 @@ def main() -> None:
         except Exception:
             traceback.print_exc()
 
-    print(f"\n{harness.device_name()}, {args.bins} x {settings.seq} tokens a step, {settings.steps} timed steps")
+    print(
+        f"\n{harness.device_name()}, {args.bins} x {settings.seq} tokens a step, {settings.steps} timed steps, "
+        f"checkpointing {args.checkpointing}, packed attention {args.packed_attention}"
+    )
     print(f"{'variant':<30}{'tokens/step':>12}{'step s':>9}{'tokens/s':>10}{'label tok/s':>12}{'peak GiB':>10}")
     for r in results:
         if "error" in r:

@@ -8,6 +8,7 @@ the hf backend.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import Any
@@ -16,6 +17,8 @@ from omegaconf import DictConfig
 
 from medllm.models.backends import Backend, ModelLoadError, get_backend
 from medllm.models.backends.hf import HFBackend, check_target_modules, torch_dtype
+
+log = logging.getLogger(__name__)
 
 
 class UnslothBackend(HFBackend):
@@ -30,6 +33,10 @@ class UnslothBackend(HFBackend):
                 f"model.backend=unsloth could not start ({type(err).__name__}: {err}). It needs an NVIDIA GPU "
                 "and `pip install -e '.[gpu]'`; elsewhere use model=r1_distill_llama_8b_hf or model=tiny_llama."
             ) from err
+        from medllm.models import unsloth_varlen
+
+        if unsloth_varlen.install():
+            log.info("packed rows attend through torch's varlen flash kernel (enable_gqa supplied for this torch)")
 
     def in_this_process(self) -> Backend:
         """transformers + PEFT where Unsloth was not imported first (eval.py imports it only where the
