@@ -28,7 +28,7 @@ class Counted:
     """Counts the calls of ``name`` in Unsloth's attention dispatch, proving which path ran."""
 
     def __init__(self, name: str) -> None:
-        self.name, self.inner, self.calls = name, getattr(attention_dispatch, name), 0
+        self.inner, self.calls = getattr(attention_dispatch, name), 0
 
     def __call__(self, *args, **kwargs):
         self.calls += 1

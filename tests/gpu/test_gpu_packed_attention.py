@@ -35,6 +35,6 @@ def test_varlen_trains_a_packed_row_as_its_examples_alone(small_llama):
     assert result["segment_calls"] > 0 and result["varlen_calls"] > 0  # each packed pass took its path
     for path in ("segments", "varlen"):
         assert result[f"loss_{path}"] == pytest.approx(result["loss_alone"], rel=1e-2)
-        assert result[f"grad_error_{path}"] < 0.02
+        assert result[f"grad_error_{path}"] < 0.05  # bf16: 0.016 either way on an H200
     # the kernel is bf16 like SDPA's: no further from the reference than the per-segment path, give or take
     assert result["grad_error_varlen"] < 2 * result["grad_error_segments"] + 1e-3

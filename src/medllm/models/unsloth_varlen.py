@@ -50,11 +50,13 @@ def install() -> bool:
         return False
     try:
         from torch.nn.attention.varlen import varlen_attn
-    except ImportError:  # torch < 2.10: no varlen kernel at all
+    except ImportError:  # a torch without torch.nn.attention.varlen
         return False
     parameters = inspect.signature(varlen_attn).parameters
+    # Without window_size it is older than Unsloth's call; with enable_gqa Unsloth could have used it and
+    # chose not to (its switch, or no flash kernel in this build).
     if "window_size" not in parameters or "enable_gqa" in parameters:
-        return False  # older than 2.11, or newer, where Unsloth turned it off for a reason of its own
+        return False
     if not getattr(torch.backends.cuda, "is_flash_attention_available", lambda: True)():
         return False
     attention_dispatch._TORCH_VARLEN_ATTN = taking_gqa(varlen_attn)
