@@ -44,9 +44,14 @@ def taking_gqa(varlen_attn: Callable) -> Callable:
 def install() -> bool:
     """Lets Unsloth's packed attention use torch's varlen kernel where only ``enable_gqa`` is missing;
     True when it was installed now. Call after ``import unsloth``."""
-    from unsloth.utils import attention_dispatch
-
-    if attention_dispatch._TORCH_VARLEN_ATTN is not None or _turned_off() or not torch.cuda.is_available():
+    try:
+        from unsloth.utils import attention_dispatch
+    except ImportError:  # an Unsloth laid out otherwise: leave it as it is
+        return False
+    # Unsloth already attends through varlen, or is not the Unsloth this was written against.
+    if getattr(attention_dispatch, "_TORCH_VARLEN_ATTN", "missing") is not None:
+        return False
+    if _turned_off() or not torch.cuda.is_available():
         return False
     try:
         from torch.nn.attention.varlen import varlen_attn
