@@ -167,6 +167,8 @@ def _check_file(cfg: DictConfig, key: str, needed: str) -> None:
     if OmegaConf.is_missing(cfg, key) or not OmegaConf.select(cfg, key):
         raise ConfigError(needed)
     path = OmegaConf.select(cfg, key)
+    if Path(str(path)).expanduser().is_dir():
+        raise ConfigError(f"{key}={path} is a folder; {key} takes one file of rows.")
     if not Path(str(path)).expanduser().is_file():
         raise ConfigError(f"{key}={path}: no such file.")
 

@@ -66,6 +66,8 @@ def test_local_data_without_a_path_or_with_a_missing_file(tmp_path):
         check(tmp_path, "data=local")
     with pytest.raises(ConfigError, match="no such file"):
         check(tmp_path, "data=local", f"data.path={tmp_path / 'absent.jsonl'}")
+    with pytest.raises(ConfigError, match=r"^data.path=.+ is a folder; data.path takes one file of rows\.$"):
+        check(tmp_path, "data=local", f"data.path={tmp_path}")
 
 
 def test_gpu_asked_for_without_a_gpu(tmp_path, monkeypatch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -116,6 +117,13 @@ def test_find_adapters_rejects_what_is_not_an_adapter(kwargs, message, tmp_path,
     monkeypatch.chdir(tmp_path)
     with pytest.raises(EvalConfigError, match=message):
         find_adapters(**kwargs)
+
+
+def test_a_run_dir_given_for_its_adapter_is_pointed_at_the_adapter(tmp_path):
+    adapter = mark_adapter(tmp_path / "run" / "adapter")
+    message = rf"run: not an adapter folder .* It is a run dir: pass {re.escape(str(adapter))}\.$"
+    with pytest.raises(EvalConfigError, match=message):
+        find_adapters(str(tmp_path / "run"))
 
 
 def test_an_adapter_folder_without_weights_is_named_before_any_model_loads(tmp_path):

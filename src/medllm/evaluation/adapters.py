@@ -41,10 +41,12 @@ def find_adapters(
             continue
         seen.add(key)
         if not (key / ADAPTER_CONFIG).is_file():
-            raise EvalConfigError(
-                f"{path}: not an adapter folder (no {ADAPTER_CONFIG}). Pass the <run dir>/adapter folder "
-                "that train.py saved."
+            hint = (
+                f"It is a run dir: pass {Path(path) / 'adapter'}."
+                if (key / "adapter" / ADAPTER_CONFIG).is_file()
+                else "Pass the <run dir>/adapter folder that train.py saved."
             )
+            raise EvalConfigError(f"{path}: not an adapter folder (no {ADAPTER_CONFIG}). {hint}")
         if not any((key / name).is_file() for name in ADAPTER_WEIGHTS):  # found now, not after the base is scored
             raise EvalConfigError(f"{path}: an adapter folder without weights (no {' or '.join(ADAPTER_WEIGHTS)}).")
         unique.append(path)
