@@ -79,13 +79,13 @@ def _is_one_object(text: str) -> bool:
         return False
 
 
-def read_csv_rows(path: Path, error: type[Exception]) -> list[dict[str, str | None]]:
+def read_csv_rows(path: Path, error: type[Exception]) -> list[dict[str, str]]:
     """The rows of a CSV file with a header, every cell a string as written: an answer ``42`` or
     ``NA`` stays text (type-guessing readers turn those into numbers and missing values). A cell
-    absent from a short row is None."""
+    absent from a short row is absent from its dict."""
     text = read_utf8(path, error)
     reader = csv.DictReader(io.StringIO(text, newline=""))
     try:  # cells beyond the header (DictReader's key None) are not fields of any column
-        return [{k: v for k, v in row.items() if k is not None} for row in reader]
+        return [{k: v for k, v in row.items() if k is not None and v is not None} for row in reader]
     except csv.Error as err:
         raise error(f"{path}: not valid CSV ({err}).") from err

@@ -39,7 +39,7 @@ def test_row_7_without_response_is_named(tmp_path):
 
 @pytest.mark.parametrize(
     ("value", "problem"),
-    [("", "empty"), ("   \n", "empty"), (42, "not a string"), (None, "missing"), ("a \ud800 b", "not valid Unicode")],
+    [("", "empty"), ("   \n", "empty"), (42, "not a string"), (None, "null"), ("a \ud800 b", "not valid Unicode")],
 )
 def test_empty_or_non_string_fields_are_named(tmp_path, value, problem):
     rows = good_rows()

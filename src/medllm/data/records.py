@@ -122,9 +122,14 @@ def _is_invisible(char: str) -> bool:
     return unicodedata.category(char) in INVISIBLE_CATEGORIES or char in BLANK_LETTERS
 
 
+_ABSENT = object()
+
+
 def _problem(value: object) -> str | None:
-    if value is None:
+    if value is _ABSENT:
         return "missing"
+    if value is None:
+        return "null"
     if not isinstance(value, str):
         return f"not a string ({type(value).__name__})"
     if all(map(_is_invisible, value)):
@@ -159,7 +164,7 @@ def clean(
     kept: dict[str, list[str]] = {f: [] for f in FIELDS}
     seen: set[tuple[str, ...]] = set()
     for i, row in enumerate(rows, start=1):
-        problems = [(src, p) for _, src in columns.items() if (p := _problem(row.get(src))) is not None]
+        problems = [(src, p) for _, src in columns.items() if (p := _problem(row.get(src, _ABSENT))) is not None]
         if problems:
             src, p = problems[0]
             report.bad_rows.append(f"row {i}: field '{src}' is {p}")
