@@ -160,6 +160,12 @@ def test_checkpoints_kept_outside_the_run_dir_are_resumed_from_and_never_written
     other = run_train(*overrides, f"hydra.run.dir={tmp_path / 'other'}", check=False)
     assert other.returncode != 0 and "holds checkpoints of another run" in other.stderr.splitlines()[-1]
     assert snapshot(elsewhere) == kept
+    # So would one that resumes them, from its own run dir: they are the killed run's to resume.
+    for resume in ("ckpt_path=auto", f"ckpt_path={next(elsewhere.glob('step*.ckpt'))}"):
+        other = run_train(*overrides, f"hydra.run.dir={tmp_path / 'other'}", resume, check=False)
+        assert other.returncode != 0
+        assert f"holds checkpoints of the run in {run}, which this run would write over" in other.stderr
+        assert snapshot(elsewhere) == kept
 
     run_train(*overrides, f"hydra.run.dir={run}", "ckpt_path=auto")
     assert f"the loadable checkpoint with the most steps is {elsewhere}" in (run / "train.log").read_text()

@@ -4,6 +4,7 @@ redaction: fast checks on real dirs, files and log records."""
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 
@@ -130,3 +131,21 @@ def test_auto_takes_the_checkpoint_with_the_most_steps_not_the_newest_file(tmp_p
         os.utime(folder / name, (mtime, mtime))
     chosen = find_checkpoint("auto", folder)
     assert (chosen.path.name, chosen.global_step) == ("last.ckpt", 6)  # most steps; last.ckpt among equals
+
+
+def test_a_checkpoint_folder_outside_the_run_dir_resumes_only_its_own_runs_checkpoints(tmp_path):
+    """callbacks.checkpoint.dirpath shared by two runs: the second would write its last.ckpt over the first's."""
+    import torch
+
+    from medllm.training.resume import RECORD_FORMAT, RECORD_KEY, find_checkpoint
+
+    shared, first, second = tmp_path / "ckpts", tmp_path / "first", tmp_path / "second"
+    shared.mkdir()
+    record = {"format": RECORD_FORMAT, "config": {"paths": {"output_dir": str(first)}}}
+    torch.save({"global_step": 3, RECORD_KEY: record}, shared / "last.ckpt")
+    assert find_checkpoint("auto", shared, first).global_step == 3  # its own run resumes it
+    for ckpt_path in ("auto", str(shared / "last.ckpt")):
+        with pytest.raises(CheckpointError, match=rf"holds checkpoints of the run in {re.escape(str(first))}"):
+            find_checkpoint(ckpt_path, shared, second)
+    # inside a run dir the checkpoints are that dir's, wherever the run first wrote them (a copied run dir)
+    assert find_checkpoint("auto", shared, tmp_path).global_step == 3

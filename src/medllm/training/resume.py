@@ -219,11 +219,42 @@ def checkpoint_dir(cfg: DictConfig, run_dir: Path) -> Path:
     return run_dir / "checkpoints"
 
 
-def find_checkpoint(ckpt_path: str | None, checkpoint_dir: Path) -> Checkpoint | None:
+def _loadable(candidates: list[Path]) -> list[Checkpoint]:
+    loadable = []
+    for path in candidates:
+        try:
+            loadable.append(read_checkpoint(path))
+        except CheckpointError as err:
+            log.warning("ckpt_path=auto: skipping %s", err)
+    return loadable
+
+
+def _refuse_other_runs(checkpoint_dir: Path, run_dir: Path, checkpoints: list[Checkpoint]) -> None:
+    """A checkpoint folder outside the run dir (``callbacks.checkpoint.dirpath``) may be another run's too:
+    this run would write its last.ckpt over theirs. CheckpointError when it holds another run dir's."""
+    here = run_dir.expanduser().resolve()
+    others = sorted(
+        {
+            str(recorded)
+            for c in checkpoints
+            if (recorded := c.record.get("config", {}).get("paths", {}).get("output_dir"))
+            and Path(str(recorded)).expanduser().resolve() != here
+        }
+    )
+    if others:
+        raise CheckpointError(
+            f"{checkpoint_dir} holds checkpoints of the run in {others[0]}, which this run would write over: resume "
+            f"that run there (hydra.run.dir={others[0]} ckpt_path=auto), or give this run a "
+            "callbacks.checkpoint.dirpath of its own."
+        )
+
+
+def find_checkpoint(ckpt_path: str | None, checkpoint_dir: Path, run_dir: Path | None = None) -> Checkpoint | None:
     """The checkpoint to resume from: ``ckpt_path`` itself, or for ``auto`` the *loadable* one in
     ``checkpoint_dir`` with the most steps (unreadable ones skipped with a warning; last.ckpt first among
     equals, being written after a step's); None: start fresh. Steps, not file times, which a copy of the run
-    dir may not keep. A fresh start into a folder that holds checkpoints is refused: it would write over them."""
+    dir may not keep. A fresh start into a folder that holds checkpoints is refused: it would write over them;
+    so is any start into a folder outside ``run_dir`` that holds another run dir's checkpoints."""
     if ckpt_path is None:
         if any(checkpoint_dir.glob("*.ckpt")):
             raise CheckpointError(
@@ -231,15 +262,13 @@ def find_checkpoint(ckpt_path: str | None, checkpoint_dir: Path) -> Checkpoint |
                 "with ckpt_path=auto, or give callbacks.checkpoint.dirpath a folder of its own."
             )
         return None
+    candidates = sorted(checkpoint_dir.glob("*.ckpt"))
+    shared = run_dir is not None and not checkpoint_dir.expanduser().resolve().is_relative_to(run_dir.resolve())
+    loadable = _loadable(candidates) if ckpt_path == "auto" or (shared and candidates) else []
+    if shared:
+        _refuse_other_runs(checkpoint_dir, run_dir, loadable)
     if ckpt_path != "auto":
         return read_checkpoint(Path(ckpt_path))
-    candidates = sorted(checkpoint_dir.glob("*.ckpt"))
-    loadable = []
-    for path in candidates:
-        try:
-            loadable.append(read_checkpoint(path))
-        except CheckpointError as err:
-            log.warning("ckpt_path=auto: skipping %s", err)
     if loadable:
         checkpoint = max(loadable, key=lambda c: (c.global_step, c.path.name == "last.ckpt"))
         log.info(

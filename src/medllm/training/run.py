@@ -109,7 +109,7 @@ def train(cfg: DictConfig) -> dict:
     if finished is not None:
         return finished
     checkpoints = checkpoint_dir(cfg, out_dir)
-    checkpoint = find_checkpoint(cfg.get("ckpt_path"), checkpoints)  # read and checked before any model loads
+    checkpoint = find_checkpoint(cfg.get("ckpt_path"), checkpoints, out_dir)  # read and checked before any model loads
     if checkpoint is not None:
         check_resumable(checkpoint, cfg)
     start_step = checkpoint.global_step if checkpoint else 0
