@@ -175,6 +175,16 @@ def test_mcq_answer_must_name_one_option(tmp_path: Path) -> None:
         load_mcq(None)
 
 
+def test_items_sharing_an_id_are_named_before_any_model_loads(tmp_path: Path) -> None:
+    row = {"question": "Q?", "options": ["Aspirin", "Heparin"], "answer": "A"}
+    path = write_jsonl(tmp_path / "mcq.jsonl", [{**row, "id": "q1"}, {**row, "id": "q2"}, {**row, "id": "q1"}])
+    with pytest.raises(BenchmarkError, match=r"mcq\.jsonl: items 1 and 3 share the id 'q1'; ids name the items"):
+        load_benchmark("mcq", str(path))
+    # 5 and "5" are one id in predictions.jsonl
+    with pytest.raises(BenchmarkError, match="items 1 and 2 share the id '5'"):
+        load_benchmark("mcq", str(write_jsonl(tmp_path / "b.jsonl", [{**row, "id": 5}, {**row, "id": "5"}])))
+
+
 def test_limit_is_a_deterministic_seeded_subsample(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "test.jsonl", [medqa_row(f"Q{i}?", "ABCD"[i % 4]) for i in range(40)])
     every = [i.question for i in load_benchmark("medqa", str(path))]

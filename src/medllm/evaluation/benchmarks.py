@@ -308,6 +308,14 @@ def load_benchmark(
     items = LOADERS[name](path, **loader_args)
     if not items:  # said now, before any model loads
         raise BenchmarkError(f"benchmark={name}: {path or 'the hub copy'} holds no items")
+    first: dict[str, int] = {}
+    for number, item in enumerate(items, start=1):
+        if item.id in first:  # predictions.jsonl and per-item comparisons name items by id
+            raise BenchmarkError(
+                f"benchmark={name}: {path or 'the hub copy'}: items {first[item.id]} and {number} share the id "
+                f"{item.id!r}; ids name the items in predictions.jsonl and must be unique."
+            )
+        first[item.id] = number
     if limit is None or limit >= len(items):
         return items
     if limit < 1:
