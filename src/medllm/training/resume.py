@@ -225,7 +225,7 @@ def _loadable(candidates: list[Path]) -> list[Checkpoint]:
         try:
             loadable.append(read_checkpoint(path))
         except CheckpointError as err:
-            log.warning("ckpt_path=auto: skipping %s", err)
+            log.warning("skipping %s", err)
     return loadable
 
 
