@@ -175,6 +175,7 @@ def run_medllm(args) -> Iterator[dict[str, Any]]:
 
     model_cfg = OmegaConf.load(REPO_ROOT / "conf/model/r1_distill_llama_8b.yaml")
     model_cfg.name_or_path, model_cfg.max_seq_length = args.checkpoint, 4096
+    model_cfg.merge_with_dotlist(args.model_override)
     decoders = {}
     batch = None if args.batch == "auto" else int(args.batch)
     attention = "sdpa" if args.run_path == "medllm_sdpa" else "auto"
@@ -312,6 +313,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--adapter", default=None, help="a LoRA adapter of the checkpoint for medllm to merge")
+    parser.add_argument(
+        "--model-override",
+        action="append",
+        default=[],
+        help="a key=value of medllm's model config (conf/model/r1_distill_llama_8b.yaml), repeatable: "
+        "load_in_4bit=false scores adapters trained on the 16-bit base (experiment=lora_r16)",
+    )
     parser.add_argument(
         "--paths",
         default="hf_generate,unsloth_generate,medllm",
