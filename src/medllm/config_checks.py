@@ -144,6 +144,7 @@ def _check_optimized_metric(cfg: DictConfig) -> None:
             f"optimized_metric={metric} is a score of an evaluation after training: give one, e.g. "
             '\'eval_after_training=["benchmark=pubmedqa","benchmark.path=data/pubmedqa","limit=200"]\'.'
         )
+    _check_trial_counts(cfg)
     direction = _sweep_direction(cfg)
     if metric and direction:
         wanted = "maximize" if metric in HIGHER_IS_BETTER else "minimize"
@@ -154,13 +155,30 @@ def _check_optimized_metric(cfg: DictConfig) -> None:
             )
 
 
-def _sweep_direction(cfg: DictConfig) -> str | None:
-    """The Optuna sweeper's direction, where one runs (a config composed with Hydra's, or the running app's)."""
+def _sweeper(cfg: DictConfig) -> DictConfig | None:
+    """The sweeper's config (a config composed with Hydra's, or the running app's); None outside Hydra."""
     from hydra.core.hydra_config import HydraConfig
 
     hydra_cfg = cfg.get("hydra") or (HydraConfig.get() if HydraConfig.initialized() else None)
-    direction = OmegaConf.select(hydra_cfg, "sweeper.direction") if hydra_cfg is not None else None
+    return OmegaConf.select(hydra_cfg, "sweeper") if hydra_cfg is not None else None
+
+
+def _sweep_direction(cfg: DictConfig) -> str | None:
+    """The Optuna sweeper's direction, where one runs."""
+    direction = OmegaConf.select(_sweeper(cfg) or OmegaConf.create(), "direction")
     return str(direction) if isinstance(direction, str) else None
+
+
+def _check_trial_counts(cfg: DictConfig) -> None:
+    """An Optuna sweep of no trials ended in Optuna's "Record does not exist" traceback, after the study
+    was created in the sweep dir."""
+    sweeper = _sweeper(cfg)
+    if sweeper is None or "optuna" not in str(sweeper.get("_target_", "")).lower():
+        return
+    for key in ("n_trials", "n_jobs"):
+        value = sweeper.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"hydra.sweeper.{key}={value} must be a whole number >= 1.")
 
 
 def _check_file(cfg: DictConfig, key: str, needed: str) -> None:

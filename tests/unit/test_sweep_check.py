@@ -36,6 +36,11 @@ def test_a_mistake_every_job_shares_ends_the_sweep_before_any_job(tmp_path):
             ["--multirun", "experiment=smoke", "hparams_search=optuna", "hydra.sweeper.direction=maximize"],
             "set hydra.sweeper.direction=minimize",
         ),
+        (
+            ["-m", "experiment=smoke", "hparams_search=optuna", "hydra.sweeper.n_trials=0"],
+            "hydra.sweeper.n_trials=0 must be a whole number >= 1",
+        ),
+        (["-m", "experiment=smoke", "hparams_search=optuna", "hydra.sweeper.n_jobs=-1"], "hydra.sweeper.n_jobs=-1"),
         # A swept key's values are the jobs' to check: 0.1 is a valid one.
         (["-m", "experiment=smoke", "model.lora.dropout=1.5,0.1"], None),
         # Swept by the sweeper's own params (hparams_search=optuna sweeps model.lora.r).
