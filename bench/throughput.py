@@ -70,12 +70,18 @@ def module_path(module: str, *flags: str) -> BenchPath:
     )
 
 
-def medllm_path(checkpointing: str, all_gpus: bool = False, as_nodes: bool = False) -> BenchPath:
-    """medllm's train.py on one GPU, or on every GPU of the machine; its command takes extra overrides."""
+def medllm_path(
+    checkpointing: str, all_gpus: bool = False, as_nodes: bool = False, share_cpus: bool = False
+) -> BenchPath:
+    """medllm's train.py on one GPU, or on every GPU of the machine; its command takes extra overrides.
+    ``share_cpus``: each process gets its share of the CPUs as OMP_NUM_THREADS, not torchrun's 1."""
 
     def command(settings: harness.Settings, workdir: Path, extra: Sequence[str] = ()) -> list[str]:
         gpus = torch.cuda.device_count() if all_gpus else 1
-        return medllm.command(settings, workdir, checkpointing, gpus=gpus, as_nodes=as_nodes, extra=extra)
+        threads = max(1, (os.cpu_count() or 1) // gpus) if share_cpus else None
+        return medllm.command(
+            settings, workdir, checkpointing, gpus=gpus, as_nodes=as_nodes, extra=extra, threads=threads
+        )
 
     return BenchPath(command, medllm.read_summary)
 
@@ -90,6 +96,8 @@ PATHS: dict[str, BenchPath] = {
     "medllm_auto": medllm_path("auto"),
     # The same as "medllm" on every GPU of the machine under torchrun (hardware=ddp), `batch` rows per GPU.
     "medllm_ddp": medllm_path("unsloth", all_gpus=True),
+    # The same with each process given its share of the CPUs (OMP_NUM_THREADS), not the 1 torchrun sets.
+    "medllm_ddp_threads": medllm_path("unsloth", all_gpus=True, share_cpus=True),
     # The same with each GPU a node of its own: torchrun --nnodes <GPUs> --nproc_per_node 1, on localhost.
     "medllm_ddp_nodes": medllm_path("unsloth", all_gpus=True, as_nodes=True),
 }
@@ -177,8 +185,8 @@ def scaling_lines(results: list[dict], mode: str) -> list[str]:
     return [
         f"{name} on {by_path[name].get('gpus')} GPUs / medllm on 1 GPU: "
         f"{by_path[name][metric] / by_path['medllm'][metric]:.2f}x"
-        for name in ("medllm_ddp", "medllm_ddp_nodes")
-        if name in by_path
+        for name in PATHS
+        if name.startswith("medllm_ddp") and name in by_path
     ]
 
 

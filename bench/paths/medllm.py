@@ -104,17 +104,22 @@ def command(
     gpus: int = 1,
     as_nodes: bool = False,
     extra: Sequence[str] = (),
+    threads: int | None = None,
 ) -> list[str]:
     """train.py's command; ``gpus`` > 1: under torchrun with ``hardware=ddp``, ``settings.batch`` rows per GPU.
 
     ``extra``: Hydra overrides added last. ``as_nodes``: each GPU is a node of its own, as on a cluster of
     one-GPU machines: one torchrun per GPU with ``--nnodes gpus --nproc_per_node 1``, meeting on localhost,
-    each seeing only its GPU.
+    each seeing only its GPU. ``threads``: each process's ``OMP_NUM_THREADS``, which torchrun otherwise sets
+    to 1 when it starts several processes on a node (and leaves to Lightning, which gives each its share of the
+    CPUs, when it starts one).
     """
     train = ["train.py", *train_overrides(settings, workdir, checkpointing, gpus), *extra]
     if gpus == 1:
         return [sys.executable, *train]
     run = [sys.executable, "-m", "torch.distributed.run"]
+    if threads is not None:
+        run = ["env", f"OMP_NUM_THREADS={threads}", *run]
     if not as_nodes:
         return [*run, f"--nproc_per_node={gpus}", *train]
     with socket.socket() as s:

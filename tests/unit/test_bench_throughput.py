@@ -75,6 +75,21 @@ def test_the_table_sets_a_path_s_estimate_beside_its_measured_peak(tmp_path, mon
     assert f"| {auto['peak_gib']:.2f} | {plan.estimate_gib:.2f} (0.95x) | 1.50x |" in rows[3]
 
 
+def test_ddp_threads_gives_each_process_its_share_of_the_cpus(checkpoint, tmp_path, monkeypatch):
+    """medllm_ddp_threads: medllm_ddp's run with OMP_NUM_THREADS set, where torchrun would set 1."""
+    settings = harness.Settings(str(checkpoint), "fixed", batch=2, seq=256, steps=2, warmup=1, seed=0)
+    monkeypatch.setattr(throughput.torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(throughput.os, "cpu_count", lambda: 32)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    plain = throughput.PATHS["medllm_ddp"].command(settings, tmp_path / "a")
+    threads = throughput.PATHS["medllm_ddp_threads"].command(settings, tmp_path / "b")
+    assert threads[:2] == ["env", "OMP_NUM_THREADS=16"] and plain[0] == sys.executable
+    assert [a.replace(str(tmp_path / "b"), "") for a in threads[2:]] == [
+        a.replace(str(tmp_path / "a"), "") for a in plain
+    ]
+
+
 def test_ddp_nodes_starts_one_torchrun_a_gpu_meeting_on_one_port(checkpoint, tmp_path):
     """medllm_ddp_nodes: each GPU a node of its own, every node the same train.py run, extra overrides last."""
     settings = harness.Settings(str(checkpoint), "fixed", batch=2, seq=256, steps=2, warmup=1, seed=0)
