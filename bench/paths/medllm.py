@@ -97,6 +97,13 @@ def train_overrides(settings: harness.Settings, workdir: Path, checkpointing: st
     ]
 
 
+def free_port() -> int:
+    """A TCP port on localhost that nothing listens on now (for torchrun's rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def command(
     settings: harness.Settings,
     workdir: Path,
@@ -122,9 +129,7 @@ def command(
         run = ["env", f"OMP_NUM_THREADS={threads}", *run]
     if not as_nodes:
         return [*run, f"--nproc_per_node={gpus}", *train]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     nodes = [
         f"CUDA_VISIBLE_DEVICES={rank} "
         + shlex.join(

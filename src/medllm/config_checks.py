@@ -128,7 +128,8 @@ def _check_schema(cfg: DictConfig, overrides: Sequence[str] | None, schema: type
 
 
 def _check_optimized_metric(cfg: DictConfig) -> None:
-    """What a sweep optimizes must be in every trial's summary, and be optimized the right way."""
+    """What a sweep optimizes must be in every trial's summary, and be optimized the right way (by an Optuna
+    sweeper that runs trials)."""
     metric = cfg.get("optimized_metric")
     if metric in ("val_loss", "val_ppl") and cfg.trainer.get("limit_val_batches") == 0:
         raise ConfigError(
@@ -144,9 +145,10 @@ def _check_optimized_metric(cfg: DictConfig) -> None:
             f"optimized_metric={metric} is a score of an evaluation after training: give one, e.g. "
             '\'eval_after_training=["benchmark=pubmedqa","benchmark.path=data/pubmedqa","limit=200"]\'.'
         )
-    _check_trial_counts(cfg)
-    direction = _sweep_direction(cfg)
-    if metric and direction:
+    sweeper = _sweeper(cfg)
+    _check_trial_counts(sweeper)
+    direction = sweeper.get("direction") if sweeper is not None else None
+    if metric and isinstance(direction, str):
         wanted = "maximize" if metric in HIGHER_IS_BETTER else "minimize"
         if direction != wanted:
             raise ConfigError(
@@ -163,16 +165,9 @@ def _sweeper(cfg: DictConfig) -> DictConfig | None:
     return OmegaConf.select(hydra_cfg, "sweeper") if hydra_cfg is not None else None
 
 
-def _sweep_direction(cfg: DictConfig) -> str | None:
-    """The Optuna sweeper's direction, where one runs."""
-    direction = OmegaConf.select(_sweeper(cfg) or OmegaConf.create(), "direction")
-    return str(direction) if isinstance(direction, str) else None
-
-
-def _check_trial_counts(cfg: DictConfig) -> None:
+def _check_trial_counts(sweeper: DictConfig | None) -> None:
     """An Optuna sweep of no trials ended in Optuna's "Record does not exist" traceback, after the study
     was created in the sweep dir."""
-    sweeper = _sweeper(cfg)
     if sweeper is None or "optuna" not in str(sweeper.get("_target_", "")).lower():
         return
     for key in ("n_trials", "n_jobs"):
@@ -185,9 +180,10 @@ def _check_file(cfg: DictConfig, key: str, needed: str) -> None:
     if OmegaConf.is_missing(cfg, key) or not OmegaConf.select(cfg, key):
         raise ConfigError(needed)
     path = OmegaConf.select(cfg, key)
-    if Path(str(path)).expanduser().is_dir():
+    file = Path(str(path)).expanduser()
+    if file.is_dir():
         raise ConfigError(f"{key}={path} is a folder; {key} takes one file of rows.")
-    if not Path(str(path)).expanduser().is_file():
+    if not file.is_file():
         raise ConfigError(f"{key}={path}: no such file.")
 
 

@@ -19,6 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from bench.paths.medllm import free_port
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -104,14 +105,6 @@ def test_ddp_steps_see_the_same_tokens_and_gradients(runs):
         # The norm after rescaling by world_size / tokens (before clipping): the same gradient.
         assert d["train/grad_norm"] == pytest.approx(s["train/grad_norm"], rel=1e-5), step
         assert d["train/loss"] == pytest.approx(s["train/loss"], rel=1e-5), step
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_nodes_of_one_process_train_what_one_process_with_accumulation_trains(runs, tmp_path):

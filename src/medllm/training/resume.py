@@ -231,14 +231,14 @@ def _loadable(candidates: list[Path]) -> list[Checkpoint]:
 
 def _refuse_other_runs(checkpoint_dir: Path, run_dir: Path, checkpoints: list[Checkpoint]) -> None:
     """A checkpoint folder outside the run dir (``callbacks.checkpoint.dirpath``) may be another run's too:
-    this run would write its last.ckpt over theirs. CheckpointError when it holds another run dir's."""
-    here = run_dir.expanduser().resolve()
+    this run would write its last.ckpt over theirs. CheckpointError when it holds another run dir's
+    (``run_dir`` resolved)."""
     others = sorted(
         {
             str(recorded)
             for c in checkpoints
             if (recorded := c.record.get("config", {}).get("paths", {}).get("output_dir"))
-            and Path(str(recorded)).expanduser().resolve() != here
+            and Path(str(recorded)).expanduser().resolve() != run_dir
         }
     )
     if others:
@@ -263,10 +263,11 @@ def find_checkpoint(ckpt_path: str | None, checkpoint_dir: Path, run_dir: Path |
             )
         return None
     candidates = sorted(checkpoint_dir.glob("*.ckpt"))
-    shared = run_dir is not None and not checkpoint_dir.expanduser().resolve().is_relative_to(run_dir.resolve())
+    here = run_dir.expanduser().resolve() if run_dir is not None else None
+    shared = here is not None and not checkpoint_dir.expanduser().resolve().is_relative_to(here)
     loadable = _loadable(candidates) if ckpt_path == "auto" or (shared and candidates) else []
     if shared:
-        _refuse_other_runs(checkpoint_dir, run_dir, loadable)
+        _refuse_other_runs(checkpoint_dir, here, loadable)
     if ckpt_path != "auto":
         return read_checkpoint(Path(ckpt_path))
     if loadable:
