@@ -56,8 +56,11 @@ def write_rows(settings: harness.Settings, path: Path, gpus: int = 1) -> None:
             f.write(json.dumps(row) + "\n")
 
 
-def train_overrides(settings: harness.Settings, workdir: Path, checkpointing: str, gpus: int = 1) -> list[str]:
-    """train.py's Hydra overrides for this benchmark, after writing its rows into ``workdir``."""
+def train_overrides(
+    settings: harness.Settings, workdir: Path, checkpointing: str, gpus: int = 1, ddp: bool = False
+) -> list[str]:
+    """train.py's Hydra overrides for this benchmark, after writing its rows into ``workdir``; ``ddp``:
+    with ``hardware=ddp``, rows for ``gpus`` processes."""
     rows = workdir / "rows.jsonl"
     write_rows(settings, rows, gpus)
     if settings.mode == "fixed":
@@ -74,7 +77,7 @@ def train_overrides(settings: harness.Settings, workdir: Path, checkpointing: st
         data = [f"data.batch_size={MEDICAL_PACKED_BATCH}", "data.packing=true", "data.too_long=drop"]
     return [
         "experiment=qlora_r16",
-        *(["hardware=ddp"] if gpus > 1 else []),
+        *(["hardware=ddp"] if ddp else []),
         f"model.name_or_path={settings.checkpoint}",
         f"model.gradient_checkpointing={checkpointing}",
         f"max_seq_length={settings.seq}",
@@ -108,12 +111,13 @@ def command(
     settings: harness.Settings,
     workdir: Path,
     checkpointing: str,
-    gpus: int = 1,
+    gpus: int | None = None,
     as_nodes: bool = False,
     extra: Sequence[str] = (),
     threads: int | None = None,
 ) -> list[str]:
-    """train.py's command; ``gpus`` > 1: under torchrun with ``hardware=ddp``, ``settings.batch`` rows per GPU.
+    """train.py's command: one process on one GPU; with ``gpus``, DDP on that many (one too: DDP's own cost)
+    under torchrun with ``hardware=ddp``, ``settings.batch`` rows per GPU.
 
     ``extra``: Hydra overrides added last. ``as_nodes``: each GPU is a node of its own, as on a cluster of
     one-GPU machines: one torchrun per GPU with ``--nnodes gpus --nproc_per_node 1``, meeting on localhost,
@@ -121,8 +125,9 @@ def command(
     to 1 when it starts several processes on a node (and leaves to Lightning, which gives each its share of the
     CPUs, when it starts one).
     """
-    train = ["train.py", *train_overrides(settings, workdir, checkpointing, gpus), *extra]
-    if gpus == 1:
+    ddp = gpus is not None
+    train = ["train.py", *train_overrides(settings, workdir, checkpointing, gpus or 1, ddp), *extra]
+    if not ddp:
         return [sys.executable, *train]
     run = [sys.executable, "-m", "torch.distributed.run"]
     if threads is not None:

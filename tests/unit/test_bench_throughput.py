@@ -108,3 +108,54 @@ def test_ddp_nodes_starts_one_torchrun_a_gpu_meeting_on_one_port(checkpoint, tmp
     assert cfg.seed == 7 and not cfg.data.packing
     rows = Path(cfg.data.path).read_text().splitlines()
     assert len(rows) == 2 * settings.total_steps * 2 + 8  # rows for both GPUs' batches
+
+
+FAKE_PATH = """
+import json, sys
+log, argv = sys.argv[1], sys.argv[2:]
+with open(log, "a") as f:
+    f.write(" ".join(argv) + "\\n")
+steps = int(next(a for a in argv if a.startswith("--steps=")).split("=")[1])
+print("BENCH_RESULT " + json.dumps({"tokens_per_s": 1.0, "label_tokens_per_s": 1.0, "peak_gib": 0.0, "steps": steps}))
+"""
+
+
+def test_the_first_path_is_primed_untimed_before_any_path_is_measured(tmp_path, monkeypatch):
+    """One untimed run of the first path (one step after the warm-up) fills the compile caches; its
+    result is dropped, and every path, the first included, is then measured with the steps asked for."""
+    log = tmp_path / "runs.log"
+
+    def fake(tag: str) -> throughput.BenchPath:
+        def command(settings, workdir):
+            return [sys.executable, "-c", FAKE_PATH, str(log), f"--tag={tag}", *harness.settings_to_argv(settings)]
+
+        return throughput.BenchPath(command, throughput.result_line)
+
+    monkeypatch.setattr(throughput, "PATHS", {"a": fake("a"), "b": fake("b")})
+    out = tmp_path / "results.json"
+    argv = ["throughput.py", "--checkpoint", "x", "--steps", "5", "--warmup", "2", "--paths", "b,a", "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    throughput.main()
+    runs = [(line.split()[0], line.split()[5]) for line in log.read_text().splitlines()]
+    assert runs == [("--tag=b", "--steps=1"), ("--tag=b", "--steps=5"), ("--tag=a", "--steps=5")]
+    results = json.loads(out.read_text())["results"]
+    assert [(r["path"], r["steps"]) for r in results] == [("b", 5), ("a", 5)]
+
+    log.unlink()
+    monkeypatch.setattr(sys, "argv", [*argv, "--no-prime"])
+    throughput.main()
+    assert [line.split()[0] for line in log.read_text().splitlines()] == ["--tag=b", "--tag=a"]
+
+
+def test_ddp_on_a_machine_of_one_gpu_is_still_ddp(checkpoint, tmp_path, monkeypatch):
+    """medllm_ddp with one GPU: torchrun with one process and hardware=ddp (DDP's own cost), not medllm's run."""
+    settings = harness.Settings(str(checkpoint), "fixed", batch=2, seq=256, steps=2, warmup=1, seed=0)
+    monkeypatch.setattr(throughput.torch.cuda, "device_count", lambda: 1)
+    (tmp_path / "ddp").mkdir()
+    (tmp_path / "one").mkdir()
+    ddp = throughput.PATHS["medllm_ddp"].command(settings, tmp_path / "ddp")
+    one = throughput.PATHS["medllm"].command(settings, tmp_path / "one")
+    assert ddp[:4] == [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1"]
+    train = [a.replace(str(tmp_path / "ddp"), "") for a in ddp[4:]]
+    assert [a for a in train if a not in [b.replace(str(tmp_path / "one"), "") for b in one[1:]]] == ["hardware=ddp"]
+    assert compose_train(*train[1:], f"paths.output_dir={tmp_path}").trainer.strategy.find_unused_parameters is False
