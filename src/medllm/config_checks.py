@@ -96,6 +96,8 @@ def check_eval_config(cfg: DictConfig, overrides: Sequence[str] | None = None) -
         elif bench.get("path") is not None and not Path(str(bench.path)).expanduser().exists():
             raise ConfigError(f"benchmark.path={bench.path}: no such file or folder.")
     _check_hardware(cfg)
+    if cfg.decode_attention == "flex" and cfg.engine != "peft":
+        _check_flex_gpu(str(cfg.trainer.get("accelerator", "auto")))
     _check_writable(cfg)
     if cfg.mode == "benchmark":
         _check_no_report(Path(cfg.paths.output_dir))
@@ -205,6 +207,23 @@ def _check_hardware(cfg: DictConfig) -> None:
         )
     if precision.startswith("bf16") and not torch.cuda.is_bf16_supported():
         raise ConfigError(f"trainer.precision={precision} but this GPU has no bfloat16; use trainer.precision=32-true.")
+
+
+def _check_flex_gpu(accelerator: str) -> None:
+    """decode_attention=flex on the GPU eval.py would use: its kernels need compute capability 8.0 or newer."""
+    import torch
+
+    if accelerator == "cpu" or not torch.cuda.is_available():
+        return
+    from medllm.evaluation.decoding import FLEX_MIN_CAPABILITY
+
+    capability = torch.cuda.get_device_capability()
+    if capability < FLEX_MIN_CAPABILITY:
+        raise ConfigError(
+            f"decode_attention=flex needs a GPU of compute capability {'.'.join(map(str, FLEX_MIN_CAPABILITY))} or "
+            f"newer (A100, L4, H100, ...) for FlexAttention's kernels; {torch.cuda.get_device_name()} is "
+            f"{'.'.join(map(str, capability))}. Use decode_attention=sdpa, or auto (which picks sdpa on this GPU)."
+        )
 
 
 def _check_launcher(cfg: DictConfig) -> None:

@@ -11,7 +11,7 @@ import torch
 from peft import PeftModel, get_peft_model
 
 from medllm.data.chat_format import R1ChatFormat
-from medllm.evaluation.decoding import GROUPED_ATTENTION, KV_BLOCK, Decoder, Sampling
+from medllm.evaluation.decoding import GROUPED_ATTENTION, KV_BLOCK, Decoder, Sampling, flex_is_fast_on
 from medllm.evaluation.generation import generate
 from medllm.evaluation.merged import merged
 from medllm.evaluation.run import evaluate, resolve_engine
@@ -223,3 +223,11 @@ def test_the_compiled_step_writes_into_the_cache_in_place(tokenizer, prompt_ids)
         _, code = run_and_get_code(decoder.step, torch.full((2, 1), tokenizer.pad_token_id))
     assert "empty_strided" in "".join(code)  # the generated code allocates its buffers so
     assert f"empty_strided_cpu({tuple(layer.keys.shape)}" not in "".join(code)
+
+
+@pytest.mark.parametrize(("capability", "flex"), [((7, 0), False), ((7, 5), False), ((8, 0), True), ((9, 0), True)])
+def test_auto_attention_is_flex_only_on_gpus_its_kernels_are_built_for(monkeypatch, capability, flex) -> None:
+    """V100 (7.0) and T4 (7.5) decode with SDPA; A100 (8.0) and H100 (9.0) with FlexAttention; a CPU with SDPA."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert flex_is_fast_on(torch.device("cuda", 0)) is flex
+    assert flex_is_fast_on(torch.device("cpu")) is False

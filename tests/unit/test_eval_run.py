@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 from peft import PeftModel, get_peft_model
 
-from medllm.config_checks import ConfigError
+from medllm.config_checks import ConfigError, check_eval_config
 from medllm.data.chat_format import THINK_CLOSE
 from medllm.evaluation.benchmarks import BenchmarkItem
 from medllm.evaluation.run import (
@@ -85,6 +85,26 @@ def test_a_decoding_attention_for_the_engine_that_has_none_is_refused(tmp_path):
     cfg = compose_eval("engine=peft", "decode_attention=flex", f"paths.output_dir={tmp_path}")
     with pytest.raises(ConfigError, match=r"^decode_attention=flex is the merged engine's; engine=peft"):
         evaluate(cfg)
+
+
+@pytest.mark.parametrize(("capability", "refused"), [((7, 5), True), ((8, 0), False)])
+def test_flex_decoding_on_a_gpu_older_than_ampere_is_refused_before_the_model_loads(
+    tmp_path, monkeypatch, capability, refused
+):
+    """FlexAttention's Triton kernels do not build below compute capability 8.0 (a T4 is 7.5). The GPU is
+    what torch reports; this machine's answers are replaced by a T4's and an A100's."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: f"GPU {capability}")
+    cfg = compose_eval("decode_attention=flex", "trainer.accelerator=auto", f"paths.output_dir={tmp_path}")
+    if refused:
+        message = r"^decode_attention=flex needs a GPU of compute capability 8.0 or newer .* GPU \(7, 5\) is 7.5\."
+        with pytest.raises(ConfigError, match=message):
+            check_eval_config(cfg)
+    else:
+        check_eval_config(cfg)
+    cfg = compose_eval("decode_attention=sdpa", "trainer.accelerator=auto", f"paths.output_dir={tmp_path}")
+    check_eval_config(cfg)  # sdpa runs on any GPU
 
 
 # ---------------------------------------------------------------------------------------------- adapters

@@ -33,6 +33,9 @@ SYNC_EVERY = 16
 # length is rounded up to it (SDPA's memory-efficient kernel wants aligned mask rows too).
 KV_BLOCK = 128
 ATTENTION = ("auto", "sdpa", "flex")
+# FlexAttention's CUDA kernels are Triton's, built for Ampere (compute capability 8.0) and newer; on older
+# GPUs (T4, V100) they fail to build, or fall back to a dense path that is slower than SDPA.
+FLEX_MIN_CAPABILITY = (8, 0)
 GROUPED_ATTENTION = "medllm_grouped_sdpa"
 # Without a GPU there is no free-memory figure to size batches from.
 CPU_BATCH_SIZE = 16
@@ -136,6 +139,11 @@ class _SlotLayer(StaticLayer):
         return self.keys, self.values
 
 
+def flex_is_fast_on(device: torch.device) -> bool:
+    """Whether ``decode_attention=auto`` picks FlexAttention on ``device``: a GPU its kernels are built for."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= FLEX_MIN_CAPABILITY
+
+
 class Decoder:
     """Decodes prompts through ``batch_size`` slots of one static cache of ``max_prompt_len + max_new_tokens``.
 
@@ -145,7 +153,7 @@ class Decoder:
     a GPU. ``attention``: ``"sdpa"`` attends over the whole cache with a mask of each row's columns;
     ``"flex"`` (FlexAttention) skips the cache blocks past each row's column, which at R1 lengths are
     most of them (on an H200, batch 64: 4,718 new tokens/s against SDPA's 3,693); ``"auto"``: flex on a
-    GPU, sdpa elsewhere.
+    GPU of compute capability 8.0 or newer, sdpa elsewhere.
     """
 
     def __init__(
@@ -161,7 +169,7 @@ class Decoder:
         if attention not in ATTENTION:
             raise ValueError(f"attention={attention!r}: one of {', '.join(ATTENTION)}")
         if attention == "auto":
-            attention = "flex" if model.device.type == "cuda" else "sdpa"
+            attention = "flex" if flex_is_fast_on(model.device) else "sdpa"
         self.model, self.attention = model, attention
         self.max_new_tokens = max_new_tokens
         self.cache_len = KV_BLOCK * math.ceil((max_prompt_len + max_new_tokens) / KV_BLOCK)
