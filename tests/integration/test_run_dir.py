@@ -12,6 +12,7 @@ import pytest
 
 from medllm.training.run_dir import run_traces
 from tests.conftest import ROOT, run_train
+from tests.unit.test_run_dir_and_resume import HOLD_LOCK
 
 pytestmark = pytest.mark.slow
 
@@ -71,6 +72,38 @@ def test_a_second_run_into_a_finished_run_dir_is_refused_and_changes_no_byte(fin
     assert error.startswith(f"error: {run_dir} holds a finished run") and "hydra.run.dir" in error
     assert "Traceback" not in out.stderr
     assert snapshot(run_dir) == before
+
+
+@pytest.mark.parametrize("key", ["paths.output_dir", "logger.save_dir"])
+def test_results_redirected_into_a_finished_run_are_refused_and_change_no_byte(finished_run, tmp_path, key):
+    """A new run dir whose adapter/summary (paths.output_dir) or metrics (logger.save_dir) would land in
+    another run's folder, its checkpoints sent elsewhere."""
+    run_dir, _ = finished_run
+    before = snapshot(run_dir)
+    redirect = (f"{key}={run_dir}", f"callbacks.checkpoint.dirpath={tmp_path / 'checkpoints'}")
+    out = run_train(*SMOKE, f"hydra.run.dir={tmp_path / 'new'}", *redirect, "optimizer.lr=0.05", check=False)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith(f"error: {run_dir} holds a finished run")
+    assert f"choose another {key}" in out.stderr
+    assert snapshot(run_dir) == before
+
+
+def test_a_run_dir_another_process_is_writing_into_is_refused(tmp_path):
+    """Two commands into one dir: the second, started while the first holds the dir, writes nothing."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(run_dir)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        out = run_train(*SMOKE, f"hydra.run.dir={run_dir}", check=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith(f"error: {run_dir} is in use: another train.py")
+    assert run_traces(run_dir) == []
 
 
 def test_ckpt_path_auto_on_a_finished_run_says_so_and_changes_no_byte(finished_run):

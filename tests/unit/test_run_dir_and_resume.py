@@ -5,12 +5,24 @@ from __future__ import annotations
 
 import logging
 import re
+import subprocess
+import sys
 
 import pytest
 
 from medllm.training import secrets
 from medllm.training.resume import WORLD_SIZE_KEY, CheckpointError, RunRecord, config_changes
-from medllm.training.run_dir import FINISHED, FRESH, RESUME, RunDirError, hydra_files_dir, plan
+from medllm.training.run_dir import (
+    FINISHED,
+    FRESH,
+    RESUME,
+    RunDirError,
+    RunDirInUse,
+    hydra_files_dir,
+    lock,
+    plan,
+    release_locks,
+)
 
 
 def test_a_dir_without_a_run_is_fresh(tmp_path):
@@ -149,3 +161,29 @@ def test_a_checkpoint_folder_outside_the_run_dir_resumes_only_its_own_runs_check
             find_checkpoint(ckpt_path, shared, second)
     # inside a run dir the checkpoints are that dir's, wherever the run first wrote them (a copied run dir)
     assert find_checkpoint("auto", shared, tmp_path).global_step == 3
+
+
+HOLD_LOCK = """
+import sys
+from pathlib import Path
+from medllm.training.run_dir import lock
+lock(Path(sys.argv[1]))
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_folder_in_use_by_another_process_is_refused_until_that_process_ends(tmp_path):
+    """The lock is the kernel's: held while the other process lives, dropped when it is killed."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(tmp_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunDirInUse, match=rf"^{re.escape(str(tmp_path))} is in use: another train.py"):
+            lock(tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    lock(tmp_path)  # free again once the holder is gone, killed as it was
+    release_locks()

@@ -13,6 +13,10 @@ function runs, with the command line's overrides in plain text; and a new run po
 * a dir that holds a finished run (``summary.json``): ``ckpt_path=auto`` says so and changes nothing
   (train.py returns its summary); anything else is refused.
 
+The same holds for every other folder the run writes its results into (``paths.output_dir``, a logger's
+``save_dir``) where it is not the run dir. While a job runs, it holds a lock on each of these folders: a
+second command started into one of them before the first has written anything is refused too.
+
 A refused or finished job also detaches Hydra's log file handler for that dir, so not even train.log
 grows. Under DDP only rank 0 decides: the other processes run the same command into the same dir,
 after rank 0 has written its files, and end with it. A multirun into a sweep dir that already holds
@@ -24,6 +28,7 @@ the backend, and Unsloth must be imported before transformers and peft.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -68,9 +73,9 @@ def _inside(path: str, run_dir: Path) -> bool:
     return Path(path).expanduser().resolve().is_relative_to(run_dir.resolve())
 
 
-def plan(run_dir: Path, ckpt_path: Any) -> str:
+def plan(run_dir: Path, ckpt_path: Any, key: str = "hydra.run.dir") -> str:
     """fresh | resume | finished: what a run with this ``ckpt_path`` does in ``run_dir``; RunDirError if
-    it would overwrite another run."""
+    it would overwrite another run. ``key``: the setting that chose the folder, for the error."""
     traces = run_traces(run_dir)
     if traces in ([], [HYDRA_DIR]):  # only the config of a run that stopped before training (a typo, a bad row)
         return FRESH
@@ -78,15 +83,67 @@ def plan(run_dir: Path, ckpt_path: Any) -> str:
         if ckpt_path == "auto":
             return FINISHED
         raise RunDirError(
-            f"{run_dir} holds a finished run ({SUMMARY}); choose another hydra.run.dir (to train on from it: "
-            f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'} hydra.run.dir=<new dir>)."
+            f"{run_dir} holds a finished run ({SUMMARY}); choose another {key} (to train on from it: "
+            f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'} {key}=<new dir>)."
         )
     if ckpt_path == "auto" or (ckpt_path and _inside(str(ckpt_path), run_dir)):
         return RESUME
     raise RunDirError(
         f"{run_dir} already holds a run ({', '.join(traces)}); resume it with ckpt_path=auto, or choose another "
-        "hydra.run.dir."
+        f"{key}."
     )
+
+
+def result_dirs(config: DictConfig, run_dir: Path) -> dict[str, Path]:
+    """The folders other than the run dir that this run writes results into, by the setting that names them."""
+    named = {"paths.output_dir": config.get("paths", {}).get("output_dir")}
+    logger = config.get("logger")
+    if logger and logger.get("save_dir"):
+        named["logger.save_dir"] = logger.save_dir
+    dirs: dict[str, Path] = {}
+    seen = {run_dir.resolve()}
+    for key, value in named.items():
+        path = Path(str(value)).expanduser() if value else None
+        if path is not None and path.resolve() not in seen:
+            seen.add(path.resolve())
+            dirs[key] = path
+    return dirs
+
+
+class RunDirInUse(RunDirError):
+    """Another process holds the folder's lock: a run writing into it now."""
+
+
+_held_locks: list[int] = []
+
+
+def lock(path: Path) -> None:
+    """Hold an exclusive lock on the folder ``path`` until ``release_locks``; RunDirInUse if another
+    process holds it. The kernel drops it when the process ends, killed or not."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): no lock
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RunDirInUse(
+            f"{path} is in use: another train.py is writing into it now; wait for it to end (then resume it with "
+            "ckpt_path=auto if it stops unfinished), or choose another folder."
+        ) from None
+    except OSError:  # a filesystem without locks (some network mounts): no lock
+        os.close(fd)
+        return
+    _held_locks.append(fd)
+
+
+def release_locks() -> None:
+    while _held_locks:
+        with contextlib.suppress(OSError):
+            os.close(_held_locks.pop())
 
 
 def process_rank() -> int:
@@ -184,12 +241,22 @@ class RunDirGuard(Callback):
         if config.hydra.mode == RunMode.MULTIRUN and sweep_file.is_file():
             # Hydra's sweeper wrote it after on_multirun_start, with the overrides in plain text.
             _write_atomically(sweep_file, _yaml(OmegaConf.to_container(OmegaConf.load(sweep_file))))
+        ckpt_path = config.get("ckpt_path")
         try:
-            action = plan(run_dir, config.get("ckpt_path"))
+            lock(run_dir)
+            action = plan(run_dir, ckpt_path)
+            for key, path in result_dirs(config, run_dir).items():
+                lock(path)
+                plan(path, ckpt_path, key)
         except RunDirError as err:
+            release_locks()
             _detach_file_logs(run_dir)
             sys.exit(f"error: {err}")
         if action == FINISHED:
+            release_locks()
             _detach_file_logs(run_dir)
             return
         write_hydra_files(config, hydra_files_dir(run_dir, action))
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        release_locks()
