@@ -82,10 +82,24 @@ def _is_one_object(text: str) -> bool:
 def read_csv_rows(path: Path, error: type[Exception]) -> list[dict[str, str]]:
     """The rows of a CSV file with a header, every cell a string as written: an answer ``42`` or
     ``NA`` stays text (type-guessing readers turn those into numbers and missing values). A cell
-    absent from a short row is absent from its dict."""
+    absent from a short row is absent from its dict; a row with more cells than the header, or a header
+    that names a column twice, is an ``error`` naming the file (and row)."""
     text = read_utf8(path, error)
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    try:  # cells beyond the header (DictReader's key None) are not fields of any column
-        return [{k: v for k, v in row.items() if k is not None and v is not None} for row in reader]
+    try:
+        header = reader.fieldnames or []
+        repeated = sorted({name for name in header if header.count(name) > 1})
+        if repeated:
+            raise error(f"{path}: the header names column(s) {repeated} more than once; which one is meant is unclear.")
+        rows = []
+        for number, row in enumerate(reader, start=1):
+            if None in row:  # cells beyond the header: a field's text split at an unquoted comma, most likely
+                cells = len(header) + len(row[None])
+                raise error(
+                    f"{path}: row {number} (line {reader.line_num}) has {cells} cells where the header has "
+                    f'{len(header)}; quote a field that holds a comma or a line break ("a, b").'
+                )
+            rows.append({k: v for k, v in row.items() if v is not None})
+        return rows
     except csv.Error as err:
         raise error(f"{path}: not valid CSV ({err}).") from err

@@ -102,6 +102,56 @@ def test_missing_and_unsupported_files(tmp_path):
         read_local(tmp_path / "rows.txt")
 
 
+def test_a_csv_row_with_more_cells_than_the_header_is_named_not_trained_shifted(tmp_path):
+    """An unquoted comma splits a field: the row's cells would shift into the wrong columns."""
+    path = tmp_path / "rows.csv"
+    path.write_text(
+        "Question,Complex_CoT,Response\n"
+        '"q1",c1,a1\n'
+        '"q2\nwith a line break",c2,a2\n'
+        "A, 45-year-old man,has chest pain,MI\n"
+    )
+    with pytest.raises(DataError, match=r"rows.csv: row 3 \(line 5\) has 4 cells where the header has 3; quote"):
+        read_local(path)
+
+
+def test_a_csv_header_that_names_a_column_twice_is_refused(tmp_path):
+    path = tmp_path / "rows.csv"
+    path.write_text("Question,Complex_CoT,Response,Response\nq,c,a,see chart\n")
+    with pytest.raises(DataError, match=r"rows.csv: the header names column\(s\) \['Response'\] more than once"):
+        read_local(path)
+
+
+def test_two_fields_read_from_one_column_are_refused():
+    message = r"^data.columns.question and data.columns.response both name column 'Response'"
+    with pytest.raises(DataError, match=message):
+        Columns(question="Response")
+
+
+def test_a_parquet_file_edited_in_place_is_read_as_it_is_now(tmp_path):
+    """Copies that keep file times (cp -p, rsync -t) leave an edited file's time as it was: no cache may
+    answer for it by path and time."""
+    import os
+
+    path = tmp_path / "rows.parquet"
+    datasets.Dataset.from_list(good_rows(3)).to_parquet(str(path))
+    assert read_local(path)[0]["Response"] == "Answer 0."
+    times = path.stat()
+    edited = good_rows(3)
+    edited[0]["Response"] = "Edited answer, longer than before."
+    datasets.Dataset.from_list(edited).to_parquet(str(path))
+    os.utime(path, ns=(times.st_atime_ns, times.st_mtime_ns))
+    assert read_local(path)[0]["Response"] == "Edited answer, longer than before."
+
+
+def test_test_path_errors_name_data_test_path(tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", good_rows())
+    with pytest.raises(DataError, match=r"^data.test_path='.*absent.jsonl': no such file. Point data.test_path"):
+        validate.check_data({"source": "local", "path": str(train), "test_path": str(tmp_path / "absent.jsonl")})
+    with pytest.raises(DataError, match=r"^data.test_path=.* is data.path: the test rows would be the rows trained on"):
+        validate.check_data({"source": "local", "path": str(train), "test_path": str(tmp_path / "." / "train.jsonl")})
+
+
 def test_phi_scan_reports_kinds_and_rows_never_values():
     texts = [
         "A 50-year-old man with chest pain.",

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 import datasets
+import pyarrow.parquet
 
 from medllm.errors import MedllmError
 from medllm.jsonrows import read_csv_rows, read_json_rows
@@ -39,6 +40,15 @@ class Columns:
     question: str = "Question"
     reasoning: str = "Complex_CoT"
     response: str = "Response"
+
+    def __post_init__(self) -> None:
+        for i, (field_a, column) in enumerate(self.items()):
+            for field_b, other in self.items()[i + 1 :]:
+                if column == other:
+                    raise DataError(
+                        f"data.columns.{field_a} and data.columns.{field_b} both name column {column!r}: each of "
+                        "question, reasoning and response needs a column of its own."
+                    )
 
     def items(self) -> list[tuple[str, str]]:
         return [(f, getattr(self, f)) for f in FIELDS]
@@ -69,13 +79,12 @@ def _read_json(path: Path) -> list[dict]:
     return rows
 
 
-def read_local(path: str | Path) -> list[dict]:
-    """The rows of a .json / .jsonl / .parquet / .csv file, or a DataError naming the file."""
+def read_local(path: str | Path, key: str = "data.path") -> list[dict]:
+    """The rows of a .json / .jsonl / .parquet / .csv file, or a DataError naming the file (and ``key``, the
+    setting that named it)."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise DataError(
-            f"data.path={str(path)!r}: no such file. Point data.path at a .json, .jsonl, .parquet or .csv file."
-        )
+        raise DataError(f"{key}={str(path)!r}: no such file. Point {key} at a .json, .jsonl, .parquet or .csv file.")
     suffix = path.suffix.lower()
     if suffix not in LOCAL_FORMATS:
         raise DataError(f"{path}: unsupported file type {suffix!r}; use one of {sorted(LOCAL_FORMATS)}.")
@@ -83,8 +92,8 @@ def read_local(path: str | Path) -> list[dict]:
         return _read_json(path)
     if suffix == ".csv":
         return read_csv_rows(path, DataError)
-    try:
-        return datasets.Dataset.from_parquet(str(path), keep_in_memory=True).to_list()
+    try:  # read as it is now: datasets' from_parquet would cache it by path and time, missing an edit
+        return pyarrow.parquet.read_table(path).to_pylist()
     except Exception as err:  # the reader raises many types; all mean the file can't be parsed
         raise DataError(f"{path}: could not be read as parquet: {err}") from err
 

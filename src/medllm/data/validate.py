@@ -35,6 +35,7 @@ class RowSource:
     revision: str | None = None
     cache_dir: str | None = None
     hub_token: str | None = field(default=None, repr=False, compare=False)  # a secret: never shown
+    key: str = field(default="data.path", compare=False)  # the setting that names the file, for errors
 
     @property
     def name(self) -> str:
@@ -46,7 +47,7 @@ class RowSource:
 
     def read(self) -> list[dict]:
         if self.path is not None:
-            return records.read_local(self.path)
+            return records.read_local(self.path, self.key)
         if self.source == "hub":
             hub_cache = str(Path(self.cache_dir or DEFAULT_CACHE_DIR).expanduser() / "hub")
             return records.read_hub(
@@ -132,6 +133,10 @@ def validation_count(val_size: Any, n_rows: int, source: str) -> int:
     return n_val
 
 
+def _resolved(path: Any) -> Path:
+    return Path(str(path)).expanduser().resolve()
+
+
 def row_sources(data: Mapping[str, Any]) -> list[RowSource]:
     """The training input and the optional test file that a ``data`` config names."""
     source = data.get("source", "sample")
@@ -142,7 +147,15 @@ def row_sources(data: Mapping[str, Any]) -> list[RowSource]:
     hub = {k: data[k] for k in ("hub_name", "subset", "revision", "hub_token") if data.get(k) is not None}
     train = RowSource(source, data.get("path") if source == "local" else None, cache_dir=data.get("cache_dir"), **hub)
     test_path = data.get("test_path")
-    return [train] + ([RowSource("local", str(test_path))] if test_path else [])
+    if not test_path:
+        return [train]
+    same_file = train.path is not None and _resolved(test_path) == _resolved(train.path)
+    if same_file:
+        raise records.DataError(
+            f"data.test_path={test_path} is data.path: the test rows would be the rows trained on. Give a file of "
+            "held-out rows, or leave data.test_path out (data.val_size holds rows out of data.path)."
+        )
+    return [train, RowSource("local", str(test_path), key="data.test_path")]
 
 
 def check_data(data: Mapping[str, Any]) -> list[ValidRows]:

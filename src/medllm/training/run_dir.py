@@ -89,8 +89,7 @@ def plan(run_dir: Path, ckpt_path: Any, key: str = "hydra.run.dir") -> str:
     if ckpt_path == "auto" or (ckpt_path and _inside(str(ckpt_path), run_dir)):
         return RESUME
     raise RunDirError(
-        f"{run_dir} already holds a run ({', '.join(traces)}); resume it with ckpt_path=auto, or choose another "
-        f"{key}."
+        f"{run_dir} already holds a run ({', '.join(traces)}); resume it with ckpt_path=auto, or choose another {key}."
     )
 
 
