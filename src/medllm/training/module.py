@@ -119,6 +119,51 @@ class ReasoningSFTModule(L.LightningModule):
         # fit loop starts, which warns about modules left in eval mode.
         self.model.train()
 
+    def on_train_start(self) -> None:
+        self._check_accumulation()
+        self._schedule_from_here()
+
+    def _check_accumulation(self) -> None:
+        """A window ends with its epoch: more micro-batches per step than an epoch holds would make every step
+        smaller than asked, silently."""
+        per_epoch, accumulation = self.trainer.num_training_batches, self.accumulate_grad_batches
+        if math.isinf(per_epoch) or accumulation == 1:
+            return
+        if accumulation > per_epoch:
+            raise MedllmError(
+                f"trainer.accumulate_grad_batches={accumulation}, but an epoch holds {per_epoch} micro-batch(es) "
+                f"(each process): every step would train on {per_epoch}, not {accumulation}. Lower "
+                f"trainer.accumulate_grad_batches to at most {per_epoch}, or lower data.batch_size."
+            )
+        if per_epoch % accumulation:
+            log.warning(
+                "an epoch holds %d micro-batches, not a multiple of trainer.accumulate_grad_batches=%d: the last step "
+                "of each epoch trains on %d of them",
+                per_epoch,
+                accumulation,
+                per_epoch % accumulation,
+            )
+
+    def _schedule_from_here(self) -> None:
+        """A resumed run's learning rate from its own schedule. The checkpoint's optimizer holds the rate the
+        old schedule set for this step; a run trained further (a higher trainer.max_steps) lays the schedule
+        out anew, and its first step would otherwise take the old one's rate."""
+        scheduler = self.lr_schedulers()
+        if self.global_step == 0 or not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+            return
+        rates = [base * f(scheduler.last_epoch) for base, f in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+        groups = scheduler.optimizer.param_groups
+        if any(not math.isclose(group["lr"], rate, rel_tol=1e-9, abs_tol=1e-15) for group, rate in zip(groups, rates)):
+            log.info(
+                "step %d: learning rate %.3g from this run's schedule of %d steps (the checkpoint's was %.3g)",
+                self.global_step,
+                rates[0],
+                self.optimizer_steps(),
+                groups[0]["lr"],
+            )
+            for group, rate in zip(groups, rates):
+                group["lr"] = rate
+
     def _sync_context(self, last_in_window: bool):
         if last_in_window or not hasattr(self.trainer.strategy, "block_backward_sync"):
             return contextlib.nullcontext()
@@ -278,10 +323,18 @@ class ReasoningSFTModule(L.LightningModule):
 
     # ---- optimisation ------------------------------------------------------------------------
     def optimizer_steps(self) -> int:
-        """Optimizer steps of the whole run (Lightning counts micro-batches under manual optimization)."""
-        if self.trainer.max_steps > 0:
-            return self.trainer.max_steps
-        return math.ceil(self.trainer.estimated_stepping_batches / self.accumulate_grad_batches)
+        """Optimizer steps of the whole run (Lightning counts micro-batches under manual optimization).
+
+        An accumulation window ends at the last micro-batch of each epoch, so an epoch of ``n`` micro-batches
+        takes ``ceil(n / accumulation)`` steps."""
+        micro_batches = self.trainer.estimated_stepping_batches  # sets up the training data too
+        per_epoch = self.trainer.num_training_batches
+        epochs = self.trainer.max_epochs or -1
+        by_epochs = epochs * math.ceil(per_epoch / self.accumulate_grad_batches) if epochs > 0 else math.inf
+        if math.isinf(per_epoch):  # an iterable without a length: only max_steps bounds the run
+            by_epochs = math.inf
+        steps = min(self.trainer.max_steps if self.trainer.max_steps > 0 else math.inf, by_epochs)
+        return int(steps) if math.isfinite(steps) else math.ceil(micro_batches / self.accumulate_grad_batches)
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.trainable_parameters())
