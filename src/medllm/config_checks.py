@@ -99,17 +99,18 @@ def check_eval_config(cfg: DictConfig, overrides: Sequence[str] | None = None) -
     if cfg.decode_attention == "flex" and cfg.engine != "peft":
         _check_flex_gpu(str(cfg.trainer.get("accelerator", "auto")))
     _check_writable(cfg)
-    if cfg.mode == "benchmark":
-        _check_no_report(Path(cfg.paths.output_dir))
+    _check_eval_dir(Path(cfg.paths.output_dir))
 
 
-def _check_no_report(out_dir: Path) -> None:
-    """An evaluation into a dir that holds another's report would replace it."""
-    from medllm.evaluation.report import REPORT_FILES  # matplotlib: only for an evaluation
+def _check_eval_dir(out_dir: Path) -> None:
+    """An evaluation into a dir that holds another's results, or a training run, would write over them."""
+    from medllm.evaluation.eval_dir import check_eval_dir
+    from medllm.training.run_dir import RunDirError
 
-    held = [name for name in REPORT_FILES if (out_dir / name).exists()]
-    if held:
-        raise ConfigError(f"{out_dir} holds an evaluation already ({', '.join(held)}); choose another hydra.run.dir.")
+    try:
+        check_eval_dir(out_dir)
+    except RunDirError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _check_schema(cfg: DictConfig, overrides: Sequence[str] | None, schema: type) -> None:

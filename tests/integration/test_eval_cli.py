@@ -23,12 +23,13 @@ PUBMEDQA = SHARED_DATA / "pubmedqa"
 REPORT_FILES = ("report.json", "report.md", "predictions.jsonl", "report.png")
 
 
-def run(script: str, *overrides: str) -> subprocess.CompletedProcess:
+def run(script: str, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONIOENCODING": "utf-8"}
     out = subprocess.run(
         [sys.executable, script, *overrides], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
     )
-    assert out.returncode == 0, out.stderr[-3000:]
+    if check:
+        assert out.returncode == 0, out.stderr[-3000:]
     return out
 
 
@@ -185,3 +186,22 @@ def test_generate_mode_streams_each_models_answer(smoke_run, tmp_path):
     for answer in answers:
         assert answer["question"] == "A 60-year-old man, chest pain: next step?"  # commas survive
         assert answer["output"] and answer["output"] in out.stdout
+
+
+def test_an_evaluation_never_writes_over_results_or_a_training_run(smoke_run, tmp_path):
+    """Into a folder that holds answers, or a training run: refused in one line, not a byte changed (not even
+    .hydra/, which Hydra itself would rewrite); a command line's secret is written nowhere."""
+    secret = "hf_" + "S" * 30
+    adapter = f"adapter_path={smoke_run / 'adapter'}"
+    ask = ("mode=generate", 'question="Chest pain: next step?"', adapter, "max_new_tokens=4")
+    first = tmp_path / "first"
+    run("eval.py", *ask, f"+data.hub_token={secret}", f"hydra.run.dir={first}")
+    assert (first / ".hydra" / "config.yaml").is_file()
+    assert not any(secret.encode() in path.read_bytes() for path in first.rglob("*") if path.is_file())
+    for target, held in ((first, "holds an evaluation already (answers.jsonl)"), (smoke_run, "holds a training run")):
+        before = {str(p): p.read_bytes() for p in sorted(target.rglob("*")) if p.is_file()}
+        out = run("eval.py", *ask, "max_new_tokens=6", f"hydra.run.dir={target}", check=False)
+        assert out.returncode != 0 and "Traceback" not in out.stderr
+        error = out.stderr.strip().splitlines()[-1]
+        assert error.startswith(f"error: {target} {held}") and error.endswith("choose another hydra.run.dir."), error
+        assert {str(p): p.read_bytes() for p in sorted(target.rglob("*")) if p.is_file()} == before

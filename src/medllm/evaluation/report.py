@@ -20,6 +20,8 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from medllm.evaluation.eval_dir import REPORT_FILES
+
 BASE = "base"
 COLUMNS = (
     "n",
@@ -198,10 +200,6 @@ def _chart(grouped: dict[str, dict[str, Mapping[str, Any]]], path: Path) -> None
         ax.set_title(bench)
         ax.legend(loc="upper left", ncols=len(CHARTED), fontsize=8)
     fig.savefig(path, dpi=120)
-
-
-# What write_report leaves in an evaluation's dir; any of them there means the dir holds an evaluation.
-REPORT_FILES = ("report.json", "report.md", "predictions.jsonl", "report.png")
 
 
 def write_report(out_dir: str | Path, results: Sequence[Mapping[str, Any]]) -> dict[str, Path]:

@@ -26,6 +26,7 @@ from medllm.data.chat_format import R1ChatFormat
 from medllm.evaluation.adapters import ADAPTER_CONFIG, EvalConfigError, find_adapters
 from medllm.evaluation.benchmarks import BenchmarkItem, load_items
 from medllm.evaluation.decoding import Decoder, Sampling, kv_bytes_per_token
+from medllm.evaluation.eval_dir import ANSWERS
 from medllm.evaluation.extraction import extract_answer
 from medllm.evaluation.generation import generate, majority_vote, special_ids, stream_answer
 from medllm.evaluation.merged import each_merged_model
@@ -312,7 +313,7 @@ def answer_question(cfg: DictConfig, tokenizer: Any, adapters: list[str]) -> lis
         answers.append({"model": label, "question": question, "output": text})
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with (out / "answers.jsonl").open("w", encoding="utf-8") as f:
+    with (out / ANSWERS).open("w", encoding="utf-8") as f:
         for row in answers:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     return answers

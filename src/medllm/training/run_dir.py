@@ -154,7 +154,7 @@ def process_rank() -> int:
     return 0
 
 
-def _detach_file_logs(run_dir: Path) -> None:
+def detach_file_logs(run_dir: Path) -> None:
     """Stop logging into files inside ``run_dir`` (Hydra's train.log), which belong to the run there."""
     root = logging.getLogger()
     for handler in list(root.handlers):
@@ -201,7 +201,7 @@ def write_hydra_files(config: DictConfig, target: Path) -> None:
     _write_atomically(target / "overrides.yaml", _yaml(overrides))
 
 
-def _guard_secrets(config: DictConfig) -> None:
+def guard_secrets(config: DictConfig) -> None:
     remember_secrets([str(o) for o in config.hydra.overrides.task])
     redact_log_records()
 
@@ -211,10 +211,10 @@ class RunDirGuard(Callback):
     without secrets (Hydra's own writing is off: ``hydra.output_subdir: null``)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        _guard_secrets(config)
+        guard_secrets(config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        _guard_secrets(config)
+        guard_secrets(config)
         sweep_dir = Path(str(config.hydra.sweep.dir))
         if config.get("ckpt_path") == "auto" or not sweep_dir.is_dir():
             return
@@ -228,14 +228,14 @@ class RunDirGuard(Callback):
             )
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
-        _guard_secrets(config)  # again: a SLURM worker runs the job without on_run_start
+        guard_secrets(config)  # again: a SLURM worker runs the job without on_run_start
         run_dir = Path(str(config.hydra.runtime.output_dir))
         sweep_file = Path(str(config.hydra.sweep.dir)) / "multirun.yaml"
         if process_rank() > 0:
             # Rank 0 decides and writes. A finished run's summary.json predates this job, so every rank sees
             # that it must not log into the dir (rank 0 then skips or refuses the run).
             if (run_dir / SUMMARY).is_file():
-                _detach_file_logs(run_dir)
+                detach_file_logs(run_dir)
             return
         if config.hydra.mode == RunMode.MULTIRUN and sweep_file.is_file():
             # Hydra's sweeper wrote it after on_multirun_start, with the overrides in plain text.
@@ -249,11 +249,11 @@ class RunDirGuard(Callback):
                 plan(path, ckpt_path, key)
         except RunDirError as err:
             release_locks()
-            _detach_file_logs(run_dir)
+            detach_file_logs(run_dir)
             sys.exit(f"error: {err}")
         if action == FINISHED:
             release_locks()
-            _detach_file_logs(run_dir)
+            detach_file_logs(run_dir)
             return
         write_hydra_files(config, hydra_files_dir(run_dir, action))
 
