@@ -187,3 +187,23 @@ def test_a_folder_in_use_by_another_process_is_refused_until_that_process_ends(t
         holder.wait()
     lock(tmp_path)  # free again once the holder is gone, killed as it was
     release_locks()
+
+
+def test_relative_paths_of_local_files_are_recorded_as_this_folder_resolves_them(tmp_path, monkeypatch):
+    """A record naming "rows.jsonl" or "my-base" would point eval.py, started elsewhere, at other files."""
+    from medllm.training.run import absolute_local_paths
+    from tests.conftest import compose_train
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my-base").mkdir()
+    (tmp_path / "rows.jsonl").write_text("{}\n")
+    cfg = compose_train(
+        "model.name_or_path=my-base", "data=local", "data.path=rows.jsonl", "data.test_path=not-yet.jsonl"
+    )
+    absolute_local_paths(cfg)
+    assert cfg.model.name_or_path == str(tmp_path / "my-base")
+    assert cfg.data.path == str(tmp_path / "rows.jsonl")
+    assert cfg.data.test_path == "not-yet.jsonl"  # no such file: left as given, for the check to name
+    cfg = compose_train("model.name_or_path=unsloth/DeepSeek-R1-Distill-Llama-8B")
+    absolute_local_paths(cfg)
+    assert cfg.model.name_or_path == "unsloth/DeepSeek-R1-Distill-Llama-8B"  # a hub id stays one

@@ -98,12 +98,27 @@ def finished_summary(cfg: DictConfig, out_dir: Path) -> dict | None:
     return json.loads(path.read_text())
 
 
+LOCAL_PATHS = ("model.name_or_path", "data.path", "data.test_path")
+
+
+def absolute_local_paths(cfg: DictConfig) -> None:
+    """Relative paths of local files made absolute (in place), as this folder resolves them: checkpoints and the
+    adapter's record name the files trained on, which eval.py or a resume started elsewhere must find again."""
+    for key in LOCAL_PATHS:
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            path = Path(value).expanduser()
+            if path.exists():
+                OmegaConf.update(cfg, key, str(path.resolve()))
+
+
 @finishing_wandb_run()  # each Hydra multirun job its own W&B run, even when one fails
 def train(cfg: DictConfig) -> dict:
     """Prepare the data (failing fast on bad rows), load the model, fit, save adapter and summary.
 
     ``cfg`` has passed ``check_train_config``: train.py checks it before importing the backend, once.
     """
+    absolute_local_paths(cfg)
     out_dir = Path(cfg.paths.output_dir)
     finished = finished_summary(cfg, out_dir)
     if finished is not None:
