@@ -10,6 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from peft import PeftModel, get_peft_model
+from safetensors.torch import save_file
 
 from medllm.config_checks import ConfigError, check_eval_config
 from medllm.data.chat_format import THINK_CLOSE
@@ -48,10 +49,10 @@ def save_adapter(folder: Path, zero: bool = False, seed: int = 1) -> Path:
 
 
 def mark_adapter(folder: Path) -> Path:
-    """The two files that make a folder an adapter to find_adapters (their contents are not read there)."""
+    """The two files that make a folder an adapter to find_adapters: a config and weights that open."""
     folder.mkdir(parents=True)
-    (folder / "adapter_config.json").write_text("{}")
-    (folder / "adapter_model.safetensors").write_bytes(b"")
+    (folder / "adapter_config.json").write_text('{"r": 2}')
+    save_file({"q_proj.lora_A.weight": torch.zeros(2, 4)}, folder / "adapter_model.safetensors")
     return folder
 
 
@@ -151,6 +152,31 @@ def test_an_adapter_folder_without_weights_is_named_before_any_model_loads(tmp_p
     (folder / "adapter_model.safetensors").unlink()
     with pytest.raises(EvalConfigError, match="an adapter folder without weights"):
         find_adapters(str(folder))
+
+
+WEIGHTS, CONFIG = "adapter_model.safetensors", "adapter_config.json"
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:60])
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda f: (f / WEIGHTS).write_bytes(b""), rf"{WEIGHTS}: unreadable"),
+        (lambda f: truncate(f / WEIGHTS), rf"{WEIGHTS}: unreadable adapter weights"),
+        (lambda f: (f / CONFIG).write_text('{"r": 2,'), rf"{CONFIG}: not a readable adapter"),
+        (lambda f: (f / CONFIG).write_text('{"r": 8}'), rf"rank\(s\) \[2\] but {CONFIG} says r=8"),
+    ],
+    ids=["empty-weights", "truncated-weights", "broken-config", "config-of-another-adapter"],
+)
+def test_a_damaged_adapter_later_in_the_list_is_named_before_any_model_loads(tmp_path, damage, message):
+    """A truncated copy among the adapters used to fail after the base and the adapters before it were scored."""
+    good, bad = mark_adapter(tmp_path / "good"), mark_adapter(tmp_path / "bad")
+    damage(bad)
+    with pytest.raises(EvalConfigError, match=message):
+        find_adapters(str(good), [str(bad)])
 
 
 def test_tiny_adapter_on_a_real_model_says_which_model_to_pass(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from medllm.errors import MedllmError
@@ -49,5 +50,34 @@ def find_adapters(
             raise EvalConfigError(f"{path}: not an adapter folder (no {ADAPTER_CONFIG}). {hint}")
         if not any((key / name).is_file() for name in ADAPTER_WEIGHTS):  # found now, not after the base is scored
             raise EvalConfigError(f"{path}: an adapter folder without weights (no {' or '.join(ADAPTER_WEIGHTS)}).")
+        _check_readable(Path(path))
         unique.append(path)
     return unique
+
+
+def _check_readable(folder: Path) -> None:
+    """The adapter's config parses and its safetensors weights open (header and sizes; no tensor is read):
+    a truncated copy fails here, not after the models before it were scored."""
+    config = folder / ADAPTER_CONFIG
+    try:
+        settings = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise EvalConfigError(f"{config}: not a readable adapter config ({err}).") from None
+    if not isinstance(settings, dict) or "r" not in settings:
+        raise EvalConfigError(f"{config}: not a LoRA adapter config (no 'r').")
+    weights = folder / ADAPTER_WEIGHTS[0]
+    if not weights.is_file():
+        return
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="numpy") as f:
+            shapes = {name: f.get_slice(name).get_shape() for name in f.keys()}  # noqa: SIM118 (not a dict)
+    except Exception as err:  # safetensors raises its own error types, all meaning an unreadable file
+        raise EvalConfigError(f"{weights}: unreadable adapter weights ({err}); copy the adapter again.") from None
+    ranks = {shape[0] for name, shape in shapes.items() if "lora_A" in name and len(shape) == 2}
+    if ranks and ranks != {settings["r"]} and not settings.get("rank_pattern"):
+        raise EvalConfigError(
+            f"{folder}: its weights have LoRA rank(s) {sorted(ranks)} but {ADAPTER_CONFIG} says r={settings['r']}: "
+            "the weights and the config come from different adapters."
+        )
