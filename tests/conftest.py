@@ -53,3 +53,15 @@ def run_train(*overrides: str, check: bool = True) -> subprocess.CompletedProces
         check=check,
         timeout=600,
     )
+
+
+def mark_adapter(folder: Path) -> Path:
+    """The two files that make a folder an adapter to eval.py's adapter search: a LoRA config and weights that
+    open (rank 2, one tensor); no model is built from them."""
+    import torch
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "adapter_config.json").write_text('{"r": 2}')
+    save_file({"q_proj.lora_A.weight": torch.zeros(2, 4)}, folder / "adapter_model.safetensors")
+    return folder

@@ -10,7 +10,6 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from peft import PeftModel, get_peft_model
-from safetensors.torch import save_file
 
 from medllm.config_checks import ConfigError, check_eval_config
 from medllm.data.chat_format import THINK_CLOSE
@@ -26,7 +25,7 @@ from medllm.evaluation.run import (
 )
 from medllm.models.lora import LoraSpec
 from medllm.models.tiny import tiny_llama, tiny_tokenizer
-from tests.conftest import CONF, compose_train
+from tests.conftest import CONF, compose_train, mark_adapter
 
 BENCHMARKS = sorted(p.stem for p in (CONF / "benchmark").glob("*.yaml"))
 
@@ -45,14 +44,6 @@ def save_adapter(folder: Path, zero: bool = False, seed: int = 1) -> Path:
             if "lora_B" in name:
                 param.copy_(torch.zeros_like(param) if zero else torch.randn(param.shape, generator=gen) * 0.5)
     model.save_pretrained(folder)
-    return folder
-
-
-def mark_adapter(folder: Path) -> Path:
-    """The two files that make a folder an adapter to find_adapters: a config and weights that open."""
-    folder.mkdir(parents=True)
-    (folder / "adapter_config.json").write_text('{"r": 2}')
-    save_file({"q_proj.lora_A.weight": torch.zeros(2, 4)}, folder / "adapter_model.safetensors")
     return folder
 
 

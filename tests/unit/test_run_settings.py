@@ -31,7 +31,7 @@ from medllm.run_record import (
 )
 from medllm.training.resume import run_record
 from medllm.training.secrets import REDACTED
-from tests.conftest import compose_train
+from tests.conftest import compose_train, mark_adapter
 
 # A run that differs from eval.yaml's defaults in every setting eval.py takes.
 RUN = ("max_seq_length=256", "model.tiny.hidden_size=48", "seed=7", "data.instruction=Name the specialist.")
@@ -46,8 +46,7 @@ def fake_adapter(folder: Path, *overrides: str) -> tuple[Path, dict]:
     datamodule = instantiate(cfg.data, tokenizer=tokenizer)
     datamodule.setup("fit")
     folder.mkdir(parents=True)
-    (folder / "adapter_config.json").write_text("{}")
-    (folder / "adapter_model.safetensors").write_bytes(b"")  # eval reads the record before any weight
+    mark_adapter(folder)  # eval reads the record before any weight
     write_run_record(folder, full_run_record(run_record(cfg), datamodule))
     return folder, read_run_record(folder)
 
@@ -159,8 +158,7 @@ def test_given_settings_that_contradict_the_run_are_refused(adapter, overrides, 
 def test_adapters_without_a_record_leave_the_config_as_composed(tmp_path):
     folder = tmp_path / "hand-made"
     folder.mkdir()
-    (folder / "adapter_config.json").write_text("{}")
-    (folder / "adapter_model.safetensors").write_bytes(b"")  # eval reads the record before any weight
+    mark_adapter(folder)  # eval reads the record before any weight
     cfg = taken(folder, tmp_path=tmp_path)
     composed = compose_eval(
         f"adapter_path={folder}", "benchmark=mcq", "benchmark.path=x", f"paths.output_dir={tmp_path}"
