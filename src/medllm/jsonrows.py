@@ -45,6 +45,15 @@ def read_utf8(path: Path, error: type[Exception]) -> str:
         ) from None
 
 
+def read_json(path: Path, error: type[Exception]) -> Any:
+    """One JSON document (UTF-8, a byte order mark allowed), or ``error`` naming the file and where it breaks."""
+    text = read_utf8(path, error)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise error(f"{path}: not valid JSON ({err}).") from None
+
+
 def read_json_rows(path: Path, error: type[Exception]) -> list[Any]:
     """The rows of ``path``; a parse error is raised as ``error`` naming the file (and the line)."""
     text = read_utf8(path, error)

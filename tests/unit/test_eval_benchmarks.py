@@ -88,6 +88,31 @@ def test_pubmedqa_errors_name_file_row_and_field(tmp_path: Path) -> None:
         load_pubmedqa(str(tmp_path / "elsewhere"))
 
 
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b'{"101": "no"', r"test_ground_truth\.json: not valid JSON"),
+        ('{"101": "nò"}'.encode("latin-1"), r"test_ground_truth\.json: not UTF-8: byte 0xf2 at byte offset 10"),
+        ('{"101": "no"}'.encode("utf-16"), r"test_ground_truth\.json: the file is UTF-16"),
+        (b"{}", r"test_ground_truth\.json: empty; PubMedQA's files map pubid -> value"),
+        (b'["101"]', r"test_ground_truth\.json: a JSON list; PubMedQA's files map pubid -> value"),
+    ],
+    ids=["truncated", "latin-1", "utf-16", "empty", "list"],
+)
+def test_a_pubmedqa_file_that_does_not_read_is_named_in_one_line(tmp_path: Path, content: bytes, message: str) -> None:
+    folder = pubmedqa_folder(tmp_path, {"101": "no"})
+    (folder / "test_ground_truth.json").write_bytes(content)
+    with pytest.raises(BenchmarkError, match=message):
+        load_pubmedqa(str(folder))
+
+
+def test_a_pubmedqa_file_with_a_byte_order_mark_reads(tmp_path: Path) -> None:
+    folder = pubmedqa_folder(tmp_path, {"101": "no"})
+    path = folder / "test_ground_truth.json"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert [item.gold for item in load_pubmedqa(str(folder))] == ["no"]
+
+
 def test_medqa_jsonl(tmp_path: Path) -> None:
     path = write_jsonl(
         tmp_path / "test.jsonl", [medqa_row("First-line drug?", "B"), medqa_row("Causes hypoglycaemia?", "C")]

@@ -8,7 +8,6 @@ dropped row would change the denominator of every reported accuracy.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from typing import Any
 import datasets
 
 from medllm.errors import MedllmError
-from medllm.jsonrows import read_json_rows
+from medllm.jsonrows import read_json, read_json_rows
 
 YES_NO_MAYBE = ("yes", "no", "maybe")
 MEDMCQA_OPTION_FIELDS = ("opa", "opb", "opc", "opd")
@@ -185,9 +184,11 @@ def load_pubmedqa(path: str | None = None) -> list[BenchmarkItem]:
                 f"{file}: no such file. benchmark.path must be a folder with PubMedQA's ori_pqal.json "
                 "and test_ground_truth.json."
             )
-    rows, labels = (json.loads(file.read_text("utf-8")) for file in (pqal, truth))
-    if not isinstance(rows, dict) or not isinstance(labels, dict):
-        raise BenchmarkError(f"{folder}: ori_pqal.json and test_ground_truth.json must both map pubid -> value")
+    rows, labels = (read_json(file, BenchmarkError) for file in (pqal, truth))
+    for file, content in ((pqal, rows), (truth, labels)):
+        if not isinstance(content, dict) or not content:
+            what = "empty" if isinstance(content, dict) else f"a JSON {type(content).__name__}"
+            raise BenchmarkError(f"{file}: {what}; PubMedQA's files map pubid -> value (one JSON object).")
     items = []
     for number, (pubid, gold) in enumerate(labels.items(), start=1):
         if pubid not in rows:
