@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from hydra.errors import ConfigCompositionException
+from hydra.errors import ConfigCompositionException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
 REFUSED = re.compile(r"Could not override '([^']+)'")
@@ -27,6 +27,8 @@ def hint(conf_dir: Path, config_name: str, argv: Sequence[str]) -> str | None:
     with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
         try:
             compose(config_name, overrides=overrides)
+            return None
+        except OverrideParseException:  # a syntax error: Hydra's own message says where
             return None
         except ConfigCompositionException as err:
             refused = REFUSED.search(str(err))

@@ -17,6 +17,7 @@ from tests.conftest import CONF, run_train
         ("eval", ["limitt=3"], "did you mean limit?"),
         ("train", ["experiment=smoke", "optimizer.lr=1e-4"], None),  # nothing refused
         ("train", ["optimizer.zzzzzz=1"], None),  # refused, but nothing close
+        ("train", ["experiment=smoke", "optimizer.lr=["], None),  # a syntax error: Hydra's message is enough
     ],
 )
 def test_a_refused_key_is_matched_against_its_neighbours(config, argv, expected):
@@ -31,3 +32,9 @@ def test_train_py_prints_the_hint_after_hydras_error():
     assert out.returncode == 1
     assert "Could not override 'optimizer.lrr'" in out.stderr
     assert out.stderr.strip().splitlines()[-1] == "did you mean optimizer.lr?"
+
+
+def test_an_override_hydra_cannot_parse_ends_with_hydras_message_alone():
+    out = run_train("experiment=smoke", "optimizer.lr=[", check=False)
+    assert out.returncode == 1
+    assert "no viable alternative at input '['" in out.stderr and "Traceback" not in out.stderr

@@ -24,6 +24,7 @@ from medllm.training.eval_after import SUMMARY_NAMES as EVAL_SUMMARY_NAMES
 
 POSITIVE = above(0)
 COUNT = at_least(0)  # 0 allowed: none
+SEED = between(0, 2**32 - 1)  # what torch and numpy seed generators take
 BETAS = Rule("two numbers in [0, 1)", lambda v: len(v) == 2 and all(between(0, 1, high_open=True).ok(b) for b in v))
 
 
@@ -58,7 +59,7 @@ class TinyModel:
     num_attention_heads: int = setting(4, POSITIVE)
     num_key_value_heads: int = setting(2, POSITIVE)
     intermediate_size: int = setting(128, POSITIVE)
-    seed: int = 0
+    seed: int = setting(0, SEED)
 
 
 @dataclass
@@ -110,7 +111,7 @@ class Data:
     num_workers: int = setting(0, COUNT)
     num_proc: int = setting(1, at_least(1))
     cache_dir: Optional[str] = None
-    seed: int = 42
+    seed: int = setting(42, SEED)
 
 
 # ---------------------------------------------------------------------------------------------- optimizer
@@ -284,7 +285,7 @@ class Export:
 
 @dataclass
 class TrainConfig:
-    seed: int = 42
+    seed: int = setting(42, SEED)
     max_seq_length: int = setting(1024, POSITIVE)
     ckpt_path: Optional[str] = None
     skip_nonfinite_steps: int = setting(0, COUNT)  # optimizer steps
@@ -345,7 +346,7 @@ class EvalConfig:
     sweep_dir: Optional[str] = None
     include_base: bool = True
     limit: Optional[int] = setting(None, POSITIVE)
-    seed: int = 42
+    seed: int = setting(42, SEED)
     max_seq_length: int = setting(1024, POSITIVE)
     max_new_tokens: int = setting(2048, POSITIVE)
     batch_size: Union[int, str] = setting("auto", at_least(1, {"auto": "chosen to fit"}))
