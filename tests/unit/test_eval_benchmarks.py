@@ -306,3 +306,22 @@ def test_real_pubmedqa_test_split(real_pubmedqa: str) -> None:
     assert len(sample) == 20
     assert [i.id for i in sample] == [i.id for i in load_benchmark("pubmedqa", real_pubmedqa, limit=20, seed=0)]
     assert {i.id for i in sample} <= {i.id for i in items}
+
+
+def test_limit_takes_the_same_items_whatever_seed_the_adapters_runs_trained_with(tmp_path: Path) -> None:
+    """The subsample is limit_seed's: two adapters of runs seeded 42 and 7, evaluated apart, score one set."""
+    from medllm.evaluation.benchmarks import load_items
+    from tests.conftest import compose_train
+
+    path = write_jsonl(
+        tmp_path / "mcq.jsonl",
+        [{"question": f"Q{i}?", "options": {"A": "yes", "B": "no"}, "answer": "A"} for i in range(40)],
+    )
+    picked = []
+    for run_seed in (42, 7):
+        cfg = compose_train("benchmark=mcq", f"benchmark.path={path}", "limit=5", config_name="eval")
+        cfg.seed = run_seed  # what take_run_settings sets from an adapter's record
+        picked.append([item.id for item in load_items(cfg)])
+    assert picked[0] == picked[1] and len(picked[0]) == 5
+    cfg.limit_seed = 1
+    assert [item.id for item in load_items(cfg)] != picked[0]

@@ -346,6 +346,7 @@ class EvalConfig:
     sweep_dir: Optional[str] = None
     include_base: bool = True
     limit: Optional[int] = setting(None, POSITIVE)
+    limit_seed: int = setting(0, SEED)
     seed: int = setting(42, SEED)
     max_seq_length: int = setting(1024, POSITIVE)
     max_new_tokens: int = setting(2048, POSITIVE)

@@ -317,12 +317,16 @@ def load_benchmark(
                 f"{item.id!r}; ids name the items in predictions.jsonl and must be unique."
             )
         first[item.id] = number
-    if limit is None or limit >= len(items):
-        return items
-    if limit < 1:
+    if limit is not None and limit < 1:
         raise BenchmarkError(f"benchmark.limit must be a positive number of items, got {limit}")
-    keep = sorted(random.Random(seed).sample(range(len(items)), limit))
-    return [items[i] for i in keep]
+    return [items[i] for i in subsample(len(items), limit, seed)]
+
+
+def subsample(total: int, limit: int | None, seed: int) -> list[int]:
+    """Which of ``total`` items a ``limit`` keeps: a seeded sample, in their order (all of them without one)."""
+    if limit is None or limit >= total:
+        return list(range(total))
+    return sorted(random.Random(seed).sample(range(total), limit))
 
 
 def load_items(cfg: Any) -> list[BenchmarkItem]:
@@ -330,4 +334,4 @@ def load_items(cfg: Any) -> list[BenchmarkItem]:
     bench = cfg.benchmark
     extra = {"cop_base": bench.cop_base} if bench.get("cop_base") is not None else {}
     path = bench.get("path")
-    return load_benchmark(bench.name, path=str(path) if path else None, limit=cfg.limit, seed=cfg.seed, **extra)
+    return load_benchmark(bench.name, path=str(path) if path else None, limit=cfg.limit, seed=cfg.limit_seed, **extra)

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, open_dict
 from medllm.config_checks import check_eval_config
 from medllm.data.chat_format import R1ChatFormat
 from medllm.evaluation.adapters import ADAPTER_CONFIG, EvalConfigError, find_adapters
-from medllm.evaluation.benchmarks import BenchmarkItem, load_items
+from medllm.evaluation.benchmarks import BenchmarkItem, load_items, subsample
 from medllm.evaluation.decoding import Decoder, Sampling, kv_bytes_per_token
 from medllm.evaluation.eval_dir import ANSWERS
 from medllm.evaluation.extraction import extract_answer
@@ -211,7 +211,7 @@ def _val_datamodule(cfg: DictConfig, tokenizer: Any, records: dict[str, dict[str
     val = datamodule.splits["val"]
     check_held_out(val, records)
     if cfg.limit is not None:
-        datamodule.splits["val"] = val.select(range(min(cfg.limit, len(val))))
+        datamodule.splits["val"] = val.select(subsample(len(val), cfg.limit, cfg.limit_seed))
     return datamodule
 
 
