@@ -11,7 +11,14 @@ import torch
 from peft import PeftModel, get_peft_model
 
 from medllm.data.chat_format import R1ChatFormat
-from medllm.evaluation.decoding import GROUPED_ATTENTION, KV_BLOCK, Decoder, Sampling, flex_is_fast_on
+from medllm.evaluation.decoding import (
+    GROUPED_ATTENTION,
+    KV_BLOCK,
+    Decoder,
+    DecodingError,
+    Sampling,
+    flex_is_fast_on,
+)
 from medllm.evaluation.generation import generate
 from medllm.evaluation.merged import merged
 from medllm.evaluation.run import evaluate, resolve_engine
@@ -150,7 +157,8 @@ def test_batch_size_one_and_auto_write_identical_predictions(tmp_path) -> None:
     questions.write_text("\n".join(json.dumps(r) for r in rows))
     adapter = save_adapter(tmp_path / "adapter")
     outputs: dict[str, Path] = {}
-    for engine, batch_size in (("merged", "1"), ("merged", "auto"), ("peft", "3")):
+    # 100,000,000 slots for 7 rows: as many as there are rows, not a cache of 100,000,000 rows
+    for engine, batch_size in (("merged", "1"), ("merged", "auto"), ("merged", "100000000"), ("peft", "3")):
         outputs[f"{engine}{batch_size}"] = out = tmp_path / f"{engine}{batch_size}"
         evaluate(
             compose_eval(
@@ -165,8 +173,8 @@ def test_batch_size_one_and_auto_write_identical_predictions(tmp_path) -> None:
         )
     predictions = {name: (out / "predictions.jsonl").read_text() for name, out in outputs.items()}
     reports = {name: json.loads((out / "report.json").read_text()) for name, out in outputs.items()}
-    assert predictions["merged1"] == predictions["mergedauto"]
-    assert reports["merged1"] == reports["mergedauto"]
+    assert predictions["merged1"] == predictions["mergedauto"] == predictions["merged100000000"]
+    assert reports["merged1"] == reports["mergedauto"] == reports["merged100000000"]
     assert predictions["merged1"] == predictions["peft3"]  # float32: merging changes no greedy choice here
 
 
@@ -231,3 +239,14 @@ def test_auto_attention_is_flex_only_on_gpus_its_kernels_are_built_for(monkeypat
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     assert flex_is_fast_on(torch.device("cuda", 0)) is flex
     assert flex_is_fast_on(torch.device("cpu")) is False
+
+
+def test_decoding_past_the_models_context_or_beyond_memory_is_refused_before_any_cache(tokenizer) -> None:
+    model = fresh_model(tokenizer)
+    context = model.config.max_position_embeddings
+    with pytest.raises(DecodingError, match=rf"make {context + 1} tokens, past the model's context of {context}"):
+        Decoder(model, 100, context - 99, 1)
+    with pytest.raises(
+        DecodingError, match=r"^batch_size=10000000 rows of 256 tokens need .* GiB of KV cache, .* free"
+    ):
+        Decoder(model, 100, 100, 10_000_000)

@@ -15,6 +15,7 @@ change nothing but rounding (none in float32 on the CPU).
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from transformers import AttentionInterface, AttentionMaskInterface, TopPLogitsW
 from transformers.cache_utils import Cache, DynamicCache, StaticLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
+
+from medllm.errors import MedllmError
 
 SYNC_EVERY = 16
 # Cache columns per block of `attention="flex"`: a row reads only the blocks up to its own column. The cache
@@ -97,6 +100,10 @@ def kv_bytes_per_token(config: Any, dtype: torch.dtype) -> int:
     return 2 * config.num_hidden_layers * kv_heads * head_dim * torch.tensor([], dtype=dtype).element_size()
 
 
+class DecodingError(MedllmError):
+    """The decoding asked for can't run on this model or in this memory; the message says what to lower."""
+
+
 def auto_batch_size(model: Any, cache_len: int, rows: int, prompt_len: int) -> int:
     """As many slots as fit ``FREE_MEMORY_SHARE`` of the free GPU memory, beside one prefill of
     ``PREFILL_ROWS`` prompts (its activations, mask and keys and values)."""
@@ -113,12 +120,41 @@ def auto_batch_size(model: Any, cache_len: int, rows: int, prompt_len: int) -> i
     prefill = PREFILL_ROWS * prompt_len * (activations + prompt_len + kv_per_token)
     fits = (int(free * FREE_MEMORY_SHARE) - prefill) // per_row
     if fits < 1:
-        raise torch.OutOfMemoryError(
+        raise DecodingError(
             f"one row of {cache_len} tokens needs {per_row / 2**30:.1f} GiB of KV cache beside "
             f"{prefill / 2**30:.1f} GiB for prefilling, {free / 2**30:.1f} GiB are free: lower max_new_tokens, "
             "or use engine=peft"
         )
     return max(1, min(rows, fits, MAX_BATCH_SIZE))
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free on ``device`` (the GPU's, or the machine's available memory), None where unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not Linux
+        return None
+
+
+def check_decoding_fits(model: Any, batch_size: int, max_prompt_len: int, max_new_tokens: int, cache_len: int) -> None:
+    """DecodingError before any cache is allocated: the rows past the model's context, or a cache of
+    ``batch_size`` rows larger than the memory free."""
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context and max_prompt_len + max_new_tokens > context:
+        raise DecodingError(
+            f"the longest prompt ({max_prompt_len} tokens) and max_new_tokens={max_new_tokens} make "
+            f"{max_prompt_len + max_new_tokens} tokens, past the model's context of {context}: lower max_new_tokens, "
+            "or leave the longest questions out."
+        )
+    need = batch_size * cache_len * kv_bytes_per_token(model.config, model.dtype)
+    free = free_memory(model.device)
+    if free is not None and need > free:
+        raise DecodingError(
+            f"batch_size={batch_size} rows of {cache_len} tokens need {need / 2**30:.1f} GiB of KV cache, "
+            f"{free / 2**30:.1f} GiB are free: lower batch_size (or batch_size=auto) or max_new_tokens."
+        )
 
 
 class _SlotLayer(StaticLayer):
@@ -174,6 +210,7 @@ class Decoder:
         self.max_new_tokens = max_new_tokens
         self.cache_len = KV_BLOCK * math.ceil((max_prompt_len + max_new_tokens) / KV_BLOCK)
         self.batch_size = batch_size or auto_batch_size(model, self.cache_len, rows_wanted, max_prompt_len)
+        check_decoding_fits(model, self.batch_size, max_prompt_len, max_new_tokens, self.cache_len)
         config = model.config
         device = model.device
         # Each slot's next column (= the position of the token it is fed); the layers write there.

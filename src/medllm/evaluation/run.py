@@ -273,8 +273,8 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
             results.append({"benchmark": name, "model": label, "metrics": validation_metrics(model, datamodule, cfg)})
             continue
         if engine == "merged":
-            batch_size = None if cfg.batch_size == "auto" else cfg.batch_size
             rows = len(prompt_ids) * cfg.num_samples
+            batch_size = None if cfg.batch_size == "auto" else min(cfg.batch_size, rows)  # no slot left idle
             decoder = decoder or Decoder(
                 model, max(map(len, prompt_ids)), cfg.max_new_tokens, batch_size, rows, attention=cfg.decode_attention
             )
