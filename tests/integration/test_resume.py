@@ -70,7 +70,11 @@ def test_killed_run_resumed_with_ckpt_path_auto_equals_an_uninterrupted_run(tmp_
 
     # The run's metrics go on from before the kill: every step once, in order; tokens/s measured.
     assert train_steps(broken) == train_steps(whole) == list(range(1, 25))
-    assert json.loads((broken / "summary.json").read_text())["tokens_per_s"] > 0
+    summary, uninterrupted = (json.loads((d / "summary.json").read_text()) for d in (broken, whole))
+    assert summary["tokens_per_s"] > 0
+    # The summary is the whole run's: its first loss is step 1's, from before the kill.
+    for key in ("train_loss_first", "train_loss_last"):
+        assert summary[key] == pytest.approx(uninterrupted[key], rel=1e-5), key
     # The original .hydra/ files stay; the resume's own sit beside them.
     assert (broken / ".hydra" / "config.yaml").read_bytes() == original_config
     assert "ckpt_path=auto" in (broken / ".hydra" / "resume-1" / "overrides.yaml").read_text()

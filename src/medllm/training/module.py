@@ -24,6 +24,8 @@ from medllm.errors import MedllmError
 
 log = logging.getLogger(__name__)
 
+LOSSES_KEY = "medllm_train_losses"  # in checkpoints: the run's first and latest training loss
+
 MODEL_INPUTS = ("input_ids", "attention_mask", "labels", "position_ids")
 
 
@@ -99,7 +101,7 @@ class ReasoningSFTModule(L.LightningModule):
         self.val_loss = MeanMetric()
         self.val_accuracy = MeanMetric()
         self._val_has_logits = False
-        self.first_train_loss: float | None = None  # of this process's first step (after a resume too)
+        self.first_train_loss: float | None = None  # of the run's first step (a checkpoint carries it)
         self.last_train_loss: float | None = None
         self._window_loss = torch.zeros(())
         self._window_tokens = 0  # trained tokens of this process in the current window
@@ -348,7 +350,12 @@ class ReasoningSFTModule(L.LightningModule):
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         checkpoint["rng_states"] = _collect_rng_states()  # dropout masks continue as if never stopped
+        self._settle()  # the last step's loss too
+        # The run's first and latest loss: a resumed run's summary describes the whole run, not its last leg.
+        checkpoint[LOSSES_KEY] = {"first": self.first_train_loss, "last": self.last_train_loss}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "rng_states" in checkpoint:
             _set_rng_states(checkpoint["rng_states"])
+        losses = checkpoint.get(LOSSES_KEY, {})
+        self.first_train_loss, self.last_train_loss = losses.get("first"), losses.get("last")
