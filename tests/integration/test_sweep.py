@@ -72,3 +72,14 @@ def test_best_json_names_the_lowest_val_loss(sweep_dir):
     assert best["val_loss"] == pytest.approx(losses[best["job"]])
     assert best["jobs"] == best["jobs_ok"] == 4 and best["failed_jobs"] == []
     assert f"model.lora.r={best['r']}" in best["command"]
+
+
+def test_a_plain_multirun_gets_the_summary_too(tmp_path):
+    """-m over any key, without hparams_search: summary.csv with a column for the swept key, and best.json."""
+    from tests.conftest import run_train
+
+    run_train("-m", "experiment=smoke", "trainer.max_steps=1", "data.batch_size=2,4", f"hydra.sweep.dir={tmp_path}")
+    with (tmp_path / "summary.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(row["job"], row["status"], row["data.batch_size"]) for row in rows] == [("0", "ok", "2"), ("1", "ok", "4")]
+    assert json.loads((tmp_path / "best.json").read_text())["swept"] in ({"data.batch_size": 2}, {"data.batch_size": 4})
