@@ -35,6 +35,7 @@ def check_train_config(cfg: DictConfig, overrides: Sequence[str] | None = None) 
     """``overrides``: the command line's (Hydra's ``overrides.task``); None: those ``cfg.hydra`` holds, if any."""
     _check_schema(cfg, overrides, TrainConfig)
     get_backend(cfg.model.backend).check_config(cfg.model)
+    _check_attention_kernel(cfg.model)
     trainer = cfg.trainer
     if trainer.get("max_steps", -1) == -1 and trainer.get("max_epochs") in (None, -1):
         raise ConfigError(
@@ -71,6 +72,7 @@ def check_eval_config(cfg: DictConfig, overrides: Sequence[str] | None = None) -
     """``overrides``: as for ``check_train_config``."""
     _check_schema(cfg, overrides, EvalConfig)
     get_backend(cfg.model.backend).check_config(cfg.model)
+    _check_attention_kernel(cfg.model)
     if cfg.mode == "generate" and not str(cfg.get("question") or "").strip():
         raise ConfigError('mode=generate needs a question: question="A 60-year-old man presents with ..."')
     if cfg.do_sample and cfg.temperature <= 0:
@@ -188,6 +190,17 @@ def _check_file(cfg: DictConfig, key: str, needed: str) -> None:
         raise ConfigError(f"{key}={path} is a folder; {key} takes one file of rows.")
     if not file.is_file():
         raise ConfigError(f"{key}={path}: no such file.")
+
+
+def _check_attention_kernel(model_cfg: DictConfig) -> None:
+    """flash_attention_2 needs the flash-attn package: said now, not in a traceback once the model loads."""
+    import importlib.util
+
+    if model_cfg.get("attn_implementation") == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise ConfigError(
+            "model.attn_implementation=flash_attention_2 needs the flash-attn package, which is not installed: "
+            "pip install flash-attn, or use model.attn_implementation=sdpa."
+        )
 
 
 def _check_hardware(cfg: DictConfig) -> None:

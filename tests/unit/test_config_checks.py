@@ -23,7 +23,7 @@ from medllm.models.backends.hf import check_target_modules
 from medllm.models.lora import LoraSpec
 from medllm.models.tiny import tiny_llama
 from medllm.training.module import NonFiniteLossError, ReasoningSFTModule
-from tests.conftest import ROOT, compose_train
+from tests.conftest import ROOT, compose_train, run_train
 
 
 def check(tmp_path, *overrides):
@@ -332,3 +332,32 @@ def test_the_evaluations_items_are_read_before_training(tmp_path):
     questions.write_text(json.dumps({"question": "Yes?", "answer": "A"}) + "\n")  # no options
     with pytest.raises(ConfigError, match=rf"^eval_after_training: {questions}: row 1: field 'options' is missing"):
         check(tmp_path, f'eval_after_training=["benchmark=mcq","benchmark.path={questions}"]')
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.load_in_4bit=true"], r"^model.load_in_4bit=true, but model.backend=tiny builds its model in float32"),
+        pytest.param(
+            ["model.attn_implementation=flash_attention_2"],
+            r"^model.attn_implementation=flash_attention_2 needs the flash-attn package",
+            marks=pytest.mark.skipif(
+                __import__("importlib").util.find_spec("flash_attn") is not None, reason="flash-attn is installed"
+            ),
+        ),
+    ],
+    ids=["4bit-on-tiny", "flash-attn-missing"],
+)
+def test_model_settings_the_model_would_not_honour_are_refused(tmp_path, overrides, message):
+    cfg = compose_train("experiment=smoke", *overrides, f"paths.output_dir={tmp_path}")
+    with pytest.raises(ConfigError, match=message):
+        check_train_config(cfg)
+
+
+def test_a_run_dir_that_is_a_file_is_named_in_one_line(tmp_path):
+    (tmp_path / "taken").write_text("not a folder")
+    out = run_train("experiment=smoke", f"hydra.run.dir={tmp_path / 'taken'}", check=False)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1] == f"error: hydra.run.dir={tmp_path / 'taken'} is a file; give a " + (
+        "folder (new, or one to resume in)."
+    )

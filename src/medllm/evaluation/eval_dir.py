@@ -23,6 +23,7 @@ from medllm.training.run_dir import (
     detach_file_logs,
     guard_secrets,
     lock,
+    refuse_file_as_dir,
     release_locks,
     run_traces,
     write_hydra_files,
@@ -52,6 +53,7 @@ class EvalDirGuard(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         guard_secrets(config)
+        refuse_file_as_dir(config.hydra.run.dir, "hydra.run.dir")
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         guard_secrets(config)

@@ -145,6 +145,12 @@ def release_locks() -> None:
             os.close(_held_locks.pop())
 
 
+def refuse_file_as_dir(path: Any, key: str) -> None:
+    """Exit with one line where the folder Hydra is about to create is a file (Hydra's mkdir would raise)."""
+    if Path(str(path)).expanduser().is_file():
+        sys.exit(f"error: {key}={path} is a file; give a folder (new, or one to resume in).")
+
+
 def process_rank() -> int:
     """This process's rank in a distributed run, from what torchrun, Lightning's launcher or SLURM set
     (the variables Lightning reads too); 0 outside one."""
@@ -212,9 +218,11 @@ class RunDirGuard(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         guard_secrets(config)
+        refuse_file_as_dir(config.hydra.run.dir, "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         guard_secrets(config)
+        refuse_file_as_dir(config.hydra.sweep.dir, "hydra.sweep.dir")
         sweep_dir = Path(str(config.hydra.sweep.dir))
         if config.get("ckpt_path") == "auto" or not sweep_dir.is_dir():
             return

@@ -33,6 +33,11 @@ class TinyBackend(HFBackend):
             raise ConfigError(
                 "model.backend=tiny needs model.tiny: its sizes and seed, as conf/model/tiny_llama.yaml has."
             )
+        if model_cfg.get("load_in_4bit"):
+            raise ConfigError(
+                "model.load_in_4bit=true, but model.backend=tiny builds its model in float32 and would train it "
+                "unquantized; quantize with model.backend=hf (a GPU and bitsandbytes), or leave load_in_4bit out."
+            )
 
     def load_tokenizer(self, model_cfg: DictConfig) -> Any:
         from medllm.models.tiny import tiny_tokenizer
