@@ -350,3 +350,23 @@ def test_identifiers_are_named_by_the_files_own_row_numbers_after_skipped_and_du
     data = datamodule(tokenizer, path, tmp_path / "cache", phi_check="error", on_bad_row="skip")
     with pytest.raises(DataError, match=r"email: 1 row\(s\) \(7\)"):
         data.setup("fit")
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"val_size": 1}, r"data.val_size=1 holds out 1 row\(s\) for 2 processes, each of which validates"),
+        ({"batch_size": 12}, r"22 training rows make no step of data.batch_size=12 on each of 2 processes"),
+    ],
+)
+def test_too_few_rows_for_every_process_of_a_ddp_run_are_named_before_the_model_loads(
+    tokenizer, tmp_path, monkeypatch, settings, message
+):
+    """torchrun sets WORLD_SIZE before anything else runs: a process left without rows would end the run
+    in Lightning's "zero length" error after the model loaded."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    path = write_jsonl(tmp_path / "rows.jsonl", sample_rows())
+    with pytest.raises(DataError, match=message):
+        datamodule(tokenizer, path, tmp_path / "cache", **({"val_size": 2} | settings)).setup("fit")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    datamodule(tokenizer, path, tmp_path / "cache", **({"val_size": 2} | settings)).setup("fit")  # one process: fine

@@ -150,8 +150,29 @@ class ReasoningDataModule(L.LightningDataModule):
             lengths = self.splits["train"]["length"]
             self.train_bins = pack(lengths, self.max_seq_length)
             self.summary.packing_efficiency = sum(lengths) / (len(self.train_bins) * self.max_seq_length)
+        self._check_enough_for_every_process(n_val)
         for line in self.summary.lines():
             log.info(line)
+
+    def _check_enough_for_every_process(self, n_val: int) -> None:
+        """Under DDP each process validates on its share of the rows and trains on its own rows of each
+        step: too few rows leave a process none, which ends the run in Lightning's error mid-way."""
+        processes = int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS") or 1)  # the launcher's
+        if processes == 1:
+            return
+        source = self.summary.source
+        if 0 < n_val < processes:
+            raise records.DataError(
+                f"{source}: data.val_size={self.val_size} holds out {n_val} row(s) for {processes} processes, each "
+                f"of which validates on its share: raise data.val_size to at least {processes}."
+            )
+        units = len(self.train_bins) if self.packing else len(self.splits["train"])
+        if units < self.batch_size * processes:
+            what = "packed sequences" if self.packing else "training rows"
+            raise records.DataError(
+                f"{source}: {units} {what} make no step of data.batch_size={self.batch_size} on each of {processes} "
+                "processes: lower data.batch_size, or train on more rows."
+            )
 
     # ---- loaders -----------------------------------------------------------------------------
     @property
