@@ -205,3 +205,22 @@ def test_an_evaluation_never_writes_over_results_or_a_training_run(smoke_run, tm
         error = out.stderr.strip().splitlines()[-1]
         assert error.startswith(f"error: {target} {held}") and error.endswith("choose another hydra.run.dir."), error
         assert {str(p): p.read_bytes() for p in sorted(target.rglob("*")) if p.is_file()} == before
+
+
+def test_an_adapter_copied_beside_another_runs_adapter_is_not_credited_with_that_run(smoke_run, tmp_path):
+    """<run>/adapter is the run's; another adapter put in that folder gets the run's numbers only if its record
+    is that adapter's (the same run), never another run's loss and lr."""
+    from medllm.evaluation.run import training_run
+    from medllm.run_record import RECORD_FILE
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(smoke_run, run_dir)
+    assert training_run(str(run_dir / "adapter"))["val_loss"] is not None
+    shutil.copytree(run_dir / "adapter", run_dir / "adapter_copy")
+    assert training_run(str(run_dir / "adapter_copy")) == training_run(str(run_dir / "adapter"))  # the same run
+    record = json.loads((run_dir / "adapter_copy" / RECORD_FILE).read_text())
+    record["config"]["seed"] += 1  # an adapter of another run
+    (run_dir / "adapter_copy" / RECORD_FILE).write_text(json.dumps(record))
+    assert training_run(str(run_dir / "adapter_copy")) is None
+    (run_dir / "adapter_copy" / RECORD_FILE).unlink()  # or of no known run
+    assert training_run(str(run_dir / "adapter_copy")) is None

@@ -34,6 +34,7 @@ from medllm.evaluation.metrics import reasoning_stats, score
 from medllm.evaluation.report import BASE, adapter_label, write_report
 from medllm.evaluation.run_settings import VAL_BENCHMARK, check_held_out, check_prompt, run_records
 from medllm.models.backends import get_backend
+from medllm.run_record import read_run_record
 from medllm.training.sweep import read_job
 
 log = logging.getLogger(__name__)
@@ -100,10 +101,17 @@ def _to_accelerator(model: Any, accelerator: str) -> Any:
 
 
 def training_run(adapter_path: str) -> dict[str, Any] | None:
-    """What trained an adapter saved by train.py (``<run>/adapter``): its val loss, lr, rank and alpha."""
-    run_dir = Path(adapter_path).expanduser().parent
+    """What trained an adapter saved by train.py (``<run>/adapter``): its val loss, lr, rank and alpha. An
+    adapter put beside another run's (``<run>/adapter_copy``) is credited with that run only where its
+    record is the run's own adapter's."""
+    adapter = Path(adapter_path).expanduser()
+    run_dir, own = adapter.parent, adapter.parent / "adapter"
     if not (run_dir / "summary.json").is_file():
         return None
+    if adapter.resolve() != own.resolve():
+        record = read_run_record(adapter)
+        if record is None or record != read_run_record(own):
+            return None
     job = read_job(run_dir)
     return {"val_loss": job.val_loss, "lr": job.lr, "r": job.r, "alpha": job.alpha, "run_dir": str(run_dir)}
 
