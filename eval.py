@@ -14,6 +14,7 @@ Unsloth is imported (before transformers and peft) where the model runs as train
 default for benchmarks, needs only transformers.
 """
 
+import signal
 import sys
 
 import hydra
@@ -28,6 +29,7 @@ def main(cfg: DictConfig) -> None:
     from medllm.errors import MedllmError
 
     overrides = HydraConfig.get().overrides.task
+    signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's stop ends like Ctrl-C: one line, not silence
     try:  # a mistake fails here in seconds, before the backend's slow import
         check_eval_config(cfg, overrides)
         from medllm.evaluation.run_settings import take_run_settings
@@ -47,6 +49,15 @@ def main(cfg: DictConfig) -> None:
         from medllm.training.secrets import redact_text
 
         sys.exit(f"error: {redact_text(str(err))}")
+    except KeyboardInterrupt:
+        sys.exit(
+            f"error: interrupted before the report was written; nothing was saved in {cfg.paths.output_dir}: "
+            "run the same command again (into the same hydra.run.dir if you like)."
+        )
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -224,3 +224,26 @@ def test_an_adapter_copied_beside_another_runs_adapter_is_not_credited_with_that
     assert training_run(str(run_dir / "adapter_copy")) is None
     (run_dir / "adapter_copy" / RECORD_FILE).unlink()  # or of no known run
     assert training_run(str(run_dir / "adapter_copy")) is None
+
+
+def test_an_evaluation_stopped_by_sigterm_says_so_and_its_folder_takes_the_rerun(smoke_run, tmp_path):
+    import signal
+    import time
+
+    settings = [
+        "benchmark=pubmedqa", f"benchmark.path={write_pubmedqa(tmp_path / 'pq', n=40)}",
+        f"adapter_path={smoke_run / 'adapter'}", f"hydra.run.dir={tmp_path / 'eval'}",
+    ]  # fmt: skip
+    command = [sys.executable, "eval.py", *settings, "max_new_tokens=64"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONIOENCODING": "utf-8"}
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "eval" / "eval.log").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)  # eval.log opens at eval.py's first message: the handler is in place by then
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1 and "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].startswith("error: interrupted before the report was written")
+    assert not any((tmp_path / "eval" / name).exists() for name in REPORT_FILES)
+    run("eval.py", *settings, "limit=2", "max_new_tokens=4")  # the same folder takes the rerun
+    assert (tmp_path / "eval" / "report.json").is_file()
