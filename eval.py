@@ -31,10 +31,11 @@ def main(cfg: DictConfig) -> None:
     overrides = HydraConfig.get().overrides.task
     signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's stop ends like Ctrl-C: one line, not silence
     try:  # a mistake fails here in seconds, before the backend's slow import
-        check_eval_config(cfg, overrides)
+        check_eval_config(cfg, overrides, model_settled=False)  # the model's settings: once taken from the run
         from medllm.evaluation.run_settings import take_run_settings
 
         take_run_settings(cfg, overrides)  # model, data, seed: those the adapter trained with
+        check_eval_config(cfg)  # the model as it is now settled
         if cfg.mode == "benchmark" and cfg.benchmark.name == "medical_o1_val":
             from medllm.data.validate import check_data
 

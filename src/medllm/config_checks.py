@@ -68,11 +68,13 @@ def check_train_config(cfg: DictConfig, overrides: Sequence[str] | None = None) 
         raise ConfigError(f"ckpt_path={ckpt}: no such checkpoint; give a .ckpt file, or ckpt_path=auto.")
 
 
-def check_eval_config(cfg: DictConfig, overrides: Sequence[str] | None = None) -> None:
-    """``overrides``: as for ``check_train_config``."""
+def check_eval_config(cfg: DictConfig, overrides: Sequence[str] | None = None, model_settled: bool = True) -> None:
+    """``overrides``: as for ``check_train_config``. ``model_settled`` False: the model settings may still be
+    taken from an adapter's run record (eval.py checks the command first), so they are checked later."""
     _check_schema(cfg, overrides, EvalConfig)
-    get_backend(cfg.model.backend).check_config(cfg.model)
-    _check_attention_kernel(cfg.model)
+    if model_settled:
+        get_backend(cfg.model.backend).check_config(cfg.model)
+        _check_attention_kernel(cfg.model)
     if cfg.mode == "generate" and not str(cfg.get("question") or "").strip():
         raise ConfigError('mode=generate needs a question: question="A 60-year-old man presents with ..."')
     if cfg.do_sample and cfg.temperature <= 0:
