@@ -350,9 +350,13 @@ class ReasoningSFTModule(L.LightningModule):
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         checkpoint["rng_states"] = _collect_rng_states()  # dropout masks continue as if never stopped
-        self._settle()  # the last step's loss too
         # The run's first and latest loss: a resumed run's summary describes the whole run, not its last leg.
-        checkpoint[LOSSES_KEY] = {"first": self.first_train_loss, "last": self.last_train_loss}
+        first, last = self.first_train_loss, self.last_train_loss
+        if self._pending is not None:  # the last step's loss, read but not judged: that is the next step's work
+            loss, _ = self._pending.values()
+            if math.isfinite(loss):
+                first, last = (loss if first is None else first), loss
+        checkpoint[LOSSES_KEY] = {"first": first, "last": last}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "rng_states" in checkpoint:
