@@ -325,3 +325,44 @@ def test_limit_takes_the_same_items_whatever_seed_the_adapters_runs_trained_with
     assert picked[0] == picked[1] and len(picked[0]) == 5
     cfg.limit_seed = 1
     assert [item.id for item in load_items(cfg)] != picked[0]
+
+
+MCQ_ROW = {"question": "Which drug?", "options": {"A": "Aspirin", "B": "Café au lait"}, "answer": "B"}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"question": "\u200b "}, r"row 1: field 'question' is empty \(nothing but blank or invisible characters\)"),
+        ({"options": {"A": "Aspirin", "B": 20}}, r"row 1: field 'options': option B has type int, not text"),
+        ({"options": {"A": "Aspirin", "B": "\u2800"}}, r"row 1: field 'options': option B is empty"),
+        ({"id": ""}, r"row 1: field 'id' = '': give a non-empty text or a whole number"),
+        ({"id": {"a": 1}}, r"row 1: field 'id' = \{'a': 1\}: give a non-empty text or a whole number"),
+        (
+            {"options": {"A": "B", "B": "C", "C": "A"}, "answer": "A"},
+            r"row 1: field 'answer' = 'A' is both option letter A and the text of option C",
+        ),
+    ],
+    ids=["invisible-question", "numeric-option", "blank-option", "empty-id", "object-id", "letter-or-text"],
+)
+def test_benchmark_rows_are_checked_as_strictly_as_training_rows(tmp_path: Path, change, message) -> None:
+    with pytest.raises(BenchmarkError, match=message):
+        load_mcq(str(write_jsonl(tmp_path / "mcq.jsonl", [{**MCQ_ROW, **change}])))
+
+
+def test_an_answer_in_another_unicode_normal_form_names_its_option(tmp_path: Path) -> None:
+    """ "Café" typed with a combining accent (NFD) is the option written with "é" (NFC)."""
+    import unicodedata
+
+    row = {**MCQ_ROW, "answer": unicodedata.normalize("NFD", "café au lait")}
+    assert [item.gold for item in load_mcq(str(write_jsonl(tmp_path / "mcq.jsonl", [row])))] == ["B"]
+
+
+def test_a_question_asked_twice_with_different_answers_is_named(tmp_path: Path, caplog) -> None:
+    rows = [{**MCQ_ROW, "id": "q1"}, {**MCQ_ROW, "id": "q2", "answer": "A"}, {**MCQ_ROW, "id": "q3"}]
+    with caplog.at_level("WARNING"):
+        items = load_benchmark("mcq", str(write_jsonl(tmp_path / "mcq.jsonl", rows)))
+    assert len(items) == 3
+    assert "1 question(s) asked twice with different answers, so no model can get both right: items 1 and 2" in (
+        caplog.text
+    )

@@ -131,6 +131,11 @@ def _is_invisible(char: str) -> bool:
     return unicodedata.category(char) in INVISIBLE_CATEGORIES or char in BLANK_LETTERS
 
 
+def is_blank(text: str) -> bool:
+    """Whether ``text`` shows nothing: empty, or only whitespace and invisible characters."""
+    return all(_is_invisible(char) for char in text)
+
+
 _ABSENT = object()
 
 

@@ -8,7 +8,9 @@ dropped row would change the denominator of every reported accuracy.
 
 from __future__ import annotations
 
+import logging
 import random
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +18,11 @@ from typing import Any
 
 import datasets
 
+from medllm.data.records import is_blank
 from medllm.errors import MedllmError
 from medllm.jsonrows import read_json, read_json_rows
+
+log = logging.getLogger(__name__)
 
 YES_NO_MAYBE = ("yes", "no", "maybe")
 MEDMCQA_OPTION_FIELDS = ("opa", "opb", "opc", "opd")
@@ -81,9 +86,21 @@ def _field(row: Any, name: str, source: str, number: int, kinds: type | tuple[ty
     value = row[name]
     if not isinstance(value, kinds) or isinstance(value, bool):
         raise BenchmarkError(f"{where}: field {name!r} has type {type(value).__name__}")
-    if isinstance(value, str) and not value.strip():
-        raise BenchmarkError(f"{where}: field {name!r} is empty")
+    if isinstance(value, str):
+        if is_blank(value):
+            raise BenchmarkError(f"{where}: field {name!r} is empty (nothing but blank or invisible characters)")
+        return unicodedata.normalize("NFC", value)  # an answer typed in another normal form matches its option
     return value
+
+
+def _item_id(row: Mapping[str, Any], source: str, number: int) -> str:
+    """The row's ``id`` (text or a whole number), or its row number where it has none."""
+    value = row.get("id")
+    if value is None:
+        return str(number)
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or (isinstance(value, str) and is_blank(value)):
+        raise BenchmarkError(f"{source}: row {number}: field 'id' = {value!r}: give a non-empty text or a whole number")
+    return str(value)
 
 
 def _options(value: Any, source: str, number: int) -> dict[str, str]:
@@ -100,17 +117,24 @@ def _options(value: Any, source: str, number: int) -> dict[str, str]:
         text = value[letter]
         if not (isinstance(letter, str) and len(letter) == 1 and letter in LETTERS):
             raise BenchmarkError(f"{where}: key {letter!r} is not a capital letter")
-        if not isinstance(text, str) or not text.strip():
-            raise BenchmarkError(f"{where}: option {letter} is missing or empty")
-        options[letter] = text.strip()
+        if not isinstance(text, str):
+            raise BenchmarkError(f"{where}: option {letter} has type {type(text).__name__}, not text")
+        if is_blank(text):
+            raise BenchmarkError(f"{where}: option {letter} is empty")
+        options[letter] = unicodedata.normalize("NFC", text).strip()
     return options
 
 
 def _answer_letter(answer: str, options: dict[str, str], source: str, number: int, name: str) -> str:
     """The letter an answer names: the letter itself, or the one option whose text it equals."""
-    if answer.strip() in options:
-        return answer.strip()
     matches = [letter for letter, text in options.items() if text.casefold() == answer.strip().casefold()]
+    if answer.strip() in options:
+        if matches and matches != [answer.strip()]:
+            raise BenchmarkError(
+                f"{source}: row {number}: field {name!r} = {answer!r} is both option letter {answer.strip()} and the "
+                f"text of option {matches[0]}; give the letter or the text unambiguously"
+            )
+        return answer.strip()
     if len(matches) != 1:
         raise BenchmarkError(
             f"{source}: row {number}: field {name!r} = {answer!r} is neither an option letter "
@@ -207,7 +231,7 @@ def _mcq_items(rows: Iterable[Any], source: str, answer_field: str) -> list[Benc
         options = _options(_field(row, "options", source, number, (dict, list)), source, number)
         answer = _field(row, answer_field, source, number)
         gold = _answer_letter(answer, options, source, number, answer_field)
-        item_id = str(row["id"]) if row.get("id") is not None else str(number)
+        item_id = _item_id(row, source, number)
         items.append(BenchmarkItem(item_id, question.strip(), tuple(options), gold, options=options))
     return items
 
@@ -287,7 +311,7 @@ def load_medmcqa(path: str | None = None, cop_base: int | None = None) -> list[B
                 f"{source}: row {number}: field 'cop' = {cop + cop_base} is outside "
                 f"{cop_base}..{cop_base + len(options) - 1} (unlabelled test rows have cop -1)"
             )
-        item_id = str(row["id"]) if row.get("id") is not None else str(number)
+        item_id = _item_id(row, source, number)
         items.append(BenchmarkItem(item_id, question.strip(), tuple(options), LETTERS[cop], options=options))
     return items
 
@@ -317,6 +341,20 @@ def load_benchmark(
                 f"{item.id!r}; ids name the items in predictions.jsonl and must be unique."
             )
         first[item.id] = number
+    asked: dict[str, tuple[int, str]] = {}
+    contradictions = []
+    for number, item in enumerate(items, start=1):
+        earlier, gold = asked.setdefault(item.prompt_text(), (number, item.gold))
+        if gold != item.gold:  # one of the two is scored against a wrong answer, whatever the model says
+            contradictions.append(f"items {earlier} and {number} ({gold!r}, {item.gold!r})")
+    if contradictions:  # published benchmarks hold a few such pairs: named, not refused
+        log.warning(
+            "benchmark=%s: %s: %d question(s) asked twice with different answers, so no model can get both right: %s",
+            name,
+            path or "the hub copy",
+            len(contradictions),
+            "; ".join(contradictions[:5]) + ("; ..." if len(contradictions) > 5 else ""),
+        )
     if limit is not None and limit < 1:
         raise BenchmarkError(f"benchmark.limit must be a positive number of items, got {limit}")
     return [items[i] for i in subsample(len(items), limit, seed)]
