@@ -65,7 +65,8 @@ def check_train_config(cfg: DictConfig, overrides: Sequence[str] | None = None) 
             raise ConfigError(str(err)) from None
     ckpt = cfg.get("ckpt_path")
     if ckpt not in (None, "auto") and not os.path.isfile(str(ckpt)):
-        raise ConfigError(f"ckpt_path={ckpt}: no such checkpoint; give a .ckpt file, or ckpt_path=auto.")
+        what = "a folder" if os.path.isdir(str(ckpt)) else "no such checkpoint"
+        raise ConfigError(f"ckpt_path={ckpt}: {what}; give a .ckpt file, or ckpt_path=auto.")
 
 
 def check_eval_config(cfg: DictConfig, overrides: Sequence[str] | None = None, model_settled: bool = True) -> None:

@@ -29,6 +29,8 @@ SAVE_AS_UTF8 = "Save it as UTF-8 (e.g. iconv -f <its encoding> -t UTF-8)."
 def read_utf8(path: Path, error: type[Exception]) -> str:
     """The text of ``path`` (UTF-8, a leading byte order mark dropped), or ``error`` naming file and offset."""
     data = path.read_bytes()
+    if data.startswith(b"\x1f\x8b"):
+        raise error(f"{path}: the file is gzip-compressed; decompress it first (gunzip -k {path.name}).")
     for bom, name in FOREIGN_BOMS:
         if data.startswith(bom):
             raise error(f"{path}: the file is {name} (byte order mark at byte offset 0), not UTF-8. {SAVE_AS_UTF8}")

@@ -204,3 +204,12 @@ def test_hub_offline_and_not_cached_says_what_to_do(tmp_path):
     with pytest.raises(DataError) as err:
         read_hub("FreedomIntelligence/medical-o1-reasoning-SFT", "en", "main", cache_dir=str(tmp_path))
     assert "data=local" in str(err.value) and "load_dataset" in str(err.value)
+
+
+def test_a_gzip_file_is_named_as_one(tmp_path):
+    import gzip
+
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(gzip.compress(b'{"Question": "q", "Complex_CoT": "c", "Response": "r"}\n'))
+    with pytest.raises(DataError, match=r"rows.jsonl: the file is gzip-compressed; decompress it first"):
+        read_local(path)

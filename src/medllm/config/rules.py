@@ -100,7 +100,10 @@ def fraction_or_count(*, min_count: int, zero_fraction: bool = False, whole_frac
     def ok(v: Any) -> bool:
         return fraction.ok(v) if isinstance(v, float) else _number(v) and v >= min_count
 
-    return Rule(f"a fraction {fraction.expect.removeprefix('a number ')} or a count >= {min_count}", ok)
+    expect = f"a fraction {fraction.expect.removeprefix('a number ')} or a whole count >= {min_count}"
+    if not whole_fraction:
+        expect += f" (a float is a fraction: for {min_count} row(s) write {min_count}, not {float(min_count)})"
+    return Rule(expect, ok)
 
 
 def show(value: Any) -> str:
