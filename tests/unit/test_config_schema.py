@@ -23,6 +23,9 @@ def check_eval(tmp_path, *overrides):
     check_eval_config(compose_train(f"paths.output_dir={tmp_path}", *overrides, config_name="eval"))
 
 
+VAL_SIZE_TAIL = " or a whole count >= 1 (a float is a fraction: for 1 row(s) write 1, not 1.0)."
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -37,8 +40,8 @@ def check_eval(tmp_path, *overrides):
         (["+model.lora.rank=4"], "unknown key model.lora.rank; model.lora takes r, alpha, dropout,"),
         (["scheduler=linear", "+scheduler.num_cycles=2"], "unknown key scheduler.num_cycles; scheduler takes"),
         (["model.lora.dropout=1.5"], "model.lora.dropout=1.5 must be a number in [0, 1)."),
-        (["data.val_size=0"], "data.val_size=0 must be a fraction in (0, 1) or a whole count >= 1 (a float is a fraction: for 1 row(s) write 1, not 1.0)."),
-        (["data.val_size=1.0"], "data.val_size=1.0 must be a fraction in (0, 1) or a whole count >= 1 (a float is a fraction: for 1 row(s) write 1, not 1.0)."),
+        (["data.val_size=0"], "data.val_size=0 must be a fraction in (0, 1)" + VAL_SIZE_TAIL),
+        (["data.val_size=1.0"], "data.val_size=1.0 must be a fraction in (0, 1)" + VAL_SIZE_TAIL),
         (["seed=abc"], "seed=abc must be an integer."),  # not data.seed, which copies it
         (["trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val=-1.0 must be a number >= 0."),
         (["optimizer.lr=fast"], "optimizer.lr=fast must be a number."),
