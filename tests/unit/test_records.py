@@ -213,3 +213,10 @@ def test_a_gzip_file_is_named_as_one(tmp_path):
     path.write_bytes(gzip.compress(b'{"Question": "q", "Complex_CoT": "c", "Response": "r"}\n'))
     with pytest.raises(DataError, match=r"rows.jsonl: the file is gzip-compressed; decompress it first"):
         read_local(path)
+
+
+def test_too_few_rows_to_split_says_what_was_dropped(tmp_path):
+    rows = [good_rows(1)[0]] * 24  # one row, 24 times: 23 duplicates dropped
+    path = write_jsonl(tmp_path / "rows.jsonl", rows)
+    with pytest.raises(DataError, match=r"rows.jsonl: 1 usable row\(s\) \(dropped: duplicate 23\); need at least 2"):
+        validate.check_data({"source": "local", "path": str(path), "on_bad_row": "skip"})

@@ -141,7 +141,7 @@ class ReasoningDataModule(L.LightningDataModule):
             return
         build = os.environ.get("LOCAL_RANK", "0") == "0"
         examples, self.summary = self._prepared(self.sources[0], build)
-        n_val = validate.validation_count(self.val_size, len(examples), self.summary.source)
+        n_val = validate.validation_count(self.val_size, len(examples), self.summary.source, self.summary.dropped)
         split = examples.train_test_split(test_size=n_val, seed=self.seed)
         self.splits = {"train": split["train"], "val": split["test"]}
         if len(self.sources) > 1:

@@ -109,12 +109,16 @@ def _validate(source: RowSource, columns: records.Columns, on_bad_row, phi_check
     return ValidRows(rows, report, counts)
 
 
-def validation_count(val_size: Any, n_rows: int, source: str) -> int:
+def validation_count(val_size: Any, n_rows: int, source: str, dropped: Mapping[str, int] | None = None) -> int:
     """How many of ``n_rows`` rows ``data.val_size`` holds out: a fraction (0 < f < 1, rounded up, as
     ``datasets.train_test_split`` rounds it) or a count; at least one row each for validation and training."""
     fix = f"Use a fraction such as data.val_size=0.1 or a count such as data.val_size={max(1, n_rows // 10)}."
     if n_rows < 2:
-        raise records.DataError(f"{source}: {n_rows} usable row(s); need at least 2 to split off validation rows.")
+        why = ", ".join(f"{reason} {count}" for reason, count in sorted((dropped or {}).items()) if count)
+        raise records.DataError(
+            f"{source}: {n_rows} usable row(s){f' (dropped: {why})' if why else ''}; need at least 2 to split off "
+            "validation rows."
+        )
     if isinstance(val_size, bool) or not isinstance(val_size, (int, float)):
         raise records.DataError(f"data.val_size={val_size!r} is neither a fraction nor a count of rows. {fix}")
     if isinstance(val_size, float):
@@ -167,5 +171,6 @@ def check_data(data: Mapping[str, Any]) -> list[ValidRows]:
         for s in row_sources(data)
     ]
     # Rows too long for max_seq_length drop out later, so this catches only what no length can fix.
-    validation_count(data.get("val_size", 0.1), len(checked[0].rows), checked[0].report.source)
+    report = checked[0].report
+    validation_count(data.get("val_size", 0.1), len(checked[0].rows), report.source, report.dropped)
     return checked
