@@ -366,3 +366,17 @@ def test_a_question_asked_twice_with_different_answers_is_named(tmp_path: Path, 
     assert "1 question(s) asked twice with different answers, so no model can get both right: items 1 and 2" in (
         caplog.text
     )
+
+
+def test_a_lone_surrogate_or_a_number_for_text_is_named_with_its_row(tmp_path: Path) -> None:
+    path = tmp_path / "mcq.jsonl"
+    path.write_text('{"question": "Pain \\ud83d?", "options": {"A": "x", "B": "y"}, "answer": "A"}\n')
+    with pytest.raises(BenchmarkError, match=r"row 1: field 'question' holds '\\ud83d' at character 5, half of a"):
+        load_mcq(str(path))
+    (tmp_path / "pq").mkdir()
+    folder = pubmedqa_folder(tmp_path / "pq", {"101": "no"})
+    rows = json.loads((folder / "ori_pqal.json").read_text())
+    rows["101"]["QUESTION"] = 5
+    write_json(folder / "ori_pqal.json", rows)
+    with pytest.raises(BenchmarkError, match=r"row 1 \(pubid 101\): field 'QUESTION' has type int, not text"):
+        load_pubmedqa(str(folder))

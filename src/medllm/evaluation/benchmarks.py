@@ -89,8 +89,20 @@ def _field(row: Any, name: str, source: str, number: int, kinds: type | tuple[ty
     if isinstance(value, str):
         if is_blank(value):
             raise BenchmarkError(f"{where}: field {name!r} is empty (nothing but blank or invisible characters)")
+        _check_encodable(value, where, name)
         return unicodedata.normalize("NFC", value)  # an answer typed in another normal form matches its option
     return value
+
+
+def _check_encodable(text: str, where: str, name: str) -> None:
+    """A lone surrogate (half of an escaped emoji, ``"\\ud83d"``) is no text a tokenizer can take."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise BenchmarkError(
+            f"{where}: field {name!r} holds {text[err.start]!r} at character {err.start}, half of a surrogate pair: "
+            "not text; fix the escape in the file"
+        ) from None
 
 
 def _item_id(row: Mapping[str, Any], source: str, number: int) -> str:
@@ -167,8 +179,13 @@ def _pubmedqa_item(
 ) -> BenchmarkItem:
     """An item from (question, contexts, label); ``fields`` names them as the source spells them."""
     (question, contexts, gold), where = values, f"{source}: row {number} (pubid {pubid})"
-    if not isinstance(question, str) or not question.strip():
-        raise BenchmarkError(f"{where}: field {fields[0]!r} is missing or empty")
+    if question is None:
+        raise BenchmarkError(f"{where}: field {fields[0]!r} is missing")
+    if not isinstance(question, str):
+        raise BenchmarkError(f"{where}: field {fields[0]!r} has type {type(question).__name__}, not text")
+    if is_blank(question):
+        raise BenchmarkError(f"{where}: field {fields[0]!r} is empty")
+    _check_encodable(question, where, fields[0])
     if not isinstance(contexts, list) or not all(isinstance(c, str) for c in contexts):
         raise BenchmarkError(f"{where}: field {fields[1]!r} is missing or not a list of strings")
     if gold not in YES_NO_MAYBE:
