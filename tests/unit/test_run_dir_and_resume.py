@@ -207,3 +207,12 @@ def test_relative_paths_of_local_files_are_recorded_as_this_folder_resolves_them
     cfg = compose_train("model.name_or_path=unsloth/DeepSeek-R1-Distill-Llama-8B")
     absolute_local_paths(cfg)
     assert cfg.model.name_or_path == "unsloth/DeepSeek-R1-Distill-Llama-8B"  # a hub id stays one
+
+
+def test_auto_with_no_checkpoint_to_resume_warns_that_it_starts_fresh(tmp_path, caplog):
+    """A mistyped hydra.run.dir with ckpt_path=auto must not retrain from scratch with only an info line."""
+    from medllm.training.resume import find_checkpoint
+
+    with caplog.at_level(logging.WARNING):
+        assert find_checkpoint("auto", tmp_path / "typo" / "checkpoints") is None
+    assert [r.levelno for r in caplog.records if "starting fresh" in r.message] == [logging.WARNING]

@@ -283,7 +283,10 @@ def find_checkpoint(ckpt_path: str | None, checkpoint_dir: Path, run_dir: Path |
             f"ckpt_path=auto: none of the {len(candidates)} checkpoint(s) in {checkpoint_dir} can be loaded (see the "
             "warnings above); give one with ckpt_path=<file>, or start in another hydra.run.dir."
         )
-    log.info("ckpt_path=auto: no checkpoint in %s, starting fresh", checkpoint_dir)
+    # A warning: a mistyped hydra.run.dir would otherwise retrain from scratch with only an info line.
+    log.warning(
+        "ckpt_path=auto: no checkpoint in %s, starting fresh (to resume a run, give its hydra.run.dir)", checkpoint_dir
+    )
     return None
 
 
