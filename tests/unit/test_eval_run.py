@@ -177,6 +177,19 @@ def test_tiny_adapter_on_a_real_model_says_which_model_to_pass(tmp_path):
         check_adapter_base(str(folder), OmegaConf.create({"name_or_path": "deepseek-ai/x"}))
 
 
+def test_an_adapter_without_a_record_on_another_named_base_is_warned_about(tmp_path, caplog):
+    """Its adapter_config.json names the base it was trained on; with no run record to match, a different
+    model is named in a warning (a 4-bit or renamed copy of the same base is named differently: not refused)."""
+    folder = mark_adapter(tmp_path / "adapter")
+    (folder / "adapter_config.json").write_text(json.dumps({"r": 2, "base_model_name_or_path": str(tmp_path / "hfA")}))
+    (tmp_path / "hfA").mkdir()
+    with caplog.at_level("WARNING"):
+        check_adapter_base(str(folder), OmegaConf.create({"name_or_path": str(tmp_path / "." / "hfA")}))
+        assert "as its base" not in caplog.text  # the same folder, written otherwise
+        check_adapter_base(str(folder), OmegaConf.create({"name_or_path": str(tmp_path / "hfB")}))
+    assert f"names {tmp_path / 'hfA'} as its base in adapter_config.json, and this evaluation loads" in caplog.text
+
+
 def test_one_base_serves_every_adapter_and_the_base(tmp_path):
     """base == the plain tiny model; each adapter == PEFT loading it alone; a zero adapter == base."""
     trained, zero, other = (

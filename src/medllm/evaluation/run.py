@@ -62,6 +62,25 @@ def check_adapter_base(path: str, model_cfg: DictConfig) -> None:
             f"{path} was trained on {trained_on}; pass the model it was trained with "
             "(e.g. model=r1_distill_llama_8b hardware=gpu), not the tiny one"
         )
+    if trained_on is not None and not _same_model(trained_on, str(evaluating)) and read_run_record(path) is None:
+        # With a record, take_run_settings has matched the base already; without one, PEFT's note is all there
+        # is. Not refused: a 4-bit or renamed copy of the same base is named differently.
+        log.warning(
+            "%s names %s as its base in %s, and this evaluation loads %s: if that is another model, its scores "
+            "measure the adapter on a base it was not trained on",
+            path,
+            trained_on,
+            ADAPTER_CONFIG,
+            evaluating,
+        )
+
+
+def _same_model(a: str, b: str) -> bool:
+    """Two model names or paths that name one model (local paths compared resolved)."""
+    if a == b:
+        return True
+    paths = [Path(x).expanduser() for x in (a, b)]
+    return all(p.exists() for p in paths) and paths[0].resolve() == paths[1].resolve()
 
 
 def each_model(
