@@ -362,11 +362,13 @@ def test_identifiers_are_named_by_the_files_own_row_numbers_after_skipped_and_du
 def test_too_few_rows_for_every_process_of_a_ddp_run_are_named_before_the_model_loads(
     tokenizer, tmp_path, monkeypatch, settings, message
 ):
-    """torchrun sets WORLD_SIZE before anything else runs: a process left without rows would end the run
-    in Lightning's "zero length" error after the model loaded."""
+    """torchrun sets WORLD_SIZE and LOCAL_WORLD_SIZE before anything else runs: a process left without rows
+    would end the run in Lightning's "zero length" error after the model loaded."""
     monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     path = write_jsonl(tmp_path / "rows.jsonl", sample_rows())
     with pytest.raises(DataError, match=message):
         datamodule(tokenizer, path, tmp_path / "cache", **({"val_size": 2} | settings)).setup("fit")
     monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
     datamodule(tokenizer, path, tmp_path / "cache", **({"val_size": 2} | settings)).setup("fit")  # one process: fine
