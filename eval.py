@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from medllm.config_checks import check_eval_config
+    from medllm.config_checks import check_eval_config, check_model_config
     from medllm.errors import MedllmError
 
     overrides = HydraConfig.get().overrides.task
@@ -35,7 +35,7 @@ def main(cfg: DictConfig) -> None:
         from medllm.evaluation.run_settings import take_run_settings
 
         take_run_settings(cfg, overrides)  # model, data, seed: those the adapter trained with
-        check_eval_config(cfg)  # the model as it is now settled
+        check_model_config(cfg.model)  # the model as it is now settled
         if cfg.mode == "benchmark" and cfg.benchmark.name == "medical_o1_val":
             from medllm.data.validate import check_data
 

@@ -28,14 +28,13 @@ PRESET_GROUPS = ("experiment", "hparams_search")
 # Summary numbers where higher is better; for the others (losses, perplexity, memory, parse failures) lower is.
 HIGHER_IS_BETTER = ("tokens_per_s", "trained_tokens_per_s", *EVAL_HIGHER_IS_BETTER)
 
-__all__ = ["ConfigError", "check_eval_config", "check_train_config"]
+__all__ = ["ConfigError", "check_eval_config", "check_model_config", "check_train_config"]
 
 
 def check_train_config(cfg: DictConfig, overrides: Sequence[str] | None = None) -> None:
     """``overrides``: the command line's (Hydra's ``overrides.task``); None: those ``cfg.hydra`` holds, if any."""
     _check_schema(cfg, overrides, TrainConfig)
-    get_backend(cfg.model.backend).check_config(cfg.model)
-    _check_attention_kernel(cfg.model)
+    check_model_config(cfg.model)
     trainer = cfg.trainer
     if trainer.get("max_steps", -1) == -1 and trainer.get("max_epochs") in (None, -1):
         raise ConfigError(
@@ -74,8 +73,7 @@ def check_eval_config(cfg: DictConfig, overrides: Sequence[str] | None = None, m
     taken from an adapter's run record (eval.py checks the command first), so they are checked later."""
     _check_schema(cfg, overrides, EvalConfig)
     if model_settled:
-        get_backend(cfg.model.backend).check_config(cfg.model)
-        _check_attention_kernel(cfg.model)
+        check_model_config(cfg.model)
     if cfg.mode == "generate" and not str(cfg.get("question") or "").strip():
         raise ConfigError('mode=generate needs a question: question="A 60-year-old man presents with ..."')
     if cfg.do_sample and cfg.temperature <= 0:
@@ -195,10 +193,12 @@ def _check_file(cfg: DictConfig, key: str, needed: str) -> None:
         raise ConfigError(f"{key}={path}: no such file.")
 
 
-def _check_attention_kernel(model_cfg: DictConfig) -> None:
-    """flash_attention_2 needs the flash-attn package: said now, not in a traceback once the model loads."""
+def check_model_config(model_cfg: DictConfig) -> None:
+    """What the backend can't load, and flash_attention_2 without the flash-attn package: said now, not in a
+    traceback once the model loads."""
     import importlib.util
 
+    get_backend(model_cfg.backend).check_config(model_cfg)
     if model_cfg.get("attn_implementation") == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
         raise ConfigError(
             "model.attn_implementation=flash_attention_2 needs the flash-attn package, which is not installed: "
