@@ -330,13 +330,11 @@ class ReasoningSFTModule(L.LightningModule):
         An accumulation window ends at the last micro-batch of each epoch, so an epoch of ``n`` micro-batches
         takes ``ceil(n / accumulation)`` steps."""
         micro_batches = self.trainer.estimated_stepping_batches  # sets up the training data too
-        per_epoch = self.trainer.num_training_batches
-        epochs = self.trainer.max_epochs or -1
-        by_epochs = epochs * math.ceil(per_epoch / self.accumulate_grad_batches) if epochs > 0 else math.inf
-        if math.isinf(per_epoch):  # an iterable without a length: only max_steps bounds the run
-            by_epochs = math.inf
-        steps = min(self.trainer.max_steps if self.trainer.max_steps > 0 else math.inf, by_epochs)
-        return int(steps) if math.isfinite(steps) else math.ceil(micro_batches / self.accumulate_grad_batches)
+        per_epoch, epochs = self.trainer.num_training_batches, self.trainer.max_epochs or -1
+        bounds = [self.trainer.max_steps] if self.trainer.max_steps > 0 else []
+        if epochs > 0 and math.isfinite(per_epoch):  # (an iterable without a length: only max_steps bounds it)
+            bounds.append(epochs * math.ceil(per_epoch / self.accumulate_grad_batches))
+        return min(bounds) if bounds else math.ceil(micro_batches / self.accumulate_grad_batches)
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.trainable_parameters())
