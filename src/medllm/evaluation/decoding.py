@@ -110,7 +110,7 @@ def auto_batch_size(model: Any, cache_len: int, rows: int, prompt_len: int) -> i
     if model.device.type != "cuda":
         return max(1, min(rows, CPU_BATCH_SIZE))
     torch.cuda.empty_cache()  # loading and rounding the weights leave freed blocks behind
-    free, _ = torch.cuda.mem_get_info(model.device)
+    free = free_memory(model.device)
     config = model.config
     kv_per_token = kv_bytes_per_token(config, model.dtype)
     per_row = kv_per_token * cache_len
