@@ -10,7 +10,6 @@ secrets redacted. Imports stay light: no torch, no matplotlib.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +19,8 @@ from omegaconf import DictConfig
 from medllm.training.run_dir import (
     HYDRA_DIR,
     RunDirError,
-    detach_file_logs,
+    claim,
     guard_secrets,
-    lock,
     refuse_file_as_dir,
     release_locks,
     run_traces,
@@ -58,13 +56,7 @@ class EvalDirGuard(Callback):
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         guard_secrets(config)
         run_dir = Path(str(config.hydra.runtime.output_dir))
-        try:
-            lock(run_dir)
-            check_eval_dir(run_dir)
-        except RunDirError as err:
-            release_locks()
-            detach_file_logs(run_dir)
-            sys.exit(f"error: {err}")
+        claim(run_dir, lambda: check_eval_dir(run_dir))
         write_hydra_files(config, run_dir / HYDRA_DIR)
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:

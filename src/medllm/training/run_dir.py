@@ -32,8 +32,9 @@ import contextlib
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
@@ -53,6 +54,7 @@ SUMMARY = "summary.json"
 # them: Hydra creates it for every job, this one too, before the guard runs.)
 RUN_TRACES = (HYDRA_DIR, SUMMARY, "checkpoints", "adapter", "csv", "wandb", "merged_16bit", "gguf")
 FRESH, RESUME, FINISHED = "fresh", "resume", "finished"
+T = TypeVar("T")
 
 
 class RunDirError(MedllmError):
@@ -143,6 +145,18 @@ def release_locks() -> None:
     while _held_locks:
         with contextlib.suppress(OSError):
             os.close(_held_locks.pop())
+
+
+def claim(run_dir: Path, check: Callable[[], T]) -> T:
+    """Lock ``run_dir`` and run ``check`` (a RunDirError: refused); a refused job releases its locks, stops
+    logging into the dir and exits with one line."""
+    try:
+        lock(run_dir)
+        return check()
+    except RunDirError as err:
+        release_locks()
+        detach_file_logs(run_dir)
+        sys.exit(f"error: {err}")
 
 
 def refuse_file_as_dir(path: Any, key: str) -> None:
@@ -249,16 +263,15 @@ class RunDirGuard(Callback):
             # Hydra's sweeper wrote it after on_multirun_start, with the overrides in plain text.
             _write_atomically(sweep_file, _yaml(OmegaConf.to_container(OmegaConf.load(sweep_file))))
         ckpt_path = config.get("ckpt_path")
-        try:
-            lock(run_dir)
+
+        def check() -> str:
             action = plan(run_dir, ckpt_path)
             for key, path in result_dirs(config, run_dir).items():
                 lock(path)
                 plan(path, ckpt_path, key)
-        except RunDirError as err:
-            release_locks()
-            detach_file_logs(run_dir)
-            sys.exit(f"error: {err}")
+            return action
+
+        action = claim(run_dir, check)
         if action == FINISHED:
             release_locks()
             detach_file_logs(run_dir)
