@@ -106,10 +106,9 @@ def absolute_local_paths(cfg: DictConfig) -> None:
     adapter's record name the files trained on, which eval.py or a resume started elsewhere must find again."""
     for key in LOCAL_PATHS:
         value = OmegaConf.select(cfg, key)
-        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
-            path = Path(value).expanduser()
-            if path.exists():
-                OmegaConf.update(cfg, key, str(path.resolve()))
+        path = Path(value).expanduser() if isinstance(value, str) and value else None
+        if path is not None and not path.is_absolute() and path.exists():
+            OmegaConf.update(cfg, key, str(path.resolve()))
 
 
 @finishing_wandb_run()  # each Hydra multirun job its own W&B run, even when one fails
