@@ -76,16 +76,21 @@ def module_path(module: str, *flags: str) -> BenchPath:
 
 
 def medllm_path(
-    checkpointing: str, all_gpus: bool = False, as_nodes: bool = False, share_cpus: bool = False
+    checkpointing: str,
+    all_gpus: bool = False,
+    as_nodes: bool = False,
+    share_cpus: bool = False,
+    overrides: Sequence[str] = (),
 ) -> BenchPath:
     """medllm's train.py on one GPU, or on every GPU of the machine; its command takes extra overrides.
-    ``share_cpus``: each process gets its share of the CPUs as OMP_NUM_THREADS, not torchrun's 1."""
+    ``share_cpus``: each process gets its share of the CPUs as OMP_NUM_THREADS, not torchrun's 1.
+    ``overrides``: the path's own Hydra overrides, before those given to every medllm path."""
 
     def command(settings: harness.Settings, workdir: Path, extra: Sequence[str] = ()) -> list[str]:
         gpus = max(1, torch.cuda.device_count()) if all_gpus else None
         threads = max(1, (os.cpu_count() or 1) // gpus) if share_cpus and gpus else None
         return medllm.command(
-            settings, workdir, checkpointing, gpus=gpus, as_nodes=as_nodes, extra=extra, threads=threads
+            settings, workdir, checkpointing, gpus=gpus, as_nodes=as_nodes, extra=[*overrides, *extra], threads=threads
         )
 
     return BenchPath(command, medllm.read_summary)
@@ -106,6 +111,10 @@ PATHS: dict[str, BenchPath] = {
     "medllm_ddp_threads": medllm_path("unsloth", all_gpus=True, share_cpus=True),
     # The same with each GPU a node of its own: torchrun --nnodes <GPUs> --nproc_per_node 1, on localhost.
     "medllm_ddp_nodes": medllm_path("unsloth", all_gpus=True, as_nodes=True),
+    # The same with DDP's gradients as views into its all-reduce buckets: no copy in or out of them.
+    "medllm_ddp_view": medllm_path(
+        "unsloth", all_gpus=True, overrides=["+trainer.strategy.gradient_as_bucket_view=true"]
+    ),
 }
 
 

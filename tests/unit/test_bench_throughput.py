@@ -16,7 +16,7 @@ from bench.paths import medllm
 from medllm.config.schema import TrainConfig
 from medllm.config.validate import validate
 from medllm.models.memory import CAP_VARIABLE, checkpointing_summary, plan_checkpointing
-from tests.conftest import compose_train
+from tests.conftest import ROOT, compose_train
 
 
 @pytest.fixture
@@ -88,6 +88,27 @@ def test_ddp_threads_gives_each_process_its_share_of_the_cpus(checkpoint, tmp_pa
     assert [a.replace(str(tmp_path / "b"), "") for a in threads[2:]] == [
         a.replace(str(tmp_path / "a"), "") for a in plain
     ]
+
+
+def test_ddp_view_is_medllm_ddp_with_gradients_as_bucket_views(checkpoint, tmp_path, monkeypatch):
+    """medllm_ddp_view: medllm_ddp's run with an override that reaches DDPStrategy as a DDP argument."""
+    from hydra import compose, initialize_config_dir
+
+    settings = harness.Settings(str(checkpoint), "fixed", batch=2, seq=256, steps=2, warmup=1, seed=0)
+    monkeypatch.setattr(throughput.torch.cuda, "device_count", lambda: 2)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    plain = throughput.PATHS["medllm_ddp"].command(settings, tmp_path / "a")
+    view = throughput.PATHS["medllm_ddp_view"].command(settings, tmp_path / "b", extra=["seed=3"])
+    override = "+trainer.strategy.gradient_as_bucket_view=true"
+    assert [a.replace(str(tmp_path / "b"), "") for a in view] == [
+        *(a.replace(str(tmp_path / "a"), "") for a in plain),
+        override,
+        "seed=3",
+    ]
+    with initialize_config_dir(str(ROOT / "conf"), version_base=None):
+        strategy = compose("train", overrides=["experiment=qlora_r16", "hardware=ddp", override]).trainer.strategy
+    assert strategy.gradient_as_bucket_view is True and strategy.find_unused_parameters is False
 
 
 def test_ddp_nodes_starts_one_torchrun_a_gpu_meeting_on_one_port(checkpoint, tmp_path):

@@ -66,3 +66,53 @@ def test_a_model_handed_over_in_eval_mode_trains_in_train_mode(tokenizer, tmp_pa
     trainer = quiet_cpu_trainer(max_steps=2, callbacks=[RecordModes()])
     trainer.fit(module, datamodule=data)
     assert modes == [True, True]
+
+
+def test_ddp_steps_reduce_the_loss_without_a_barrier(tokenizer, tmp_path, monkeypatch):
+    """A DDP step sums its loss and tokens over processes with a plain all-reduce: a barrier (as Lightning's
+    strategy.reduce puts first) makes the host wait for the GPU at every step under NCCL."""
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from bench.paths.medllm import free_port
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    in_step, barriers_in_steps, reduced = [False], [], []
+    barrier, all_reduce = torch.distributed.barrier, torch.distributed.all_reduce
+
+    def spy_barrier(*args, **kwargs):
+        barriers_in_steps.extend([1] if in_step[0] else [])
+        return barrier(*args, **kwargs)
+
+    def spy_all_reduce(tensor, *args, **kwargs):
+        reduced.extend([tensor.clone()] if in_step[0] else [])
+        return all_reduce(tensor, *args, **kwargs)
+
+    monkeypatch.setattr(torch.distributed, "barrier", spy_barrier)
+    monkeypatch.setattr(torch.distributed, "all_reduce", spy_all_reduce)
+
+    class MarkSteps(L.Callback):
+        def on_train_batch_start(self, *args):
+            in_step[0] = True
+
+        def on_train_batch_end(self, *args):
+            in_step[0] = False
+
+    data = ReasoningDataModule(tokenizer, batch_size=4, val_size=2, cache_dir=str(tmp_path), seed=1)
+    model = get_peft_model(tiny_llama(tokenizer, seed=0), LoraSpec(r=4, alpha=8).peft_config())
+    module = ReasoningSFTModule(model, optimizer=functools.partial(torch.optim.SGD, lr=0.1))
+    strategy = DDPStrategy(process_group_backend="gloo", find_unused_parameters=False)
+    # use_distributed_sampler=False, as train.py sets it: the data module slices the global batches itself.
+    trainer = quiet_cpu_trainer(
+        max_steps=3, devices=1, strategy=strategy, use_distributed_sampler=False, callbacks=[MarkSteps()]
+    )
+    try:
+        trainer.fit(module, datamodule=data)
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    assert trainer.global_step == 3
+    # Each step reduced its (loss sum, trained tokens), DDP's gradient buckets aside, and nothing waited.
+    stats = [t for t in reduced if t.shape == (2,)]
+    assert len(stats) == 3 and all(t[1] > 0 for t in stats)
+    assert barriers_in_steps == []

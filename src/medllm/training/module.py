@@ -29,6 +29,19 @@ LOSSES_KEY = "medllm_train_losses"  # in checkpoints: the run's first and latest
 MODEL_INPUTS = ("input_ids", "attention_mask", "labels", "position_ids")
 
 
+def sum_over_processes(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` summed in place over the processes of a distributed run (as is, in a single process).
+
+    Not Lightning's ``strategy.reduce``: that puts a barrier before the all-reduce, and an NCCL barrier makes
+    the host wait until the GPU has finished all queued work. Once a step, that kept the host from queueing
+    the next step while the GPU worked. The plain all-reduce is ordered on the GPU's stream; the host reads
+    the result only when it needs it.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
+    return tensor
+
+
 def is_last_step(trainer: L.Trainer) -> bool:
     """Whether the optimizer step just taken is the run's last (max_steps, or the last batch of max_epochs)."""
     max_epochs = trainer.max_epochs or -1  # -1: no limit
@@ -194,7 +207,7 @@ class ReasoningSFTModule(L.LightningModule):
         optimizer = self.optimizers()
         # torch.full, not torch.tensor: a fill kernel, where a host-to-device copy would wait for the GPU.
         tokens = torch.full((), float(self._window_tokens), device=self.device)
-        stats = self.trainer.strategy.reduce(torch.stack([self._window_loss, tokens]), reduce_op="sum")
+        stats = sum_over_processes(torch.stack([self._window_loss, tokens]))
         self._window_loss = torch.zeros((), device=self.device)
         self._window_tokens = 0
         self._window_batches = 0
