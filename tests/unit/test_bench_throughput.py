@@ -16,7 +16,7 @@ from bench.paths import medllm
 from medllm.config.schema import TrainConfig
 from medllm.config.validate import validate
 from medllm.models.memory import CAP_VARIABLE, checkpointing_summary, plan_checkpointing
-from tests.conftest import ROOT, compose_train
+from tests.conftest import compose_train
 
 
 @pytest.fixture
@@ -25,11 +25,14 @@ def checkpoint(tokenizer, tmp_path):
     return tmp_path / "checkpoint"
 
 
-def commands(checkpoint, tmp_path, mode: str) -> dict[str, list[str]]:
+def commands(
+    checkpoint, tmp_path, mode: str = "fixed", names=("medllm", "medllm_auto"), extra=()
+) -> dict[str, list[str]]:
+    """medllm paths' train.py commands, ``extra`` overrides added; one workdir for all: their rows are the same."""
     settings = harness.Settings(str(checkpoint), mode, batch=8, seq=256, steps=2, warmup=1, seed=0)
-    workdir = tmp_path / mode  # one for both: their rows are the same
+    workdir = tmp_path / mode
     workdir.mkdir()
-    return {name: throughput.PATHS[name].command(settings, workdir) for name in ("medllm", "medllm_auto")}
+    return {name: throughput.PATHS[name].command(settings, workdir, extra=list(extra)) for name in names}
 
 
 def test_medical_mode_trains_packed_rows_with_auto_checkpointing(checkpoint, tmp_path):
@@ -77,37 +80,22 @@ def test_the_table_sets_a_path_s_estimate_beside_its_measured_peak(tmp_path, mon
 
 def test_ddp_threads_gives_each_process_its_share_of_the_cpus(checkpoint, tmp_path, monkeypatch):
     """medllm_ddp_threads: medllm_ddp's run with OMP_NUM_THREADS set, where torchrun would set 1."""
-    settings = harness.Settings(str(checkpoint), "fixed", batch=2, seq=256, steps=2, warmup=1, seed=0)
     monkeypatch.setattr(throughput.torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(throughput.os, "cpu_count", lambda: 32)
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    plain = throughput.PATHS["medllm_ddp"].command(settings, tmp_path / "a")
-    threads = throughput.PATHS["medllm_ddp_threads"].command(settings, tmp_path / "b")
+    argv = commands(checkpoint, tmp_path, names=("medllm_ddp", "medllm_ddp_threads"))
+    plain, threads = argv["medllm_ddp"], argv["medllm_ddp_threads"]
     assert threads[:2] == ["env", "OMP_NUM_THREADS=16"] and plain[0] == sys.executable
-    assert [a.replace(str(tmp_path / "b"), "") for a in threads[2:]] == [
-        a.replace(str(tmp_path / "a"), "") for a in plain
-    ]
+    assert threads[2:] == plain
 
 
 def test_ddp_view_is_medllm_ddp_with_gradients_as_bucket_views(checkpoint, tmp_path, monkeypatch):
     """medllm_ddp_view: medllm_ddp's run with an override that reaches DDPStrategy as a DDP argument."""
-    from hydra import compose, initialize_config_dir
-
-    settings = harness.Settings(str(checkpoint), "fixed", batch=2, seq=256, steps=2, warmup=1, seed=0)
     monkeypatch.setattr(throughput.torch.cuda, "device_count", lambda: 2)
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    plain = throughput.PATHS["medllm_ddp"].command(settings, tmp_path / "a")
-    view = throughput.PATHS["medllm_ddp_view"].command(settings, tmp_path / "b", extra=["seed=3"])
+    argv = commands(checkpoint, tmp_path, names=("medllm_ddp", "medllm_ddp_view"), extra=["seed=3"])
     override = "+trainer.strategy.gradient_as_bucket_view=true"
-    assert [a.replace(str(tmp_path / "b"), "") for a in view] == [
-        *(a.replace(str(tmp_path / "a"), "") for a in plain),
-        override,
-        "seed=3",
-    ]
-    with initialize_config_dir(str(ROOT / "conf"), version_base=None):
-        strategy = compose("train", overrides=["experiment=qlora_r16", "hardware=ddp", override]).trainer.strategy
+    view = argv["medllm_ddp_view"]
+    assert view == [*argv["medllm_ddp"][:-1], override, "seed=3"]
+    strategy = compose_train(*view[view.index("train.py") + 1 :], f"paths.output_dir={tmp_path}").trainer.strategy
     assert strategy.gradient_as_bucket_view is True and strategy.find_unused_parameters is False
 
 
@@ -170,13 +158,10 @@ def test_the_first_path_is_primed_untimed_before_any_path_is_measured(tmp_path, 
 
 def test_ddp_on_a_machine_of_one_gpu_is_still_ddp(checkpoint, tmp_path, monkeypatch):
     """medllm_ddp with one GPU: torchrun with one process and hardware=ddp (DDP's own cost), not medllm's run."""
-    settings = harness.Settings(str(checkpoint), "fixed", batch=2, seq=256, steps=2, warmup=1, seed=0)
     monkeypatch.setattr(throughput.torch.cuda, "device_count", lambda: 1)
-    (tmp_path / "ddp").mkdir()
-    (tmp_path / "one").mkdir()
-    ddp = throughput.PATHS["medllm_ddp"].command(settings, tmp_path / "ddp")
-    one = throughput.PATHS["medllm"].command(settings, tmp_path / "one")
+    argv = commands(checkpoint, tmp_path, names=("medllm_ddp", "medllm"))
+    ddp, one = argv["medllm_ddp"], argv["medllm"]
     assert ddp[:4] == [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1"]
-    train = [a.replace(str(tmp_path / "ddp"), "") for a in ddp[4:]]
-    assert [a for a in train if a not in [b.replace(str(tmp_path / "one"), "") for b in one[1:]]] == ["hardware=ddp"]
+    train = ddp[4:]
+    assert [a for a in train if a not in one[1:]] == ["hardware=ddp"]
     assert compose_train(*train[1:], f"paths.output_dir={tmp_path}").trainer.strategy.find_unused_parameters is False
