@@ -177,6 +177,12 @@ def test_medmcqa_cop_base_errors(tmp_path: Path) -> None:
     out_of_range = write_jsonl(tmp_path / "o.jsonl", [medmcqa_row(1, 0), medmcqa_row(2, 4)])
     with pytest.raises(BenchmarkError, match=r"o\.jsonl: row 2: field 'cop' = 4 is outside 0\.\.3"):
         load_medmcqa(str(out_of_range), cop_base=0)
+    # An unlabelled row (the test split's cop -1) among labelled ones is named, base given or read.
+    unlabelled = write_jsonl(tmp_path / "u.jsonl", [medmcqa_row(1, 0), medmcqa_row(2, 3), medmcqa_row(3, -1)])
+    with pytest.raises(BenchmarkError, match=r"u\.jsonl: row 3: field 'cop' = -1 is no option.*cop -1"):
+        load_medmcqa(str(unlabelled))
+    with pytest.raises(BenchmarkError, match=r"u\.jsonl: row 3: field 'cop' = -1 is outside 0\.\.3"):
+        load_medmcqa(str(unlabelled), cop_base=0)
     missing = write_jsonl(tmp_path / "x.jsonl", [medmcqa_row(1, 0), {**medmcqa_row(2, 1), "opc": None}])
     with pytest.raises(BenchmarkError, match=r"x\.jsonl: row 2: field 'opc' is missing"):
         load_medmcqa(str(missing))

@@ -288,7 +288,14 @@ def load_mcq(path: str | None = None) -> list[BenchmarkItem]:
 
 def _medmcqa_cop_base(rows: list[Any], source: str) -> int:
     """Whether ``cop`` counts from 0 (hub) or 1 (original release), read from the values present."""
-    values = {_field(row, "cop", source, number, int) for number, row in enumerate(rows, start=1)}
+    cops = [_field(row, "cop", source, number, int) for number, row in enumerate(rows, start=1)]
+    for number, cop in enumerate(cops, start=1):
+        if not 0 <= cop <= 4:  # no option under either layout
+            raise BenchmarkError(
+                f"{source}: row {number}: field 'cop' = {cop} is no option under either layout, 0..3 or 1..4 "
+                "(unlabelled test rows have cop -1)"
+            )
+    values = set(cops)
     if values <= {0, 1, 2, 3} and 0 in values:
         return 0
     if values <= {1, 2, 3, 4} and 4 in values:
