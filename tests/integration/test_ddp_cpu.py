@@ -34,7 +34,15 @@ COMMON = (
 )  # fmt: skip
 
 
-def run(cmd: list[str], run_dir, cache_dir) -> subprocess.CompletedProcess:
+# One epoch of the 20 rows in global batches of 3 x 2: three of 6 rows and a short last one of 2, which the
+# single process trains as its last step (one micro-batch of the 7, accumulation 2).
+EPOCH = (
+    *(o for o in COMMON if not o.startswith(("trainer.max_steps=", "data.batch_size="))),
+    "trainer.max_steps=-1", "trainer.max_epochs=1", "data.batch_size=3",
+)  # fmt: skip
+
+
+def run(cmd: list[str], run_dir, cache_dir, common=COMMON) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
@@ -44,7 +52,7 @@ def run(cmd: list[str], run_dir, cache_dir) -> subprocess.CompletedProcess:
     }
     env.pop("LOCAL_WORLD_SIZE", None)
     out = subprocess.run(
-        [*cmd, *COMMON, f"hydra.run.dir={run_dir}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+        [*cmd, *common, f"hydra.run.dir={run_dir}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
     )
     assert out.returncode == 0, out.stderr[-4000:]
     return out
@@ -58,6 +66,16 @@ def runs(tmp_path_factory):
     ddp = run([*torchrun, "train.py", "hardware=ddp_cpu"], base / "ddp", cache)
     run([sys.executable, "train.py", "trainer.accumulate_grad_batches=2"], base / "single", cache)
     return base / "ddp", base / "single", ddp.stdout + ddp.stderr
+
+
+@pytest.fixture(scope="module")
+def epoch_runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("ddp_cpu_epoch")
+    cache = tmp_path_factory.getbasetemp() / "medllm-cache"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    run([*torchrun, "train.py", "hardware=ddp_cpu"], base / "ddp", cache, EPOCH)
+    run([sys.executable, "train.py", "trainer.accumulate_grad_batches=2"], base / "single", cache, EPOCH)
+    return base / "ddp", base / "single"
 
 
 def test_ddp_really_ran_two_processes(runs):
@@ -154,3 +172,15 @@ def test_two_nodes_of_one_process_train_what_one_process_with_accumulation_train
     assert two.keys() == single.keys() and two
     for key in two:
         assert (two[key] - single[key]).abs().max() <= 1e-6, key
+
+
+def test_an_epoch_ending_in_a_short_global_batch_trains_every_row_as_one_process_does(epoch_runs):
+    """The last global batch holds 2 rows: one to each process, not left out of the epoch."""
+    ddp_dir, single_dir = epoch_runs
+    ddp, single = train_metrics(ddp_dir), train_metrics(single_dir)
+    assert len(ddp) == len(single) == 4
+    assert [d["train/tokens_trained"] for d in ddp] == [s["train/tokens_trained"] for s in single]
+    ddp_adapter = load_file(ddp_dir / "adapter" / "adapter_model.safetensors")
+    single_adapter = load_file(single_dir / "adapter" / "adapter_model.safetensors")
+    for key in single_adapter:
+        torch.testing.assert_close(ddp_adapter[key], single_adapter[key], rtol=0, atol=1e-5, msg=key)

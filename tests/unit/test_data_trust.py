@@ -372,3 +372,18 @@ def test_too_few_rows_for_every_process_of_a_ddp_run_are_named_before_the_model_
     monkeypatch.setenv("WORLD_SIZE", "1")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
     datamodule(tokenizer, path, tmp_path / "cache", **({"val_size": 2} | settings)).setup("fit")  # one process: fine
+
+
+def test_rows_a_ddp_epoch_leaves_out_are_counted_in_a_warning(tokenizer, tmp_path, monkeypatch, caplog):
+    """21 training rows in global batches of 5 x 2: the last global batch holds 1 row, which one of the 2
+    processes could not take, so each epoch trains 20 of them; a last batch of 2 or more is shared out."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    path = write_jsonl(tmp_path / "rows.jsonl", sample_rows())
+    with caplog.at_level(logging.WARNING, logger="medllm.data.datamodule"):
+        datamodule(tokenizer, path, tmp_path / "cache", val_size=3, batch_size=5).setup("fit")
+    assert "1 of the 21 training rows are left out of each epoch" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="medllm.data.datamodule"):
+        datamodule(tokenizer, path, tmp_path / "cache", val_size=2, batch_size=5).setup("fit")  # 22 = 2 x 10 + 2
+    assert "left out" not in caplog.text

@@ -168,11 +168,22 @@ class ReasoningDataModule(L.LightningDataModule):
                 f"of which validates on its share: raise data.val_size to at least {processes}."
             )
         units = len(self.train_bins) if self.packing else len(self.splits["train"])
+        what = "packed sequences" if self.packing else "training rows"
         if units < self.batch_size * processes:
-            what = "packed sequences" if self.packing else "training rows"
             raise records.DataError(
                 f"{source}: {units} {what} make no step of data.batch_size={self.batch_size} on each of {processes} "
                 "processes: lower data.batch_size, or train on more rows."
+            )
+        left_out = units % (self.batch_size * processes)
+        if 0 < left_out < processes:  # the sampler shares a short last global batch out only if each gets one
+            log.warning(
+                "%d of the %d %s are left out of each epoch: a last global batch of %d would leave some of the %d "
+                "processes without a row",
+                left_out,
+                units,
+                what,
+                left_out,
+                processes,
             )
 
     # ---- loaders -----------------------------------------------------------------------------

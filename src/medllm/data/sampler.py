@@ -7,7 +7,8 @@ what was already trained on.
 
 Under DDP every process draws the same order and takes its slice of each global batch of
 ``batch_size x world_size`` rows, so a step over N processes sees the same rows as one process with
-N-fold gradient accumulation.
+N-fold gradient accumulation. A last global batch of fewer rows is shared out among the processes; one of
+fewer rows than processes is left out of the epoch (the data module warns).
 """
 
 from __future__ import annotations
@@ -61,14 +62,16 @@ class ResumableBatchSampler(torch.utils.data.Sampler[list[int]]):
             rows = order[rank::world]
             return [rows[i : i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
         global_size = self.batch_size * world
-        # A last global batch too short to give every process a row is dropped: all processes must
-        # run the same number of steps, or DDP waits forever.
-        starts = range(0, len(order), global_size)
-        return [
-            order[start + rank * self.batch_size : start + (rank + 1) * self.batch_size]
-            for start in starts
-            if len(order) - start > (world - 1) * self.batch_size
-        ]
+        batches = []
+        for start in range(0, len(order), global_size):
+            rows = order[start : start + global_size]
+            if len(rows) < world:  # a row for every process or none: all must run the same steps, or DDP hangs
+                break
+            # A short last global batch is shared out, a row or more to each process: the step trains the rows
+            # one process would train in its last window of accumulation.
+            full = len(rows) == global_size
+            batches.append(rows[rank * self.batch_size : (rank + 1) * self.batch_size] if full else rows[rank::world])
+        return batches
 
     def __len__(self) -> int:
         return len(self._batches())
