@@ -106,6 +106,26 @@ def test_a_run_dir_another_process_is_writing_into_is_refused(tmp_path):
     assert run_traces(run_dir) == []
 
 
+def test_a_checkpoint_folder_another_run_is_writing_into_is_refused(tmp_path):
+    """Two runs given one callbacks.checkpoint.dirpath at once would write over each other's last.ckpt; the
+    second is refused even before the first has saved a checkpoint there."""
+    shared = tmp_path / "checkpoints"
+    shared.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(shared)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        redirect = f"callbacks.checkpoint.dirpath={shared}"
+        out = run_train(*SMOKE, f"hydra.run.dir={tmp_path / 'b'}", redirect, check=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith(f"error: {shared} is in use: another train.py")
+    assert list(shared.iterdir()) == [] and run_traces(tmp_path / "b") == []
+
+
 def test_ckpt_path_auto_on_a_finished_run_says_so_and_changes_no_byte(finished_run):
     run_dir, _ = finished_run
     before = snapshot(run_dir)

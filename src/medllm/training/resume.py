@@ -211,14 +211,6 @@ def check_same_rows(checkpoint: Checkpoint, record: dict[str, Any]) -> None:
         )
 
 
-def checkpoint_dir(cfg: DictConfig, run_dir: Path) -> Path:
-    """Where the run writes its checkpoints: its ModelCheckpoint callback's ``dirpath``, else <run>/checkpoints."""
-    for callback in (cfg.get("callbacks") or {}).values():
-        if callback and str(callback.get("_target_", "")).endswith("ModelCheckpoint") and callback.get("dirpath"):
-            return Path(callback.dirpath)
-    return run_dir / "checkpoints"
-
-
 def _loadable(candidates: list[Path]) -> list[Checkpoint]:
     loadable = []
     for path in candidates:

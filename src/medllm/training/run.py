@@ -27,13 +27,12 @@ from medllm.training.resume import (
     RunRecord,
     check_resumable,
     check_same_rows,
-    checkpoint_dir,
     continue_csv_log,
     find_checkpoint,
     record_differences,
     run_record,
 )
-from medllm.training.run_dir import SUMMARY
+from medllm.training.run_dir import SUMMARY, checkpoint_dir
 from medllm.training.secrets import redact_secrets
 from medllm.training.wandb_logging import build_logger, finishing_wandb_run, sample_callbacks
 

@@ -14,8 +14,9 @@ function runs, with the command line's overrides in plain text; and a new run po
   (train.py returns its summary); anything else is refused.
 
 The same holds for every other folder the run writes its results into (``paths.output_dir``, a logger's
-``save_dir``) where it is not the run dir. While a job runs, it holds a lock on each of these folders: a
-second command started into one of them before the first has written anything is refused too.
+``save_dir``, the checkpoint folder) where it is not the run dir. While a job runs, it holds a lock on each
+of these folders: a second command started into one of them before the first has written anything is
+refused too.
 
 A refused or finished job also detaches Hydra's log file handler for that dir, so not even train.log
 grows. Under DDP only rank 0 decides: the other processes run the same command into the same dir,
@@ -95,12 +96,23 @@ def plan(run_dir: Path, ckpt_path: Any, key: str = "hydra.run.dir") -> str:
     )
 
 
+def checkpoint_dir(cfg: DictConfig, run_dir: Path) -> Path:
+    """Where the run writes its checkpoints: its ModelCheckpoint callback's ``dirpath``, else <run>/checkpoints."""
+    for callback in (cfg.get("callbacks") or {}).values():
+        if callback and str(callback.get("_target_", "")).endswith("ModelCheckpoint") and callback.get("dirpath"):
+            return Path(callback.dirpath)
+    return run_dir / "checkpoints"
+
+
 def result_dirs(config: DictConfig, run_dir: Path) -> dict[str, Path]:
     """The folders other than the run dir that this run writes results into, by the setting that names them."""
     named = {"paths.output_dir": config.get("paths", {}).get("output_dir")}
     logger = config.get("logger")
     if logger and logger.get("save_dir"):
         named["logger.save_dir"] = logger.save_dir
+    # Locked like the others: two runs given one checkpoint folder at once would write over each other's
+    # last.ckpt (a folder holding another run's checkpoints is refused when the run looks for one to resume).
+    named["callbacks.checkpoint.dirpath"] = checkpoint_dir(config, run_dir)
     dirs: dict[str, Path] = {}
     seen = {run_dir.resolve()}
     for key, value in named.items():
