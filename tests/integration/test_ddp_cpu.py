@@ -42,6 +42,10 @@ EPOCH = (
 )  # fmt: skip
 
 
+# Scored when training ends, by rank 0 alone under DDP: the validation rows' loss, every row of them.
+EVAL_AFTER = 'eval_after_training=["benchmark=medical_o1_val"]'
+
+
 def run(cmd: list[str], run_dir, cache_dir, common=COMMON) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
@@ -63,8 +67,8 @@ def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("ddp_cpu")
     cache = tmp_path_factory.getbasetemp() / "medllm-cache"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    ddp = run([*torchrun, "train.py", "hardware=ddp_cpu"], base / "ddp", cache)
-    run([sys.executable, "train.py", "trainer.accumulate_grad_batches=2"], base / "single", cache)
+    ddp = run([*torchrun, "train.py", "hardware=ddp_cpu", EVAL_AFTER], base / "ddp", cache)
+    run([sys.executable, "train.py", "trainer.accumulate_grad_batches=2", EVAL_AFTER], base / "single", cache)
     return base / "ddp", base / "single", ddp.stdout + ddp.stderr
 
 
@@ -105,6 +109,15 @@ def test_ddp_summary_matches_single_process(runs):
     # tokens/s counts the tokens of every process: the same rows as the single process's timed steps.
     assert ddp["world_size"] == 2 and single["world_size"] == 1
     assert ddp["timed_tokens"] == single["timed_tokens"] > 0
+
+
+def test_ddp_evaluation_after_training_scores_every_validation_row_as_one_process_does(runs):
+    ddp_dir, single_dir, _ = runs
+    ddp = json.loads((ddp_dir / "summary.json").read_text())
+    single = json.loads((single_dir / "summary.json").read_text())
+    assert ddp["eval_benchmark"] == single["eval_benchmark"] == "medical_o1_val"
+    assert ddp["eval_loss"] == pytest.approx(single["eval_loss"], rel=1e-5)
+    assert ddp["eval_loss"] == pytest.approx(ddp["val_loss"], rel=1e-5)  # the same rows, the same adapter
 
 
 def train_metrics(run_dir) -> list[dict[str, float]]:

@@ -188,7 +188,8 @@ def train(cfg: DictConfig) -> dict:
         "gradient_checkpointing": checkpointing_summary(model.checkpointing_plan, throughput.gpu_peak_gib),
         "data": datamodule.summary.metrics(),
     }
-    if trainer.is_global_zero:
+    is_global_zero = trainer.is_global_zero
+    if is_global_zero:
         module.model.save_pretrained(out_dir / "adapter")
         tokenizer.save_pretrained(out_dir / "adapter")
         # What made the adapter travels with it: eval.py rebuilds the model, data split and prompt from it.
@@ -196,10 +197,15 @@ def train(cfg: DictConfig) -> dict:
         run_exports(cfg.get("export"), cfg.model, module.model, tokenizer, out_dir)
         (out_dir / SUMMARY).write_text(json.dumps(summary, indent=2))
         log.info("adapter: %s; summary: %s", out_dir / "adapter", json.dumps(summary))
-        if cfg.get("eval_after_training"):
-            del trainer, module, model  # the adapter is saved: the evaluation loads its own model
-            gc.collect()
-            torch.cuda.empty_cache()
+    if cfg.get("eval_after_training"):
+        del trainer, module, model  # the adapter is saved: the evaluation loads its own model
+        gc.collect()
+        torch.cuda.empty_cache()
+        # Rank 0 evaluates alone. Every process leaves the DDP group first: inside it, the evaluation's rows and
+        # metrics would be split with, and gathered from, processes that have ended.
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        if is_global_zero:
             summary |= evaluate_run(cfg, out_dir)
             (out_dir / SUMMARY).write_text(json.dumps(summary, indent=2))  # training's numbers were written first
             log.info("evaluation: %s", {k: v for k, v in summary.items() if k.startswith("eval_")})
