@@ -220,7 +220,6 @@ class Preemption:
     _target_: str = "medllm.training.preemption.Preemption"
     requeue_signal: str = setting("SIGUSR1", one_of("SIGUSR1", "SIGUSR2", "USR1", "USR2"))
     requeue: bool = True
-    check_every_n_steps: int = setting(10, at_least(1))
 
 
 CALLBACKS = {

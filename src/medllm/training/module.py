@@ -57,26 +57,36 @@ def is_logging_step(trainer: L.Trainer) -> bool:
     return every >= 1 and (trainer.global_step % every == 0 or is_last_step(trainer))
 
 
-class LossReadback:
-    """A step's (loss sum, trained tokens), copied to the host as soon as the GPU has them, without
-    making the host wait: ``values()`` waits for that copy only, not for the work queued after it."""
+class HostCopy:
+    """A tensor copied to the host as soon as the GPU has it, without making the host wait: ``tolist()``
+    waits for that copy only, not for the work queued after it."""
 
-    def __init__(self, stats: torch.Tensor, step: int):
-        self.step = step
+    def __init__(self, tensor: torch.Tensor):
         self._ready = None
-        if stats.is_cuda:
-            self._host = torch.empty(stats.shape, dtype=stats.dtype, pin_memory=True)
-            self._host.copy_(stats, non_blocking=True)
+        if tensor.is_cuda:
+            self._host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+            self._host.copy_(tensor, non_blocking=True)
             self._ready = torch.cuda.Event()
             self._ready.record()
         else:
-            self._host = stats.detach().clone()
+            self._host = tensor.detach().clone()
+
+    def tolist(self) -> list:
+        if self._ready is not None:
+            self._ready.synchronize()
+        return self._host.tolist()
+
+
+class LossReadback:
+    """A step's (loss sum, trained tokens), read on the host without waiting for later work (HostCopy)."""
+
+    def __init__(self, stats: torch.Tensor, step: int):
+        self.step = step
+        self._copy = HostCopy(stats)
 
     def values(self) -> tuple[float, float]:
         """(mean loss per trained token, trained tokens)."""
-        if self._ready is not None:
-            self._ready.synchronize()
-        loss_sum, tokens = self._host.tolist()
+        loss_sum, tokens = self._copy.tolist()
         tokens = max(tokens, 1.0)
         return loss_sum / tokens, tokens
 

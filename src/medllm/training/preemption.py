@@ -26,10 +26,12 @@ from pathlib import Path
 from types import FrameType
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from medllm.resolvers import slurm_run_name
+from medllm.training.module import HostCopy
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +56,14 @@ class Preemption(L.Callback):
     requeue: under SLURM, requeue the job after saving (false: save and exit only).
     """
 
-    def __init__(self, requeue_signal: str = "SIGUSR1", requeue: bool = True, check_every_n_steps: int = 10):
+    def __init__(self, requeue_signal: str = "SIGUSR1", requeue: bool = True):
         self.requeue_signal = signal.Signals[
             requeue_signal if requeue_signal.startswith("SIG") else f"SIG{requeue_signal}"
         ]
         self.requeue = requeue
-        self.check_every_n_steps = check_every_n_steps
         self.received: signal.Signals | None = None
         self.saved: Path | None = None
+        self._vote: HostCopy | None = None  # the processes' count of signals at the previous optimizer step
 
     def _note(self, signum: int, _: FrameType | None) -> None:
         if self.received is not None and signum == signal.SIGINT:  # a second Ctrl-C: stop now, without a save
@@ -71,6 +73,7 @@ class Preemption(L.Callback):
             log.warning("received %s: stopping after the current optimizer step", self.received.name)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._vote = None
         signals = [signal.SIGTERM, signal.SIGINT]
         if os.environ.get("SUBMITIT_EXECUTOR") == "slurm":  # its sbatch script asks for USR2 whatever we say
             self.requeue_signal = SUBMITIT_SIGNAL
@@ -82,15 +85,24 @@ class Preemption(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
         if not getattr(pl_module, "between_steps", True):
             return  # mid-window: the gradients accumulated so far are in no checkpoint
-        # Every process takes part, so all stop at the same step even when only some of them got the signal.
-        # Across processes that is an all-reduce the host waits for: only every check_every_n_steps steps.
-        if trainer.world_size > 1 and trainer.global_step % self.check_every_n_steps:
-            return
-        if not trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
+        if not self._agreed_to_stop(trainer, pl_module.device):
             return
         self.saved = checkpoint_dir(trainer) / LAST
         trainer.save_checkpoint(self.saved)  # the step checkpoints' kind, at the same point of the loop
         trainer._signal_connector.received_sigterm = True  # Lightning stops after this batch
+
+    def _agreed_to_stop(self, trainer: L.Trainer, device) -> bool:
+        """Whether to stop after this optimizer step. Every process takes part, so all stop at the same step
+        even when only some of them got the signal: each step's vote is an all-reduce queued on the GPU's
+        stream and read one step later, when it is done, so no process waits for the others, and every
+        process reads the same count at the same step."""
+        if trainer.world_size == 1:
+            return self.received is not None
+        previous = self._vote
+        vote = torch.full((1,), float(self.received is not None), device=device)
+        torch.distributed.all_reduce(vote, op=torch.distributed.ReduceOp.SUM)
+        self._vote = HostCopy(vote)
+        return previous is not None and previous.tolist()[0] > 0
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException) or self.saved is None:
