@@ -245,23 +245,44 @@ def _check_flex_gpu(accelerator: str) -> None:
 
 def _check_launcher(cfg: DictConfig) -> None:
     """trainer.num_nodes and trainer.devices as the launcher started the processes: otherwise Lightning
-    would wait for processes that never come, or give two processes one rank."""
-    started = launcher()
-    if started is None:
-        return
+    would wait for processes that never come, or give two processes one rank. Without a launcher, a sweep of
+    runs of several processes is refused: Lightning's own launcher would re-run the whole sweep in each."""
     devices = cfg.trainer.get("devices", 1)
     devices = len(devices) if OmegaConf.is_list(devices) else devices
     given = {"num_nodes": cfg.trainer.get("num_nodes", 1), "devices": devices}
+    started = launcher()
+    if started is None:
+        several = [f"trainer.{key}={value}" for key, value in given.items() if isinstance(value, int) and value != 1]
+        if several and _in_multirun(cfg):
+            raise ConfigError(
+                f"a sweep (-m) of runs with {' and '.join(several)} needs a launcher that starts the processes: "
+                "torchrun --nproc_per_node <N> train.py -m hardware=ddp ..., or hydra/launcher=slurm_ddp "
+                "(Lightning's own launcher would re-run the whole sweep in every process)."
+            )
+        return
+    # A number other than the launcher's, and also auto or -1, which Lightning resolves by the devices it sees.
     wrong = [
         f"trainer.{key}={given[key]} but {started[want]} {unit}"
         for key, want, unit in (("num_nodes", "nodes", "node(s)"), ("devices", "devices", "process(es) a node"))
-        if isinstance(given[key], int) and given[key] != -1 and given[key] != started[want]
+        if given[key] != started[want]
     ]
     if wrong:
         raise ConfigError(
             f"{' and '.join(wrong)} started by {started['by']}: leave both to hardware=ddp (or ddp_cpu), which "
             "follows the launcher, or launch the nodes and processes the config says."
         )
+
+
+def _in_multirun(cfg: DictConfig) -> bool:
+    """Whether the run is a job of a sweep, or (``hydra.mode`` set) a sweep's shared settings checked before
+    any job starts."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    mode = OmegaConf.select(cfg, "hydra.mode")
+    if mode is None and HydraConfig.initialized():
+        mode = HydraConfig.get().mode
+    return mode == RunMode.MULTIRUN
 
 
 def _check_writable(cfg: DictConfig) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -48,6 +49,7 @@ def shared_settings_error(
             cfg = compose(config_name, overrides=fixed, return_hydra_config=True)
             # The jobs write under the sweep dir; without a running Hydra, ${hydra:runtime.output_dir} is unset.
             cfg.paths.output_dir = OmegaConf.select(cfg, "hydra.sweep.dir")
+            cfg.hydra.mode = RunMode.MULTIRUN  # what the jobs will run in
         launcher = OmegaConf.select(cfg, "hydra.launcher._target_")
     except (HydraException, OmegaConfBaseException):
         return None

@@ -197,3 +197,22 @@ def test_an_epoch_ending_in_a_short_global_batch_trains_every_row_as_one_process
     single_adapter = load_file(single_dir / "adapter" / "adapter_model.safetensors")
     for key in single_adapter:
         torch.testing.assert_close(ddp_adapter[key], single_adapter[key], rtol=0, atol=1e-5, msg=key)
+
+
+def test_a_sweep_under_torchrun_runs_every_job_on_both_processes(tmp_path):
+    """Each process runs the sweep; rank 0 alone checks and claims the sweep dir (the other would find the
+    multirun.yaml rank 0 just wrote, and refuse the sweep as an earlier one)."""
+    sweep = tmp_path / "sweep"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    common = (*COMMON, "optimizer.lr=0.5,1.0", f"hydra.sweep.dir={sweep}")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    env["MEDLLM_CACHE_DIR"] = str(tmp_path / "cache")
+    env.pop("LOCAL_WORLD_SIZE", None)
+    out = subprocess.run(
+        [*torchrun, "train.py", "-m", "hardware=ddp_cpu", *common],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-4000:]
+    summaries = [json.loads((sweep / str(job) / "summary.json").read_text()) for job in (0, 1)]
+    assert [s["world_size"] for s in summaries] == [2, 2] and [s["steps"] for s in summaries] == [3, 3]
+    assert summaries[0]["train_loss_last"] != summaries[1]["train_loss_last"]  # two learning rates

@@ -260,8 +260,15 @@ def test_gpu_out_of_memory_is_re_raised_with_advice(tmp_path, monkeypatch):
             ("trainer.devices=4", "trainer.num_nodes=1"),
             "trainer.num_nodes=1 but 2 node(s) and trainer.devices=4 but 8 process(es) a node started by srun",
         ),
+        # Lightning resolves these by the devices it sees (1 CPU), not the processes torchrun started.
+        (
+            {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"},
+            ("trainer.devices=auto",),
+            "trainer.devices=auto but 2 process(es) a node started by torchrun",
+        ),
+        ({"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}, ("trainer.devices=-1",), "trainer.devices=-1 but 2 process(es)"),
     ],
-    ids=["torchrun-nodes", "srun-both"],
+    ids=["torchrun-nodes", "srun-both", "torchrun-auto", "torchrun-all"],
 )
 def test_nodes_and_devices_that_disagree_with_the_launcher_are_named(tmp_path, monkeypatch, env, overrides, message):
     for name in ("WORLD_SIZE", "LOCAL_WORLD_SIZE", "SLURM_NTASKS", "SLURM_NNODES", "SLURM_NTASKS_PER_NODE"):

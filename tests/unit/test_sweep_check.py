@@ -46,6 +46,11 @@ def test_a_mistake_every_job_shares_ends_the_sweep_before_any_job(tmp_path):
         # Swept by the sweeper's own params (hparams_search=optuna sweeps model.lora.r).
         (["-m", "experiment=smoke", "hparams_search=optuna", "model.lora.r=0"], None),
         (["-m", "experiment=smoke", "hparams_search=lr_rank_grid"], None),  # nothing wrong
+        # Lightning's own launcher would re-run the whole sweep in each process it starts.
+        (
+            ["-m", "experiment=smoke", "hardware=ddp_cpu", "trainer.devices=2", "optimizer.lr=0.01,0.02"],
+            "a sweep (-m) of runs with trainer.devices=2 needs a launcher",
+        ),
         (["experiment=smoke", "model.lora.dropout=1.5"], None),  # not a sweep: train.py's own check says it
         (["-m", "experiment=smok"], None),  # Hydra's own error, which it reports when it composes
         (["-m", "--config-name", "eval", "limit=0"], None),  # another config: its jobs check it

@@ -252,9 +252,11 @@ class RunDirGuard(Callback):
         sweep_dir = Path(str(config.hydra.sweep.dir))
         if config.get("ckpt_path") == "auto" or not sweep_dir.is_dir():
             return
-        earlier = (sweep_dir / "multirun.yaml").is_file() or any(
-            child.is_dir() and run_traces(child) for child in sweep_dir.iterdir()
-        )
+        # Under torchrun every process runs the sweep, and each one's Hydra writes multirun.yaml after this check:
+        # there the jobs' traces decide, which no job leaves before all processes meet (its .hydra aside).
+        earlier = any(child.is_dir() and run_traces(child) not in ([], [HYDRA_DIR]) for child in sweep_dir.iterdir())
+        if resolvers.launched("nodes") * resolvers.launched("devices") == 1:
+            earlier = earlier or (sweep_dir / "multirun.yaml").is_file()
         if earlier:
             sys.exit(
                 f"error: {sweep_dir} already holds a sweep; resume its jobs with ckpt_path=auto, or choose another "
