@@ -128,6 +128,31 @@ def test_a_checkpoint_of_another_number_of_processes_is_refused(tmp_path):
         record.on_load_checkpoint(trainer, None, {**saved, WORLD_SIZE_KEY: 2})
 
 
+@pytest.mark.parametrize(
+    ("trained_by", "env", "overrides"),
+    [(1, {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}, ("hardware=ddp_cpu",)), (2, {}, ())],
+    ids=["single-then-torchrun", "ddp-then-single"],
+)
+def test_a_resume_with_another_number_of_processes_is_refused_before_any_model_loads(
+    tmp_path, monkeypatch, trained_by, env, overrides
+):
+    """check_resumable runs before the model loads: the settings say how many processes this run has."""
+    from medllm.training.resume import Checkpoint, check_resumable, run_record
+    from tests.conftest import compose_train
+
+    for name in ("WORLD_SIZE", "LOCAL_WORLD_SIZE", "SLURM_NTASKS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    cfg = compose_train("experiment=smoke", *overrides, f"paths.output_dir={tmp_path}")
+    del cfg.hydra
+    path = tmp_path / "last.ckpt"
+    for fine in (None, 2 if env else 1):  # not recorded (older checkpoints), or this run's own number
+        check_resumable(Checkpoint(path, 3, run_record(cfg), world_size=fine), cfg)
+    with pytest.raises(CheckpointError, match=rf"{path}: the checkpoint was trained by {trained_by} process\(es\)"):
+        check_resumable(Checkpoint(path, 3, run_record(cfg), world_size=trained_by), cfg)
+
+
 def test_auto_takes_the_checkpoint_with_the_most_steps_not_the_newest_file(tmp_path):
     """A copied run dir may not keep file times: the steps inside the checkpoints decide."""
     import os

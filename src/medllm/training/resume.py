@@ -97,13 +97,24 @@ class RunRecord(L.Callback):
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         """The data order is a position in global batches of ``batch_size x processes``: resumed with another
         number of processes, rows would be skipped or repeated and the effective batch would change."""
-        saved = checkpoint.get(WORLD_SIZE_KEY)
-        if saved is not None and saved != trainer.world_size:
-            raise CheckpointError(
-                f"the checkpoint was trained by {saved} process(es), this run has {trainer.world_size}: the data "
-                f"order and the effective batch would change. Resume with {saved}, or start over in another "
-                "hydra.run.dir."
-            )
+        _check_processes(checkpoint.get(WORLD_SIZE_KEY), trainer.world_size)
+
+
+def _check_processes(saved: int | None, now: int | None) -> None:
+    if saved is not None and now is not None and saved != now:
+        raise CheckpointError(
+            f"the checkpoint was trained by {saved} process(es), this run has {now}: the data order and the "
+            f"effective batch would change. Resume with {saved}, or start over in another hydra.run.dir."
+        )
+
+
+def configured_processes(cfg: DictConfig) -> int | None:
+    """The processes the run's trainer settings ask for (nodes x devices); None where Lightning decides."""
+    devices, nodes = cfg.trainer.get("devices", 1), cfg.trainer.get("num_nodes", 1)
+    devices = len(devices) if OmegaConf.is_list(devices) else devices
+    if isinstance(devices, int) and isinstance(nodes, int) and devices > 0 and nodes > 0:
+        return devices * nodes
+    return None
 
 
 @dataclass(frozen=True)
@@ -111,6 +122,7 @@ class Checkpoint:
     path: Path
     global_step: int
     record: dict[str, Any]
+    world_size: int | None = None  # the processes that trained it (None: an older checkpoint)
 
 
 def read_checkpoint(path: Path) -> Checkpoint:
@@ -132,7 +144,12 @@ def read_checkpoint(path: Path) -> Checkpoint:
         raise CheckpointError(
             f"{path}: not a medllm checkpoint (no '{RECORD_KEY}' record); train.py resumes only its own."
         )
-    return Checkpoint(path=Path(path), global_step=int(checkpoint.get("global_step", 0)), record=record)
+    return Checkpoint(
+        path=Path(path),
+        global_step=int(checkpoint.get("global_step", 0)),
+        record=record,
+        world_size=checkpoint.get(WORLD_SIZE_KEY),
+    )
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -189,6 +206,10 @@ def check_resumable(checkpoint: Checkpoint, cfg: DictConfig) -> None:
         raise CheckpointError(
             f"{path} holds a LoRA adapter of another shape ({'; '.join(changes)}); resume with the checkpoint's."
         )
+    try:  # here, before any model loads; Lightning's restore checks it again (RunRecord.on_load_checkpoint)
+        _check_processes(checkpoint.world_size, configured_processes(cfg))
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from None
     changes = config_changes(record["config"], run_record(cfg)["config"])
     if changes:
         raise CheckpointError(

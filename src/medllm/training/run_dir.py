@@ -29,6 +29,7 @@ the backend, and Unsloth must be imported before transformers and peft.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -128,6 +129,7 @@ class RunDirInUse(RunDirError):
 
 
 _held_locks: list[int] = []
+_made_to_lock: list[Path] = []  # folders that lock() created; removed again if the run leaves them empty
 
 
 def lock(path: Path) -> None:
@@ -137,6 +139,10 @@ def lock(path: Path) -> None:
         import fcntl
     except ImportError:  # no flock (Windows): no lock
         return
+    if not path.exists():
+        if not _made_to_lock:
+            atexit.register(release_locks)  # a run that stops before training leaves no empty folder behind
+        _made_to_lock.append(path)
     path.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -157,6 +163,9 @@ def release_locks() -> None:
     while _held_locks:
         with contextlib.suppress(OSError):
             os.close(_held_locks.pop())
+    while _made_to_lock:
+        with contextlib.suppress(OSError):  # not empty: the run wrote into it
+            _made_to_lock.pop().rmdir()
 
 
 def claim(run_dir: Path, check: Callable[[], T]) -> T:
