@@ -213,6 +213,12 @@ def _check_hardware(cfg: DictConfig) -> None:
         raise ConfigError("trainer.precision=16-mixed is not supported (loss scaling); use bf16-mixed or 32-true.")
     if precision == "bf16-true" and cfg.model.get("load_in_4bit"):
         raise ConfigError("trainer.precision=bf16-true casts and breaks the 4-bit base; use bf16-mixed.")
+    strategy = cfg.trainer.get("strategy")
+    if isinstance(strategy, str) and any(start in strategy for start in ("spawn", "fork", "notebook")):
+        raise ConfigError(
+            f"trainer.strategy={strategy} is not supported: processes it starts hand no adapter or summary back to "
+            "this one. Start them with torchrun: torchrun --nproc_per_node <N> train.py hardware=ddp (or ddp_cpu)."
+        )
     if accelerator not in ("gpu", "cuda"):
         return
     import torch  # seconds to import: only here, where a GPU is asked for

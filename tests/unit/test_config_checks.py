@@ -368,3 +368,10 @@ def test_a_run_dir_that_is_a_file_is_named_in_one_line(tmp_path):
     assert out.stderr.strip().splitlines()[-1] == f"error: hydra.run.dir={tmp_path / 'taken'} is a file; give a " + (
         "folder (new, or one to resume in)."
     )
+
+
+@pytest.mark.parametrize("strategy", ["ddp_spawn", "ddp_fork", "ddp_notebook"])
+def test_strategies_that_start_processes_which_return_nothing_are_refused(tmp_path, strategy):
+    """ddp_spawn trained to the end, then failed saving: no adapter, no summary."""
+    with pytest.raises(ConfigError, match=rf"trainer.strategy={strategy} is not supported.*torchrun"):
+        check(tmp_path, "hardware=ddp_cpu", f"trainer.strategy={strategy}")
