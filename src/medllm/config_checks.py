@@ -9,6 +9,7 @@ asked for, so a typo fails in the time it takes to start Python.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import tempfile
 from collections.abc import Sequence
@@ -27,6 +28,8 @@ from medllm.training.eval_after import HIGHER_IS_BETTER as EVAL_HIGHER_IS_BETTER
 PRESET_GROUPS = ("experiment", "hparams_search")
 # Summary numbers where higher is better; for the others (losses, perplexity, memory, parse failures) lower is.
 HIGHER_IS_BETTER = ("tokens_per_s", "trained_tokens_per_s", *EVAL_HIGHER_IS_BETTER)
+
+log = logging.getLogger(__name__)
 
 __all__ = ["ConfigError", "check_eval_config", "check_model_config", "check_train_config"]
 
@@ -259,6 +262,12 @@ def _check_launcher(cfg: DictConfig) -> None:
     started = launcher()
     if started is None:
         several = [f"trainer.{key}={value}" for key, value in given.items() if isinstance(value, int) and value != 1]
+        ddp = str(OmegaConf.select(cfg, "trainer.strategy._target_", default="")).endswith("DDPStrategy")
+        if ddp and not several:
+            log.warning(
+                "a DDP run with no torchrun or srun to start its processes trains in one; start N with torchrun "
+                "--nproc_per_node N train.py ..."
+            )
         if several and _in_multirun(cfg):
             raise ConfigError(
                 f"a sweep (-m) of runs with {' and '.join(several)} needs a launcher that starts the processes: "

@@ -375,3 +375,18 @@ def test_strategies_that_start_processes_which_return_nothing_are_refused(tmp_pa
     """ddp_spawn trained to the end, then failed saving: no adapter, no summary."""
     with pytest.raises(ConfigError, match=rf"trainer.strategy={strategy} is not supported.*torchrun"):
         check(tmp_path, "hardware=ddp_cpu", f"trainer.strategy={strategy}")
+
+
+def test_a_ddp_run_without_a_launcher_says_it_trains_in_one_process(tmp_path, monkeypatch, caplog):
+    for name in ("WORLD_SIZE", "LOCAL_WORLD_SIZE", "SLURM_NTASKS", "SLURM_NNODES", "SLURM_NTASKS_PER_NODE"):
+        monkeypatch.delenv(name, raising=False)
+    with caplog.at_level("WARNING", logger="medllm.config_checks"):
+        check(tmp_path, "hardware=ddp_cpu")
+    assert "a DDP run with no torchrun or srun to start its processes trains in one" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="medllm.config_checks"):
+        check(tmp_path)  # no DDP: nothing to say
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+        check(tmp_path, "hardware=ddp_cpu")  # torchrun started 2
+    assert "no torchrun" not in caplog.text
