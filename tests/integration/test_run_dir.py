@@ -88,19 +88,24 @@ def test_results_redirected_into_a_finished_run_are_refused_and_change_no_byte(f
     assert snapshot(run_dir) == before
 
 
-def test_a_run_dir_another_process_is_writing_into_is_refused(tmp_path):
-    """Two commands into one dir: the second, started while the first holds the dir, writes nothing."""
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
+def train_while_locked(folder, *overrides: str) -> subprocess.CompletedProcess:
+    """train.py with ``overrides`` while another process holds the lock of ``folder`` (made here)."""
+    folder.mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK, str(run_dir)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", HOLD_LOCK, str(folder)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
-        out = run_train(*SMOKE, f"hydra.run.dir={run_dir}", check=False)
+        return run_train(*SMOKE, *overrides, check=False)
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_run_dir_another_process_is_writing_into_is_refused(tmp_path):
+    """Two commands into one dir: the second, started while the first holds the dir, writes nothing."""
+    run_dir = tmp_path / "run"
+    out = train_while_locked(run_dir, f"hydra.run.dir={run_dir}")
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines()[-1].startswith(f"error: {run_dir} is in use: another train.py")
     assert run_traces(run_dir) == []
@@ -110,17 +115,7 @@ def test_a_checkpoint_folder_another_run_is_writing_into_is_refused(tmp_path):
     """Two runs given one callbacks.checkpoint.dirpath at once would write over each other's last.ckpt; the
     second is refused even before the first has saved a checkpoint there."""
     shared = tmp_path / "checkpoints"
-    shared.mkdir()
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK, str(shared)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        redirect = f"callbacks.checkpoint.dirpath={shared}"
-        out = run_train(*SMOKE, f"hydra.run.dir={tmp_path / 'b'}", redirect, check=False)
-    finally:
-        holder.kill()
-        holder.wait()
+    out = train_while_locked(shared, f"hydra.run.dir={tmp_path / 'b'}", f"callbacks.checkpoint.dirpath={shared}")
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines()[-1].startswith(f"error: {shared} is in use: another train.py")
     assert list(shared.iterdir()) == [] and run_traces(tmp_path / "b") == []
