@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from medllm.config.schema import EvalConfig, TrainConfig
 from medllm.config.validate import ConfigError, validate
 from medllm.models.backends import get_backend, gguf_backends
-from medllm.resolvers import launcher
+from medllm.resolvers import configured, launcher
 from medllm.training.eval_after import HIGHER_IS_BETTER as EVAL_HIGHER_IS_BETTER
 
 # Config groups whose absence is their default (train.yaml lists them as null): ~experiment is the plain config.
@@ -256,9 +256,7 @@ def _check_launcher(cfg: DictConfig) -> None:
     """trainer.num_nodes and trainer.devices as the launcher started the processes: otherwise Lightning
     would wait for processes that never come, or give two processes one rank. Without a launcher, a sweep of
     runs of several processes is refused: Lightning's own launcher would re-run the whole sweep in each."""
-    devices = cfg.trainer.get("devices", 1)
-    devices = len(devices) if OmegaConf.is_list(devices) else devices
-    given = {"num_nodes": cfg.trainer.get("num_nodes", 1), "devices": devices}
+    given = configured(cfg.trainer)
     started = launcher()
     if started is None:
         several = [f"trainer.{key}={value}" for key, value in given.items() if isinstance(value, int) and value != 1]

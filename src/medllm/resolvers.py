@@ -13,6 +13,7 @@ Unsloth must be imported before transformers and peft.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -76,6 +77,14 @@ def launcher() -> dict[str, int] | None:
     if nodes and per_node and "SLURM_NTASKS" in os.environ:
         return {"nodes": nodes, "devices": per_node, "by": "srun (SLURM_NNODES, SLURM_NTASKS_PER_NODE)"}
     return None
+
+
+def configured(trainer: Any) -> dict[str, Any]:
+    """``num_nodes`` and ``devices`` as the trainer settings give them (a list of devices counted); ints,
+    or what Lightning resolves itself (``auto``, -1)."""
+    devices = trainer.get("devices", 1)
+    devices = len(devices) if OmegaConf.is_list(devices) else devices
+    return {"num_nodes": trainer.get("num_nodes", 1), "devices": devices}
 
 
 def launched(what: str) -> int:

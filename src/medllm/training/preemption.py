@@ -31,7 +31,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from medllm.resolvers import slurm_run_name
-from medllm.training.module import HostCopy
+from medllm.training.module import HostCopy, sum_over_processes
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +100,7 @@ class Preemption(L.Callback):
             return self.received is not None
         previous = self._vote
         vote = torch.full((1,), float(self.received is not None), device=device)
-        torch.distributed.all_reduce(vote, op=torch.distributed.ReduceOp.SUM)
-        self._vote = HostCopy(vote)
+        self._vote = HostCopy(sum_over_processes(vote))
         return previous is not None and previous.tolist()[0] > 0
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:

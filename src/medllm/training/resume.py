@@ -24,6 +24,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 from omegaconf import DictConfig, OmegaConf
 
 from medllm.errors import MedllmError
+from medllm.resolvers import configured
 from medllm.training.secrets import redact_secrets
 
 log = logging.getLogger(__name__)
@@ -110,8 +111,7 @@ def _check_processes(saved: int | None, now: int | None) -> None:
 
 def configured_processes(cfg: DictConfig) -> int | None:
     """The processes the run's trainer settings ask for (nodes x devices); None where Lightning decides."""
-    devices, nodes = cfg.trainer.get("devices", 1), cfg.trainer.get("num_nodes", 1)
-    devices = len(devices) if OmegaConf.is_list(devices) else devices
+    nodes, devices = configured(cfg.trainer).values()
     if isinstance(devices, int) and isinstance(nodes, int) and devices > 0 and nodes > 0:
         return devices * nodes
     return None
