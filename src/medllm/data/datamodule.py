@@ -178,7 +178,7 @@ class ReasoningDataModule(L.LightningDataModule):
         if 0 < left_out < processes:  # the sampler shares a short last global batch out only if each gets one
             log.warning(
                 "%d of the %d %s are left out of each epoch: a last global batch of %d would leave some of the %d "
-                "processes without a row",
+                "processes with none",
                 left_out,
                 units,
                 what,
