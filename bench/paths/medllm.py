@@ -57,12 +57,12 @@ def write_rows(settings: harness.Settings, path: Path, gpus: int = 1) -> None:
 
 
 def train_overrides(
-    settings: harness.Settings, workdir: Path, checkpointing: str, gpus: int = 1, ddp: bool = False
+    settings: harness.Settings, workdir: Path, checkpointing: str, gpus: int | None = None
 ) -> list[str]:
-    """train.py's Hydra overrides for this benchmark, after writing its rows into ``workdir``; ``ddp``:
-    with ``hardware=ddp``, rows for ``gpus`` processes."""
+    """train.py's Hydra overrides for this benchmark, after writing its rows into ``workdir``; with ``gpus``,
+    ``hardware=ddp`` and rows for that many processes."""
     rows = workdir / "rows.jsonl"
-    write_rows(settings, rows, gpus)
+    write_rows(settings, rows, gpus or 1)
     if settings.mode == "fixed":
         # Rows of exactly `seq` tokens in a [batch, seq] batch, as the other paths train them. Not packed
         # (experiment=qlora_r16 packs): packing would put the batch's rows end to end in one [1, batch x seq]
@@ -77,7 +77,7 @@ def train_overrides(
         data = [f"data.batch_size={MEDICAL_PACKED_BATCH}", "data.packing=true", "data.too_long=drop"]
     return [
         "experiment=qlora_r16",
-        *(["hardware=ddp"] if ddp else []),
+        *(["hardware=ddp"] if gpus is not None else []),
         f"model.name_or_path={settings.checkpoint}",
         f"model.gradient_checkpointing={checkpointing}",
         f"max_seq_length={settings.seq}",
@@ -125,9 +125,8 @@ def command(
     to 1 when it starts several processes on a node (and leaves to Lightning, which gives each its share of the
     CPUs, when it starts one).
     """
-    ddp = gpus is not None
-    train = ["train.py", *train_overrides(settings, workdir, checkpointing, gpus or 1, ddp), *extra]
-    if not ddp:
+    train = ["train.py", *train_overrides(settings, workdir, checkpointing, gpus), *extra]
+    if gpus is None:
         return [sys.executable, *train]
     run = [sys.executable, "-m", "torch.distributed.run"]
     if threads is not None:
