@@ -146,7 +146,7 @@ def _problem(value: object) -> str | None:
         return "null"
     if not isinstance(value, str):
         return f"not a string ({type(value).__name__})"
-    if all(map(_is_invisible, value)):
+    if is_blank(value):
         unusual = sorted({f"U+{ord(c):04X}" for c in value if ord(c) > 127})
         return "empty" + (f" (only invisible characters: {', '.join(unusual)})" if unusual else "")
     try:
