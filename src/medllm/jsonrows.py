@@ -49,7 +49,10 @@ def read_utf8(path: Path, error: type[Exception]) -> str:
 
 def read_json(path: Path, error: type[Exception]) -> Any:
     """One JSON document (UTF-8, a byte order mark allowed), or ``error`` naming the file and where it breaks."""
-    text = read_utf8(path, error)
+    return _parse_json(read_utf8(path, error), path, error)
+
+
+def _parse_json(text: str, path: Path, error: type[Exception]) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
@@ -60,10 +63,7 @@ def read_json_rows(path: Path, error: type[Exception]) -> list[Any]:
     """The rows of ``path``; a parse error is raised as ``error`` naming the file (and the line)."""
     text = read_utf8(path, error)
     if text.lstrip().startswith("["):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as err:
-            raise error(f"{path}: not valid JSON ({err}).") from err
+        return _parse_json(text, path, error)
     rows = []
     # Lines end at "\n" only: str.splitlines() would also split at U+2028 and other characters that
     # JSON strings may hold as they are.
