@@ -93,6 +93,11 @@ def launched(what: str) -> int:
     return started[what] if started else 1
 
 
+def launched_processes() -> int:
+    """All processes the launcher started (nodes x processes a node); 1 outside a launcher."""
+    return launched("nodes") * launched("devices")
+
+
 RESOLVERS = {
     "medllm.launched": launched,
     "medllm.mul": mul,

@@ -16,7 +16,7 @@ from medllm.data import phi, prepare, records, validate
 from medllm.data.chat_format import R1ChatFormat, TrainOn
 from medllm.data.collate import PackCollator, PackedDataset, PadCollator, pack
 from medllm.data.sampler import ResumableBatchSampler
-from medllm.resolvers import launched
+from medllm.resolvers import launched_processes
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ class ReasoningDataModule(L.LightningDataModule):
     def _check_enough_for_every_process(self, n_val: int) -> None:
         """Under DDP each process validates on its share of the rows and trains on its own rows of each
         step: too few rows leave a process none, which ends the run in Lightning's error mid-way."""
-        processes = launched("nodes") * launched("devices")  # torchrun's or srun's, before the process group exists
+        processes = launched_processes()  # torchrun's or srun's, before the process group exists
         if processes == 1:
             return
         source = self.summary.source
