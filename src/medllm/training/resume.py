@@ -98,15 +98,19 @@ class RunRecord(L.Callback):
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         """The data order is a position in global batches of ``batch_size x processes``: resumed with another
         number of processes, rows would be skipped or repeated and the effective batch would change."""
-        _check_processes(checkpoint.get(WORLD_SIZE_KEY), trainer.world_size)
+        change = _process_change(checkpoint.get(WORLD_SIZE_KEY), trainer.world_size)
+        if change:
+            raise CheckpointError(change)
 
 
-def _check_processes(saved: int | None, now: int | None) -> None:
-    if saved is not None and now is not None and saved != now:
-        raise CheckpointError(
-            f"the checkpoint was trained by {saved} process(es), this run has {now}: the data order and the "
-            f"effective batch would change. Resume with {saved}, or start over in another hydra.run.dir."
-        )
+def _process_change(saved: int | None, now: int | None) -> str | None:
+    """Why a checkpoint of ``saved`` processes can't be resumed by ``now``; None where it can (or is unknown)."""
+    if saved is None or now is None or saved == now:
+        return None
+    return (
+        f"the checkpoint was trained by {saved} process(es), this run has {now}: the data order and the effective "
+        f"batch would change. Resume with {saved}, or start over in another hydra.run.dir."
+    )
 
 
 def configured_processes(cfg: DictConfig) -> int | None:
@@ -206,10 +210,10 @@ def check_resumable(checkpoint: Checkpoint, cfg: DictConfig) -> None:
         raise CheckpointError(
             f"{path} holds a LoRA adapter of another shape ({'; '.join(changes)}); resume with the checkpoint's."
         )
-    try:  # here, before any model loads; Lightning's restore checks it again (RunRecord.on_load_checkpoint)
-        _check_processes(checkpoint.world_size, configured_processes(cfg))
-    except CheckpointError as err:
-        raise CheckpointError(f"{path}: {err}") from None
+    # Here, before any model loads; Lightning's restore checks it again (RunRecord.on_load_checkpoint).
+    change = _process_change(checkpoint.world_size, configured_processes(cfg))
+    if change:
+        raise CheckpointError(f"{path}: {change}")
     changes = config_changes(record["config"], run_record(cfg)["config"])
     if changes:
         raise CheckpointError(
