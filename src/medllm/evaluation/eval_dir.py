@@ -23,7 +23,7 @@ from medllm.training.run_dir import (
     guard_secrets,
     refuse_file_as_dir,
     release_locks,
-    run_traces,
+    trained_traces,
     write_hydra_files,
 )
 
@@ -37,7 +37,7 @@ def check_eval_dir(out_dir: Path) -> None:
     held = [name for name in (*REPORT_FILES, ANSWERS) if (out_dir / name).exists()]
     if held:
         raise RunDirError(f"{out_dir} holds an evaluation already ({', '.join(held)}); choose another hydra.run.dir.")
-    training = [name for name in run_traces(out_dir) if name != HYDRA_DIR]
+    training = trained_traces(out_dir)
     if training:
         raise RunDirError(
             f"{out_dir} holds a training run ({', '.join(training)}); an evaluation goes into a folder of its own: "

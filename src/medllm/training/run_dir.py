@@ -73,6 +73,11 @@ def run_traces(run_dir: Path) -> list[str]:
     return found
 
 
+def trained_traces(run_dir: Path) -> list[str]:
+    """``run_traces`` but ``.hydra``, which a run that stopped before training (a typo, a bad row) leaves alone."""
+    return [name for name in run_traces(run_dir) if name != HYDRA_DIR]
+
+
 def _inside(path: str, run_dir: Path) -> bool:
     return Path(path).expanduser().resolve().is_relative_to(run_dir.resolve())
 
@@ -263,8 +268,8 @@ class RunDirGuard(Callback):
             return
         # Under torchrun every process runs the sweep, and each one's Hydra writes multirun.yaml after this check:
         # there the jobs' traces decide, which no job leaves before all processes meet (its .hydra aside).
-        earlier = any(child.is_dir() and run_traces(child) not in ([], [HYDRA_DIR]) for child in sweep_dir.iterdir())
-        if resolvers.launched("nodes") * resolvers.launched("devices") == 1:
+        earlier = any(child.is_dir() and trained_traces(child) for child in sweep_dir.iterdir())
+        if resolvers.launched_processes() == 1:
             earlier = earlier or (sweep_dir / "multirun.yaml").is_file()
         if earlier:
             sys.exit(
