@@ -20,13 +20,15 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from medllm.config.checks import check_eval_config, check_model_config  # importing medllm.config registers resolvers
+from medllm.config.schema import eval_backend, scores_held_out
+from medllm.config.secrets import redact_text
+from medllm.errors import MedllmError
+
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
-
-    from medllm.config_checks import check_eval_config, check_model_config
-    from medllm.errors import MedllmError
 
     overrides = HydraConfig.get().overrides.task
     signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's stop ends like Ctrl-C: one line, not silence
@@ -36,19 +38,17 @@ def main(cfg: DictConfig) -> None:
 
         take_run_settings(cfg, overrides)  # model, data, seed: those the adapter trained with
         check_model_config(cfg.model)  # the model as it is now settled
-        if cfg.mode == "benchmark" and cfg.benchmark.name == "medical_o1_val":
-            from medllm.data.validate import check_data
+        if scores_held_out(cfg):
+            from medllm.data.rows import check_data
 
             check_data(cfg.data)  # a bad row too
-        from medllm.backend import eval_backend, import_backend
+        from medllm.models.backends import prepare_backend
 
-        import_backend(eval_backend(cfg))
-        from medllm.evaluation.run import evaluate
+        prepare_backend(eval_backend(cfg))
+        from medllm.evaluation.evaluate import evaluate
 
         evaluate(cfg)
     except MedllmError as err:
-        from medllm.training.secrets import redact_text
-
         sys.exit(f"error: {redact_text(str(err))}")
     except KeyboardInterrupt:
         sys.exit(
@@ -64,6 +64,6 @@ def _interrupt(signum: int, frame: object) -> None:
 if __name__ == "__main__":
     from pathlib import Path
 
-    from medllm.override_hints import run
+    from medllm.config.hints import run
 
     run(main, Path(__file__).parent / "conf", "eval")  # main(), with a "did you mean" after Hydra's errors

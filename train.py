@@ -10,61 +10,58 @@ medllm's training code (which imports both) is imported only after the backend i
 config is checked before that (Unsloth takes ~40 s to import on a GPU machine; a typo fails in seconds).
 """
 
-import os
 import sys
 
 import hydra
 from omegaconf import DictConfig
 
-from medllm.resolvers import register as register_resolvers
-
-register_resolvers()  # before Hydra composes: configs use ${medllm.mul:...}
+from medllm.config.checks import check_train_config  # importing medllm.config registers its resolvers
+from medllm.config.resolvers import process_rank
+from medllm.config.secrets import redact_text
+from medllm.errors import MedllmError
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
-
-    from medllm.config_checks import check_train_config
-    from medllm.errors import MedllmError
+    from hydra.types import RunMode
 
     try:  # a mistake fails here in seconds, before the backend's slow import
         check_train_config(cfg, HydraConfig.get().overrides.task)
-        from medllm.data.validate import check_data
+        from medllm.workflows.inputs import check_inputs  # rows and files: no model library yet
 
-        check_data(cfg.data)  # and so does a bad row
-        from medllm.backend import import_backend
+        check_inputs(cfg)  # a bad row, or a bad file of the evaluation after training
+        from medllm.models.backends import prepare_backend
 
-        import_backend(cfg.model.backend)
-        from medllm.training.run import train
+        prepare_backend(cfg.model.backend)
+        from medllm.workflows.train_eval import train_and_evaluate
 
         # What a sweeper optimizes (hparams_search=optuna): a number from the run's summary.
         metric = cfg.get("optimized_metric")
-        value = train(cfg).get(metric or "val_loss")
-        if metric and value is None and os.environ.get("RANK", "0") == "0":  # rank 0 alone evaluates
+        value = train_and_evaluate(cfg).get(metric or "val_loss")
+        if metric and value is None and process_rank() == 0:  # rank 0 alone evaluates
             raise MedllmError(f"optimized_metric={metric}: this run's summary.json has no value for it")
         return value
     except MedllmError as err:
-        from hydra.types import RunMode
-
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # Hydra marks this job failed and runs the rest of the sweep
-        from medllm.training.secrets import redact_text
-
         sys.exit(f"error: {redact_text(str(err))}")
 
 
 if __name__ == "__main__":
     from pathlib import Path
 
-    from medllm.config_checks import check_train_config
-    from medllm.override_hints import run
-    from medllm.sweep_check import shared_settings_error
+    from medllm.config.hints import run
+    from medllm.config.sweep_check import shared_settings_error
+
+    def check_shared(cfg: DictConfig) -> None:
+        from medllm.workflows.inputs import check_eval_items
+
+        check_train_config(cfg)
+        check_eval_items(cfg)
 
     conf = Path(__file__).parent / "conf"
-    shared = shared_settings_error(conf, "train", sys.argv[1:], check_train_config)  # -m: once, not per job
+    shared = shared_settings_error(conf, "train", sys.argv[1:], check_shared)  # -m: once, not per job
     if shared:
-        from medllm.training.secrets import redact_text
-
         sys.exit(f"error: {redact_text(shared)}\n(a setting every job of the sweep shares: no job was launched)")
     run(main, conf, "train")  # main(), with a "did you mean" after Hydra's errors

@@ -167,11 +167,11 @@ def load_hf(args):
 
 
 def run_medllm(args) -> Iterator[dict[str, Any]]:
-    """eval.py's merged engine as ``medllm.evaluation.run.evaluate`` drives it: one base, the adapter merged in."""
+    """eval.py's merged engine as ``medllm.evaluation.evaluate.evaluate`` drives it: one base, the adapter merged in."""
     from omegaconf import OmegaConf
 
-    from medllm.evaluation.decoding import Decoder
-    from medllm.evaluation.merged import each_merged_model
+    from medllm.generation.decoding import Decoder
+    from medllm.generation.merged import each_merged_model
 
     model_cfg = OmegaConf.load(REPO_ROOT / "conf/model/r1_distill_llama_8b.yaml")
     model_cfg.name_or_path, model_cfg.max_seq_length = args.checkpoint, 4096
@@ -179,7 +179,8 @@ def run_medllm(args) -> Iterator[dict[str, Any]]:
     decoders = {}
     batch = None if args.batch == "auto" else int(args.batch)
     attention = "sdpa" if args.run_path == "medllm_sdpa" else "auto"
-    for label, model in each_merged_model(model_cfg, None, [args.adapter] if args.adapter else []):
+    for adapter, model in each_merged_model(model_cfg, None, [args.adapter] if args.adapter else []):
+        label = "base" if adapter is None else f"adapter:{adapter}"
         for mode in args.modes:
             prompts, budgets = workload(mode, args.prompts[mode], args.new_tokens[mode], args.seed)
             first_s = None

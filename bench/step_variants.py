@@ -109,7 +109,7 @@ def compose_train_config(overrides: list[str]):
     """train.py's config for these overrides (``hydra.*`` ones left out: no run dir is made)."""
     from hydra import compose, initialize_config_dir
 
-    from medllm.resolvers import register
+    from medllm.config.resolvers import register
 
     register()
     with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
@@ -243,8 +243,8 @@ def run_trainpy(model: torch.nn.Module, batches: list[dict], warmup: int) -> har
     from hydra.utils import instantiate
 
     from medllm.training.callbacks import ThroughputMonitor
+    from medllm.training.fit import build_trainer
     from medllm.training.module import ReasoningSFTModule
-    from medllm.training.run import build_trainer
 
     out = tempfile.mkdtemp(prefix="step-variants-")
     overrides = [

@@ -3,3 +3,7 @@
 
 class MedllmError(Exception):
     """Something the user can fix; the message says what and how."""
+
+
+class ConfigError(MedllmError, ValueError):
+    """A config value that can't work; the message names the key."""

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import ROOT
+from tests.helpers.configs import ROOT
 
 pytestmark = [
     pytest.mark.gpu,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medllm.evaluation.decoding import KV_BLOCK, Decoder
+from medllm.generation.decoding import KV_BLOCK, Decoder
 from medllm.models.tiny import tiny_llama
 
 pytestmark = [

@@ -8,7 +8,7 @@ import pytest
 
 from medllm.data.chat_format import ASSISTANT, EOS
 from medllm.data.records import sample_rows
-from tests.conftest import run_train
+from tests.helpers.cli import run_train
 
 pytestmark = pytest.mark.slow
 

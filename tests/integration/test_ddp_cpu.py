@@ -19,8 +19,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bench.paths.medllm import free_port
-from tests.conftest import ROOT
+from tests.helpers.cli import free_port
+from tests.helpers.configs import ROOT
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, run_train
+from tests.helpers.cli import run_train
+from tests.helpers.configs import ROOT
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ import pytest
 from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
-from tests.conftest import ROOT, SHARED_DATA
+from tests.helpers.configs import ROOT, SHARED_DATA
 
 pytestmark = pytest.mark.slow
 
@@ -210,12 +210,12 @@ def test_an_evaluation_never_writes_over_results_or_a_training_run(smoke_run, tm
 def test_an_adapter_copied_beside_another_runs_adapter_is_not_credited_with_that_run(smoke_run, tmp_path):
     """<run>/adapter is the run's; another adapter put in that folder gets the run's numbers only if its record
     is that adapter's (the same run), never another run's loss and lr."""
-    from medllm.evaluation.run import training_run
-    from medllm.run_record import RECORD_FILE
+    from medllm.evaluation.evaluate import training_run
+    from medllm.runs.record import RECORD_FILE
 
     run_dir = tmp_path / "run"
     shutil.copytree(smoke_run, run_dir)
-    assert training_run(str(run_dir / "adapter"))["val_loss"] is not None
+    assert training_run(str(run_dir / "adapter")).val_loss is not None
     shutil.copytree(run_dir / "adapter", run_dir / "adapter_copy")
     assert training_run(str(run_dir / "adapter_copy")) == training_run(str(run_dir / "adapter"))  # the same run
     record = json.loads((run_dir / "adapter_copy" / RECORD_FILE).read_text())

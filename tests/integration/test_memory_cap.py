@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from medllm.models.memory import CAP_VARIABLE
-from tests.conftest import run_train
+from medllm.config.inputs import CAP_VARIABLE
+from tests.helpers.cli import run_train
 
 pytestmark = pytest.mark.slow
 

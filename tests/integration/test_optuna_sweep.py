@@ -12,7 +12,8 @@ import sys
 import pytest
 
 from medllm.config.schema import SUMMARY_METRICS
-from tests.conftest import ROOT, compose_train, run_train
+from tests.helpers.cli import run_train
+from tests.helpers.configs import ROOT, compose_train
 
 pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
 pytestmark = pytest.mark.slow

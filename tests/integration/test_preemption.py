@@ -17,8 +17,9 @@ import pytest
 from safetensors.torch import load_file
 
 from medllm.training.resume import find_checkpoint
-from tests.conftest import ROOT, compose_train, run_train
-from tests.integration.test_resume import OVERRIDES, train_steps
+from tests.helpers.cli import run_train
+from tests.helpers.configs import ROOT, compose_train
+from tests.helpers.runs import RESUMABLE, train_steps
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +38,7 @@ SLURM_JOB = {  # what srun sets for a one-task job (Lightning then picks its SLU
 @pytest.fixture(scope="module")
 def whole(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("whole") / "run"
-    run_train(*OVERRIDES, f"hydra.run.dir={run_dir}")
+    run_train(*RESUMABLE, f"hydra.run.dir={run_dir}")
     return run_dir
 
 
@@ -78,7 +79,7 @@ def test_a_stop_signal_saves_a_checkpoint_and_the_resume_ends_as_an_uninterrupte
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     for name in (*SLURM_JOB, "SLURM_RESTART_COUNT", "SLURM_ARRAY_JOB_ID"):
         env.pop(name, None)
-    cmd = [sys.executable, "train.py", *OVERRIDES, f"hydra.run.dir={run_dir}"]
+    cmd = [sys.executable, "train.py", *RESUMABLE, f"hydra.run.dir={run_dir}"]
     out = signal_mid_training(cmd, run_dir, env, signum)
 
     assert out.returncode == 1, out.stderr[-2000:]
@@ -94,7 +95,7 @@ def test_a_stop_signal_saves_a_checkpoint_and_the_resume_ends_as_an_uninterrupte
     # The checkpoint is the state after a whole optimizer step: nothing of the step in progress is lost.
     assert train_steps(run_dir)[-1] == checkpoint.global_step
 
-    run_train(*OVERRIDES, f"hydra.run.dir={run_dir}", "ckpt_path=auto")
+    run_train(*RESUMABLE, f"hydra.run.dir={run_dir}", "ckpt_path=auto")
     assert_same_adapter(run_dir, whole)
     assert train_steps(run_dir) == list(range(1, 25))
 
@@ -112,7 +113,7 @@ def test_slurm_time_limit_signal_saves_requeues_and_the_requeued_job_resumes_by_
     env = {**os.environ, **SLURM_JOB, **launcher, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     env["PATH"] = f"{tmp_path / 'bin'}{os.pathsep}{env['PATH']}"
     env.pop("SLURM_RESTART_COUNT", None)
-    cmd = [sys.executable, "train.py", *OVERRIDES, f"hydra.run.dir={run_dir}"]
+    cmd = [sys.executable, "train.py", *RESUMABLE, f"hydra.run.dir={run_dir}"]
     out = signal_mid_training(cmd, run_dir, env, signum)
 
     assert out.returncode == 1, out.stderr[-2000:]
@@ -136,7 +137,7 @@ def test_slurm_time_limit_signal_saves_requeues_and_the_requeued_job_resumes_by_
 
 
 def test_a_slurm_job_writes_to_a_run_dir_named_by_its_job_id_and_resumes_once_requeued(monkeypatch):
-    from medllm.resolvers import register
+    from medllm.config.resolvers import register
 
     register()  # train.py does this before composing
     for name in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_RESTART_COUNT"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -14,19 +13,11 @@ import time
 import pytest
 from safetensors.torch import load_file
 
-from tests.conftest import ROOT, run_train
-from tests.integration.test_run_dir import snapshot
+from tests.helpers.cli import run_train, snapshot
+from tests.helpers.configs import ROOT
+from tests.helpers.runs import RESUMABLE, train_steps
 
 pytestmark = pytest.mark.slow
-
-OVERRIDES = [
-    "experiment=smoke",
-    "trainer.max_steps=24",
-    "trainer.val_check_interval=6",
-    "trainer.accumulate_grad_batches=2",
-    "callbacks.checkpoint.every_n_train_steps=3",
-    "trainer.log_every_n_steps=1",
-]
 
 
 def kill_after_first_checkpoint(overrides: list[str], checkpoints) -> None:
@@ -49,19 +40,19 @@ def kill_after_first_checkpoint(overrides: list[str], checkpoints) -> None:
 
 def test_killed_run_resumed_with_ckpt_path_auto_equals_an_uninterrupted_run(tmp_path):
     whole, broken = tmp_path / "whole", tmp_path / "broken"
-    run_train(*OVERRIDES, f"hydra.run.dir={whole}")
+    run_train(*RESUMABLE, f"hydra.run.dir={whole}")
 
-    kill_after_first_checkpoint([*OVERRIDES, f"hydra.run.dir={broken}"], broken / "checkpoints")
+    kill_after_first_checkpoint([*RESUMABLE, f"hydra.run.dir={broken}"], broken / "checkpoints")
     assert not (broken / "summary.json").exists()  # it really was stopped before the end
 
     # A new run into the killed run's dir is refused and touches nothing; a resume is what it takes.
     before = snapshot(broken)
-    refused = run_train(*OVERRIDES, f"hydra.run.dir={broken}", check=False)
+    refused = run_train(*RESUMABLE, f"hydra.run.dir={broken}", check=False)
     assert refused.returncode != 0 and "resume it with ckpt_path=auto" in refused.stderr.splitlines()[-1]
     assert snapshot(broken) == before
     original_config = (broken / ".hydra" / "config.yaml").read_bytes()
 
-    run_train(*OVERRIDES, f"hydra.run.dir={broken}", "ckpt_path=auto")
+    run_train(*RESUMABLE, f"hydra.run.dir={broken}", "ckpt_path=auto")
     expected = load_file(whole / "adapter" / "adapter_model.safetensors")
     resumed = load_file(broken / "adapter" / "adapter_model.safetensors")
     assert expected.keys() == resumed.keys() and expected
@@ -80,16 +71,11 @@ def test_killed_run_resumed_with_ckpt_path_auto_equals_an_uninterrupted_run(tmp_
     assert "ckpt_path=auto" in (broken / ".hydra" / "resume-1" / "overrides.yaml").read_text()
 
 
-def train_steps(run_dir) -> list[int]:
-    with (run_dir / "csv" / "metrics.csv").open() as f:
-        return [int(row["step"]) for row in csv.DictReader(f) if row.get("train/loss")]
-
-
 def test_resume_from_an_explicit_checkpoint_of_another_run_dir(tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
-    run_train(*OVERRIDES, "trainer.max_steps=6", f"hydra.run.dir={first}")
+    run_train(*RESUMABLE, "trainer.max_steps=6", f"hydra.run.dir={first}")
     out = run_train(
-        *OVERRIDES, "trainer.max_steps=9", f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={second}"
+        *RESUMABLE, "trainer.max_steps=9", f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={second}"
     )
     summary = json.loads((second / "summary.json").read_text())
     assert summary["steps"] == 9, out.stderr[-2000:]
@@ -98,7 +84,7 @@ def test_resume_from_an_explicit_checkpoint_of_another_run_dir(tmp_path):
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("short")
-    run_train(*OVERRIDES, "trainer.max_steps=6", f"hydra.run.dir={run_dir}")
+    run_train(*RESUMABLE, "trainer.max_steps=6", f"hydra.run.dir={run_dir}")
     return run_dir
 
 
@@ -109,7 +95,7 @@ def test_auto_skips_a_corrupt_newest_checkpoint_for_an_intact_last_ckpt(short_ru
     corrupt = partial / "checkpoints" / "step000009.ckpt"
     corrupt.write_bytes((short_run / "checkpoints" / "last.ckpt").read_bytes()[:4096])  # a save cut short
     os.utime(corrupt, (time.time() + 60, time.time() + 60))  # the newest file
-    out = run_train(*OVERRIDES, "trainer.max_steps=9", f"hydra.run.dir={partial}", "ckpt_path=auto")
+    out = run_train(*RESUMABLE, "trainer.max_steps=9", f"hydra.run.dir={partial}", "ckpt_path=auto")
     assert f"skipping {corrupt}: not a readable checkpoint" in out.stdout + out.stderr
     assert json.loads((partial / "summary.json").read_text())["steps"] == 9  # 6 resumed + 3
 
@@ -130,7 +116,7 @@ def test_a_checkpoint_that_does_not_fit_the_config_is_named_before_the_model_loa
     short_run, tmp_path, overrides, message
 ):
     ckpt = short_run / "checkpoints" / "last.ckpt"
-    out = run_train(*OVERRIDES, f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'run'}", *overrides, check=False)
+    out = run_train(*RESUMABLE, f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'run'}", *overrides, check=False)
     assert out.returncode != 0
     assert out.stderr.strip().splitlines()[-1].startswith(f"error: {ckpt} {message}")
     assert "Traceback" not in out.stderr and "Trainable params" not in out.stdout + out.stderr
@@ -148,7 +134,7 @@ def test_an_unreadable_or_foreign_checkpoint_is_named_in_one_line(short_run, tmp
     else:
         torch.save({"state_dict": {}, "global_step": 3}, ckpt)  # a Lightning-like file of another program
         expected = f"error: {ckpt}: not a medllm checkpoint"
-    out = run_train(*OVERRIDES, f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'run'}", check=False)
+    out = run_train(*RESUMABLE, f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'run'}", check=False)
     assert out.returncode != 0
     assert out.stderr.strip().splitlines()[-1].startswith(expected)
     assert "Traceback" not in out.stderr
@@ -156,7 +142,7 @@ def test_an_unreadable_or_foreign_checkpoint_is_named_in_one_line(short_run, tmp
 
 def test_checkpoints_kept_outside_the_run_dir_are_resumed_from_and_never_written_over(tmp_path):
     run, elsewhere = tmp_path / "run", tmp_path / "scratch" / "ckpts"
-    overrides = [*OVERRIDES, f"callbacks.checkpoint.dirpath={elsewhere}"]
+    overrides = [*RESUMABLE, f"callbacks.checkpoint.dirpath={elsewhere}"]
     kill_after_first_checkpoint([*overrides, f"hydra.run.dir={run}"], elsewhere)
 
     # Another run given the same checkpoint folder would write over the killed run's checkpoints: refused.
@@ -184,11 +170,11 @@ def test_a_resume_on_rows_edited_since_the_checkpoint_is_refused_before_the_mode
     data = tmp_path / "rows.json"
     data.write_text(json.dumps(rows))
     local = ["data=local", f"data.path={data}"]
-    run_train(*OVERRIDES, *local, "trainer.max_steps=6", f"hydra.run.dir={tmp_path / 'first'}")
+    run_train(*RESUMABLE, *local, "trainer.max_steps=6", f"hydra.run.dir={tmp_path / 'first'}")
     rows[3]["Response"] += " Confirm with an ECG."  # same file, same count, same settings: other rows
     data.write_text(json.dumps(rows))
     ckpt = tmp_path / "first" / "checkpoints" / "last.ckpt"
-    out = run_train(*OVERRIDES, *local, f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'second'}", check=False)
+    out = run_train(*RESUMABLE, *local, f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'second'}", check=False)
     assert out.returncode != 0
     assert out.stderr.strip().splitlines()[-1].startswith(f"error: {ckpt} was trained on other rows (rows of ")
     assert "Trainable params" not in out.stdout + out.stderr and not (tmp_path / "second" / "checkpoints").exists()

@@ -3,31 +3,22 @@ written or printed. Real train.py runs into real dirs, compared byte by byte."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
 
 import pytest
 
-from medllm.training.run_dir import run_traces
-from tests.conftest import ROOT, run_train
-from tests.unit.test_run_dir_and_resume import HOLD_LOCK
+from medllm.runs.layout import RunDir
+from tests.helpers.cli import run_train, snapshot
+from tests.helpers.configs import ROOT
+from tests.helpers.runs import HOLD_LOCK
 
 pytestmark = pytest.mark.slow
 
 KEY_SECRET = "s3cr3t-hub-value"  # under a secret-looking key
 TOKEN_SECRET = "hf_" + "Q" * 30  # a known token format inside an ordinary field
 SMOKE = ("experiment=smoke", "trainer.max_steps=4", "callbacks.checkpoint.every_n_train_steps=2")
-
-
-def snapshot(run_dir) -> dict[str, str]:
-    """Every file under the dir (hidden ones too) and the digest of its bytes."""
-    return {
-        str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(run_dir.rglob("*"))
-        if p.is_file()
-    }
 
 
 FINISHED_RUN = (*SMOKE, f"+data.hub_token={KEY_SECRET}", f"data.instruction='see {TOKEN_SECRET}'")
@@ -108,7 +99,7 @@ def test_a_run_dir_another_process_is_writing_into_is_refused(tmp_path):
     out = train_while_locked(run_dir, f"hydra.run.dir={run_dir}")
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines()[-1].startswith(f"error: {run_dir} is in use: another train.py")
-    assert run_traces(run_dir) == []
+    assert RunDir(run_dir).traces() == []
 
 
 def test_a_checkpoint_folder_another_run_is_writing_into_is_refused(tmp_path):
@@ -118,7 +109,7 @@ def test_a_checkpoint_folder_another_run_is_writing_into_is_refused(tmp_path):
     out = train_while_locked(shared, f"hydra.run.dir={tmp_path / 'b'}", f"callbacks.checkpoint.dirpath={shared}")
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines()[-1].startswith(f"error: {shared} is in use: another train.py")
-    assert list(shared.iterdir()) == [] and run_traces(tmp_path / "b") == []
+    assert list(shared.iterdir()) == [] and RunDir(tmp_path / "b").traces() == []
 
 
 def test_ckpt_path_auto_on_a_finished_run_says_so_and_changes_no_byte(finished_run):
@@ -171,7 +162,7 @@ def test_a_run_that_stopped_before_training_leaves_its_dir_free_for_the_correcte
         *SMOKE, f"hydra.run.dir={run_dir}", "data=local", f"data.path={tmp_path / 'missing.jsonl'}", check=False
     )
     assert out.returncode != 0 and "missing.jsonl" in out.stderr
-    assert run_traces(run_dir) == [".hydra"]  # the failed command's config, nothing trained
+    assert RunDir(run_dir).traces() == [".hydra"]  # the failed command's config, nothing trained
     run_train(*SMOKE, f"hydra.run.dir={run_dir}")
     assert (run_dir / "summary.json").is_file()
     assert "missing.jsonl" not in (run_dir / ".hydra" / "config.yaml").read_text()  # the run's own config

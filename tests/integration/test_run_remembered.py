@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from medllm.evaluation.benchmarks import BenchmarkItem
-from medllm.run_record import RECORD_FILE
+from medllm.runs.record import RECORD_FILE
+from medllm.tasks.items import BenchmarkItem
 from medllm.training.resume import RECORD_KEY
-from tests.conftest import ROOT
+from tests.helpers.configs import ROOT
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import itertools
 
 import pytest
 
-from tests.conftest import run_train
+from tests.helpers.cli import run_train
 
 pytestmark = pytest.mark.slow
 

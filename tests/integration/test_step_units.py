@@ -10,7 +10,7 @@ import csv
 
 import pytest
 
-from tests.conftest import run_train
+from tests.helpers.cli import run_train
 
 pytestmark = pytest.mark.slow
 

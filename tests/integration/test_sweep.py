@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers.configs import ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -76,7 +76,7 @@ def test_best_json_names_the_lowest_val_loss(sweep_dir):
 
 def test_a_plain_multirun_gets_the_summary_too(tmp_path):
     """-m over any key, without hparams_search: summary.csv with a column for the swept key, and best.json."""
-    from tests.conftest import run_train
+    from tests.helpers.cli import run_train
 
     run_train("-m", "experiment=smoke", "trainer.max_steps=1", "data.batch_size=2,4", f"hydra.sweep.dir={tmp_path}")
     with (tmp_path / "summary.csv").open() as f:

@@ -10,7 +10,8 @@ from peft import PeftModel, get_peft_model
 
 from medllm.models.lora import LoraSpec
 from medllm.models.tiny import tiny_llama, tiny_tokenizer
-from tests.conftest import SHARED_DATA, run_train
+from tests.helpers.cli import run_train
+from tests.helpers.configs import SHARED_DATA
 
 pytestmark = pytest.mark.slow
 

@@ -21,14 +21,14 @@ import torch
 from omegaconf import OmegaConf
 from peft import get_peft_model
 
-from medllm.config_checks import ConfigError
+from medllm.config.secrets import REDACTED, is_secret_key, redact_argv, redact_secrets
 from medllm.data.datamodule import ReasoningDataModule
+from medllm.errors import ConfigError
 from medllm.models.lora import LoraSpec
 from medllm.models.tiny import tiny_llama
 from medllm.training import wandb_logging
-from medllm.training.secrets import REDACTED, is_secret_key, redact_argv, redact_secrets
 from medllm.training.wandb_logging import resolve_mode, sample_rows
-from tests.conftest import ROOT
+from tests.helpers.configs import ROOT
 
 SECRET = "sk-SECRET123"
 LOGGED_KEYS = (

@@ -10,12 +10,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from medllm.backend import eval_backend
-from medllm.config_checks import ConfigError, check_eval_config, check_train_config
-from medllm.evaluation.run import _peft_model_cfg
+from medllm.config.checks import check_eval_config, check_train_config
+from medllm.config.schema import backend_names, eval_backend
+from medllm.errors import ConfigError
+from medllm.generation.engines import peft_model_cfg
 from medllm.models import backends
-from medllm.models.backends import UnknownBackendError, backend_names, get_backend
-from tests.conftest import CONF, ROOT, compose_train
+from medllm.models.backends import UnknownBackendError, get_backend
+from tests.helpers.configs import CONF, ROOT, compose_train
 
 HEAVY = ("torch", "transformers", "peft", "lightning", "unsloth", "bitsandbytes")
 # Prints, as the process exits (sys.exit included), which of HEAVY were imported.
@@ -68,15 +69,15 @@ def test_picking_any_backend_imports_nothing_heavy():
     and the config checks must not import torch, transformers or peft themselves."""
     out = python(
         """
-        from medllm.backend import import_backend
-        from medllm.config_checks import check_train_config
-        from medllm.models.backends import backend_names, get_backend, gguf_backends
+        from medllm.models.backends import prepare_backend
+        from medllm.config.checks import check_train_config
+        from medllm.config.schema import backend_names
+        from medllm.models.backends import get_backend
 
-        gguf_backends()
         for name in backend_names():
             get_backend(name)
-        import_backend("tiny")
-        import_backend("hf")
+        prepare_backend("tiny")
+        prepare_backend("hf")
         """
     )
     assert out.returncode == 0, out.stderr
@@ -98,8 +99,8 @@ def test_unsloth_that_cannot_start_is_one_line_before_anything_heavy(tmp_path, u
         sys.path.insert(0, {str(tmp_path)!r})
         if {unsloth_module is None}:
             sys.modules["unsloth"] = None  # import unsloth raises ModuleNotFoundError
-        from medllm.backend import import_backend
-        import_backend("unsloth")
+        from medllm.models.backends import prepare_backend
+        prepare_backend("unsloth")
         """
     )
     assert out.stdout.strip() == "[]"
@@ -111,10 +112,10 @@ def test_unsloth_that_cannot_start_is_one_line_before_anything_heavy(tmp_path, u
 def test_eval_loads_an_unsloth_model_through_hf_where_unsloth_was_not_imported_first(tmp_path, monkeypatch):
     model_cfg = compose_train("model=r1_distill_llama_8b", f"paths.output_dir={tmp_path}", config_name="eval").model
     monkeypatch.delitem(sys.modules, "unsloth", raising=False)
-    assert _peft_model_cfg(model_cfg).backend == "hf"
+    assert peft_model_cfg(model_cfg).backend == "hf"
     assert model_cfg.backend == "unsloth"  # the caller's config is left as it was
     monkeypatch.setitem(sys.modules, "unsloth", type(sys)("unsloth"))
-    assert _peft_model_cfg(model_cfg).backend == "unsloth"
+    assert peft_model_cfg(model_cfg).backend == "unsloth"
 
 
 @pytest.mark.parametrize(
@@ -165,9 +166,10 @@ def test_a_new_backend_is_a_module_and_nothing_else(tmp_path):
         backends.__path__.append({str(tmp_path)!r})
         from omegaconf import OmegaConf
         from medllm.config.schema import Model
-        from medllm.config.validate import validate
+        from medllm.config.schema_check import validate
         validate(OmegaConf.create({{"backend": "echo", "name_or_path": "x"}}), Model)
-        print(backends.backend_names(), backends.get_backend("echo").name)
+        from medllm.config.schema import backend_names
+        print(backend_names(), backends.get_backend("echo").name)
         """
     )
     assert out.returncode == 0, out.stderr

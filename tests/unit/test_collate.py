@@ -10,8 +10,8 @@ import torch
 from medllm.data.chat_format import IGNORE_INDEX, R1ChatFormat
 from medllm.data.collate import PackCollator, PadCollator, count_trained, pack
 from medllm.data.records import sample_rows
+from medllm.models.causal_lm import causal_lm_forward
 from medllm.models.tiny import tiny_llama
-from medllm.training.module import causal_lm_forward
 
 
 @pytest.fixture(scope="module")

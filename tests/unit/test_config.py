@@ -9,8 +9,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from medllm.config.schema import EvalConfig, TrainConfig
-from medllm.config.validate import validate
-from tests.conftest import CONF, ROOT, compose_train
+from medllm.config.schema_check import validate
+from tests.helpers.configs import CONF, ROOT, compose_train
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 

@@ -15,15 +15,16 @@ import pytest
 import torch
 from peft import get_peft_model
 
-from medllm.config_checks import ConfigError, check_train_config
+from medllm.config.checks import check_train_config
 from medllm.data.datamodule import ReasoningDataModule
-from medllm.errors import MedllmError
+from medllm.errors import ConfigError, MedllmError
 from medllm.models.backends import ModelLoadError
 from medllm.models.backends.hf import check_target_modules
 from medllm.models.lora import LoraSpec
 from medllm.models.tiny import tiny_llama
 from medllm.training.module import NonFiniteLossError, ReasoningSFTModule
-from tests.conftest import ROOT, compose_train, run_train
+from tests.helpers.cli import run_train
+from tests.helpers.configs import ROOT, compose_train
 
 
 def check(tmp_path, *overrides):
@@ -234,8 +235,8 @@ def test_gpu_out_of_memory_is_re_raised_with_advice(tmp_path, monkeypatch):
     from hydra import compose, initialize_config_dir
 
     from medllm.errors import MedllmError
-    from medllm.training.run import train
-    from tests.conftest import CONF
+    from medllm.training.fit import train
+    from tests.helpers.configs import CONF
 
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -335,10 +336,14 @@ def test_a_sweep_must_maximize_a_score_and_minimize_a_loss(tmp_path):
 
 
 def test_the_evaluations_items_are_read_before_training(tmp_path):
+    from medllm.workflows.inputs import check_inputs
+
     questions = tmp_path / "q.jsonl"
     questions.write_text(json.dumps({"question": "Yes?", "answer": "A"}) + "\n")  # no options
+    after = f'eval_after_training=["benchmark=mcq","benchmark.path={questions}"]'
+    check(tmp_path, after)  # the config is right; its file is not
     with pytest.raises(ConfigError, match=rf"^eval_after_training: {questions}: row 1: field 'options' is missing"):
-        check(tmp_path, f'eval_after_training=["benchmark=mcq","benchmark.path={questions}"]')
+        check_inputs(compose_train("experiment=smoke", f"paths.output_dir={tmp_path}", after))
 
 
 @pytest.mark.parametrize(

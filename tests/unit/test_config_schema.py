@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 import subprocess
 import sys
-import typing
 
 import pytest
+import torch
 
 from medllm.config import schema
-from medllm.config_checks import ConfigError, check_eval_config, check_train_config
-from tests.conftest import ROOT, compose_train
+from medllm.config.checks import check_eval_config, check_train_config
+from medllm.errors import ConfigError
+from tests.helpers.configs import ROOT, compose_train
 
 
 def check_train(tmp_path, *overrides):
@@ -164,10 +166,12 @@ def parameters(fn) -> set[str]:
     return set(inspect.signature(fn).parameters)
 
 
-def test_data_keys_are_the_datamodule_parameters():
+def test_the_datamodule_takes_the_data_keys_with_the_schemas_defaults(tokenizer):
     from medllm.data.datamodule import ReasoningDataModule
 
-    assert schema_keys(schema.Data) == parameters(ReasoningDataModule) - {"tokenizer"}
+    assert ReasoningDataModule(tokenizer).settings == schema.Data()
+    with pytest.raises(ConfigError, match=r"^unknown key data\.bach_size; did you mean data\.batch_size\?"):
+        ReasoningDataModule(tokenizer, bach_size=4)
 
 
 def test_trainer_keys_are_lightning_trainer_parameters():
@@ -191,19 +195,33 @@ def test_each_target_schema_names_parameters_of_its_target(table):
         assert schema_keys(cls) <= takes, target
 
 
-def test_choices_match_what_the_code_accepts():
-    from medllm.data import chat_format, phi, prepare, records, validate
-    from medllm.evaluation.benchmarks import LOADERS
-    from medllm.evaluation.run import VAL_BENCHMARK
-    from medllm.models.backends.hf import DTYPES
+def test_the_code_accepts_the_schemas_choices_and_refuses_others_by_the_same_rule(tokenizer):
+    """The data layer's functions check what they are given with the schema's own rules: one rule, one message."""
+    from medllm.data.chat_format import R1ChatFormat
+    from medllm.data.prepare import tokenize
+    from medllm.data.records import Columns, clean
+    from medllm.data.rows import load_valid_rows, row_sources
+    from medllm.models.backends.hf import torch_dtype
+    from medllm.tasks.benchmarks import LOADERS
 
     def choices(cls, key):
-        return set(next(f for f in dataclasses.fields(cls) if f.name == key).metadata["rule"].choices)
+        return next(f for f in dataclasses.fields(cls) if f.name == key).metadata["rule"].choices
 
-    assert choices(schema.Data, "source") == set(typing.get_args(validate.Source))
-    assert choices(schema.Data, "train_on") == set(typing.get_args(chat_format.TrainOn))
-    assert choices(schema.Data, "on_bad_row") == set(typing.get_args(records.BadRowPolicy))
-    assert choices(schema.Data, "too_long") == set(typing.get_args(prepare.TooLongPolicy))
-    assert choices(schema.Data, "phi_check") == set(typing.get_args(phi.PhiPolicy))
-    assert choices(schema.Model, "dtype") == set(DTYPES)
-    assert set(schema.BENCHMARKS) == {*LOADERS, VAL_BENCHMARK}
+    row = {"Question": "q?", "Complex_CoT": "c.", "Response": "r."}
+    rows, _ = clean([row], Columns(), "rows")
+    refusals = {
+        "train_on": lambda v: R1ChatFormat().tokenize_batch(tokenizer, ["q"], ["c"], ["r"], train_on=v),
+        "on_bad_row": lambda v: clean([row], Columns(), "rows", on_bad_row=v),
+        "too_long": lambda v: tokenize(rows, tokenizer, R1ChatFormat(), 64, too_long=v),
+        "phi_check": lambda v: load_valid_rows(row_sources(schema.Data())[0], Columns(), phi_check=v),
+    }
+    for key, call in refusals.items():
+        for value in choices(schema.Data, key):
+            call(value)
+        expected = f"data.{key}=nope must be one of {' | '.join(choices(schema.Data, key))}."
+        with pytest.raises(ConfigError, match=f"^{re.escape(expected)}$"):
+            call("nope")
+    for name in choices(schema.Model, "dtype"):
+        assert name == "auto" or isinstance(torch_dtype(name), torch.dtype)
+    held_out = {name for name, bench in schema.BENCHMARKS.items() if bench.held_out}
+    assert held_out == {"medical_o1_val"} and set(schema.BENCHMARKS) == {*LOADERS, *held_out}

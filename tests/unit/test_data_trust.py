@@ -16,10 +16,13 @@ from pathlib import Path
 import datasets
 import pytest
 
-from medllm.data import prepare, validate
+from medllm.config.rules import show
+from medllm.data import prepare
 from medllm.data.chat_format import ASSISTANT, EOS, IGNORE_INDEX, THINK_CLOSE
 from medllm.data.datamodule import ReasoningDataModule
 from medllm.data.records import DataError, sample_rows
+from medllm.data.rows import _checked, check_data
+from medllm.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -78,7 +81,7 @@ def test_utf8_with_a_byte_order_mark_reads_like_utf8(tmp_path, suffix):
         text = json.dumps(ROWS, ensure_ascii=False) if suffix == "json" else write_jsonl(plain, ROWS).read_text("utf-8")
         plain.write_text(text, "utf-8"), bom.write_text(text, "utf-8-sig")
     assert bom.read_bytes().startswith(b"\xef\xbb\xbf")
-    checked = [validate.check_data({"source": "local", "path": str(p), "val_size": 1})[0] for p in (plain, bom)]
+    checked = [check_data({"source": "local", "path": str(p), "val_size": 1})[0] for p in (plain, bom)]
     assert checked[0].rows.to_list() == checked[1].rows.to_list()
     assert checked[0].rows["question"][0] == "Q0 café?"
 
@@ -97,7 +100,7 @@ def test_latin1_is_named_with_the_file_and_byte_offset(tmp_path, suffix):
         path.write_text(text, "latin-1")
     offset = path.read_bytes().index("é".encode("latin-1"))
     with pytest.raises(DataError) as err:
-        validate.check_data({"source": "local", "path": str(path)})
+        check_data({"source": "local", "path": str(path)})
     message = str(err.value)
     assert str(path) in message and f"byte offset {offset}" in message and "UTF-8" in message
     assert "\n" not in message
@@ -108,7 +111,7 @@ def test_utf16_and_utf32_are_named(tmp_path, encoding):
     path = tmp_path / "rows.jsonl"
     path.write_text(json.dumps(ROWS[0]), encoding)
     with pytest.raises(DataError, match=rf"{path}: .*(UTF-16|UTF-32|NUL byte at byte offset \d+).*UTF-8"):
-        validate.check_data({"source": "local", "path": str(path)})
+        check_data({"source": "local", "path": str(path)})
 
 
 @pytest.mark.parametrize(
@@ -119,7 +122,7 @@ def test_an_empty_file_says_no_rows(tmp_path, name, content):
     path = tmp_path / name
     path.write_text(content)
     with pytest.raises(DataError, match=rf"{path}: no rows") as err:
-        validate.check_data({"source": "local", "path": str(path)})
+        check_data({"source": "local", "path": str(path)})
     assert "column" not in str(err.value)
 
 
@@ -128,9 +131,7 @@ def test_csv_cells_are_read_as_written(tmp_path):
         {"Question": f"Dose {i}?", "Complex_CoT": "Weight-based.", "Response": value}
         for i, value in enumerate(["42", "0.50", "NA", "007"])
     ]
-    (checked,) = validate.check_data(
-        {"source": "local", "path": str(write_csv(tmp_path / "rows.csv", rows)), "val_size": 1}
-    )
+    (checked,) = check_data({"source": "local", "path": str(write_csv(tmp_path / "rows.csv", rows)), "val_size": 1})
     assert checked.rows["response"] == ["42", "0.50", "NA", "007"]
 
 
@@ -138,7 +139,7 @@ def test_a_short_csv_row_names_its_missing_field(tmp_path):
     path = tmp_path / "rows.csv"
     path.write_text("Question,Complex_CoT,Response\nq1,c1,r1\nq2,c2\n", "utf-8")
     with pytest.raises(DataError, match=r"row 2: field 'Response' is missing"):
-        validate.check_data({"source": "local", "path": str(path)})
+        check_data({"source": "local", "path": str(path)})
 
 
 # ---- invisible fields --------------------------------------------------------------------------------
@@ -150,16 +151,14 @@ def test_fields_of_only_invisible_characters_are_empty(tmp_path, invisible):
     rows[1]["Response"] = invisible
     path = write_jsonl(tmp_path / "rows.jsonl", rows)
     with pytest.raises(DataError, match=rf"(?s){path}: 1 bad row.*row 2: field 'Response' is empty") as err:
-        validate.check_data({"source": "local", "path": str(path)})
+        check_data({"source": "local", "path": str(path)})
     assert f"U+{ord(invisible[-1]):04X}" in str(err.value)
 
 
 def test_invisible_characters_inside_real_text_are_kept(tmp_path):
     rows = [dict(r) for r in ROWS]
     rows[0]["Response"] = "Ménière\u200b disease\u00a0(ok)"
-    (checked,) = validate.check_data(
-        {"source": "local", "path": str(write_jsonl(tmp_path / "r.jsonl", rows)), "val_size": 1}
-    )
+    (checked,) = check_data({"source": "local", "path": str(write_jsonl(tmp_path / "r.jsonl", rows)), "val_size": 1})
     assert checked.rows["response"][0] == unicodedata.normalize("NFC", "Ménière\u200b disease\u00a0(ok)")
 
 
@@ -190,10 +189,12 @@ def test_val_size_that_leaves_no_split_is_named(tokenizer, tmp_path, val_size):
     rows = sample_rows()
     assert len(rows) == 24
     path = write_jsonl(tmp_path / "rows.jsonl", rows)
-    with pytest.raises(DataError, match=re.escape(f"data.val_size={val_size!r}")) as err:
-        validate.check_data({"source": "local", "path": str(path), "val_size": val_size})
+    # A value no row count makes right is the schema's to refuse (ConfigError); one this file's rows can't split,
+    # the data check's (DataError): either way one line naming the setting and the value.
+    with pytest.raises((DataError, ConfigError), match=re.escape(f"data.val_size={show(val_size)}")) as err:
+        check_data({"source": "local", "path": str(path), "val_size": val_size})
     assert "\n" not in str(err.value)
-    with pytest.raises(DataError, match=r"data\.val_size"):
+    with pytest.raises((DataError, ConfigError), match=r"data\.val_size"):
         datamodule(tokenizer, path, tmp_path / "cache", val_size=val_size).setup("fit")
 
 
@@ -238,7 +239,7 @@ def test_edited_rows_are_prepared_again_even_with_the_same_size_and_mtime(tokeni
     write_jsonl(path, rows)
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert path.stat().st_size == stat.st_size
-    validate._checked.clear()  # as in a new process: the first read is not remembered
+    _checked.clear()  # as in a new process: the first read is not remembered
     second = datamodule(tokenizer, path, cache)
     second.setup("fit")
     assert len(prepared_dirs(cache)) == 2
@@ -313,7 +314,7 @@ def test_rows_are_checked_without_torch_transformers_or_a_tokenizer(tmp_path):
     path = write_jsonl(tmp_path / "rows.jsonl", rows)
     script = (
         "import sys\n"
-        "from medllm.data.validate import check_data\n"
+        "from medllm.data.rows import check_data\n"
         "try:\n"
         f"    check_data({{'source': 'local', 'path': {str(path)!r}}})\n"
         "except Exception as err:\n"
@@ -330,7 +331,7 @@ def test_jsonl_strings_may_hold_unicode_line_separators(tmp_path):
     rows = [dict(r) for r in ROWS]
     rows[0]["Complex_CoT"] = "First step.\u2028Second step.\u2029Third\u0085step."
     path = write_jsonl(tmp_path / "rows.jsonl", rows)
-    (checked,) = validate.check_data({"source": "local", "path": str(path), "val_size": 1})
+    (checked,) = check_data({"source": "local", "path": str(path), "val_size": 1})
     assert checked.rows["reasoning"][0] == rows[0]["Complex_CoT"]
 
 
@@ -338,7 +339,7 @@ def test_a_pretty_printed_json_object_is_named_as_not_rows(tmp_path):
     path = tmp_path / "rows.json"
     path.write_text(json.dumps({"data": ROWS}, indent=2), "utf-8")
     with pytest.raises(DataError, match=rf"{path}: one JSON object, not rows"):
-        validate.check_data({"source": "local", "path": str(path)})
+        check_data({"source": "local", "path": str(path)})
 
 
 def test_identifiers_are_named_by_the_files_own_row_numbers_after_skipped_and_duplicate_rows(tokenizer, tmp_path):

@@ -11,22 +11,16 @@ import torch
 from peft import PeftModel, get_peft_model
 
 from medllm.data.chat_format import R1ChatFormat
-from medllm.evaluation.decoding import (
-    GROUPED_ATTENTION,
-    KV_BLOCK,
-    Decoder,
-    DecodingError,
-    Sampling,
-    flex_is_fast_on,
-)
-from medllm.evaluation.generation import generate
-from medllm.evaluation.merged import merged
-from medllm.evaluation.run import evaluate, resolve_engine
+from medllm.evaluation.evaluate import evaluate
+from medllm.generation.decoding import GROUPED_ATTENTION, KV_BLOCK, Decoder, DecodingError, Sampling, flex_is_fast_on
+from medllm.generation.engines import resolve_engine
+from medllm.generation.hf_generate import generate
+from medllm.generation.merged import merged
 from medllm.models.backends import ModelLoadError
 from medllm.models.lora import LoraSpec
 from medllm.models.tiny import tiny_llama, tiny_tokenizer
-from tests.unit.test_eval_generation_report import QUESTIONS
-from tests.unit.test_eval_run import compose_eval, save_adapter
+from tests.helpers.adapters import QUESTIONS, save_adapter
+from tests.helpers.configs import compose_eval
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +103,7 @@ def test_flex_block_mask_reads_the_blocks_up_to_each_rows_column(tokenizer) -> N
     # FlexAttention's CUDA decoding kernel reads the whole blocks' indices with the partial ones' strides.
     assert mask.full_kv_indices.stride() == mask.kv_indices.stride()
     assert mask.full_kv_num_blocks.stride() == mask.kv_num_blocks.stride()
-    with pytest.raises(ValueError, match="attention='flash'"):
+    with pytest.raises(ValueError, match="^decode_attention=flash must be one of auto | sdpa | flex"):
         Decoder(fresh_model(tokenizer), 100, 8, 1, attention="flash")
 
 

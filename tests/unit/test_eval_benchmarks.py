@@ -9,16 +9,8 @@ from typing import Any
 import datasets
 import pytest
 
-from medllm.evaluation.benchmarks import (
-    LOADERS,
-    YES_NO_MAYBE,
-    BenchmarkError,
-    load_benchmark,
-    load_mcq,
-    load_medmcqa,
-    load_medqa,
-    load_pubmedqa,
-)
+from medllm.tasks.benchmarks import LOADERS, load_benchmark, load_mcq, load_medmcqa, load_medqa, load_pubmedqa
+from medllm.tasks.items import YES_NO_MAYBE, BenchmarkError
 
 REPO = Path(__file__).resolve().parents[2]
 PUBMEDQA_DIRS = [REPO / "shared/data/pubmedqa", REPO.parent / "shared/data/pubmedqa"]
@@ -316,8 +308,8 @@ def test_real_pubmedqa_test_split(real_pubmedqa: str) -> None:
 
 def test_limit_takes_the_same_items_whatever_seed_the_adapters_runs_trained_with(tmp_path: Path) -> None:
     """The subsample is limit_seed's: two adapters of runs seeded 42 and 7, evaluated apart, score one set."""
-    from medllm.evaluation.benchmarks import load_items
-    from tests.conftest import compose_train
+    from medllm.tasks.benchmarks import load_items
+    from tests.helpers.configs import compose_train
 
     path = write_jsonl(
         tmp_path / "mcq.jsonl",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from medllm.evaluation.benchmarks import YES_NO_MAYBE, BenchmarkItem
-from medllm.evaluation.extraction import extract_answer
+from medllm.tasks.extraction import extract_answer
+from medllm.tasks.items import YES_NO_MAYBE, BenchmarkItem
 
 MCQ = BenchmarkItem(
     id="q1",

@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from medllm.data.chat_format import EOS, R1ChatFormat
-from medllm.evaluation.generation import generate, majority_vote, stream_answer
-from medllm.evaluation.metrics import reasoning_stats, score
 from medllm.evaluation.report import write_report
+from medllm.evaluation.results import EvalResult
+from medllm.generation.hf_generate import generate, stream_answer
 from medllm.models.tiny import tiny_llama, tiny_tokenizer
-
-QUESTIONS = [
-    "What causes fever?",
-    "A 45-year-old man has crushing chest pain radiating to the left arm with sweating. What is the next step?",
-    "Dose?",
-    "Which drug is first line for type 2 diabetes in a patient with normal kidney function?",
-    "Is aspirin useful after a stroke?",
-]
+from medllm.tasks.scoring import majority_vote, reasoning_stats, score
+from tests.helpers.adapters import QUESTIONS
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +80,7 @@ def test_majority_vote(answers: list[str | None], expected: str | None) -> None:
     assert majority_vote(answers) == expected
 
 
-def make_result(benchmark: str, model: str, rows: list[tuple[str | None, str]], choices: tuple[str, ...]) -> dict:
+def make_result(benchmark: str, model: str, rows: list[tuple[str | None, str]], choices: tuple[str, ...]) -> EvalResult:
     outputs = [f"thinking\n</think>\n\nThe answer is {p}." if p else "thinking without end" for p, _ in rows]
     preds, golds = [p for p, _ in rows], [g for _, g in rows]
     metrics = {**score(preds, golds, choices), **reasoning_stats(outputs)}
@@ -93,7 +88,7 @@ def make_result(benchmark: str, model: str, rows: list[tuple[str | None, str]], 
         {"id": str(i), "prompt": f"question {i}", "output": out, "parsed": p, "gold": g}
         for i, (out, (p, g)) in enumerate(zip(outputs, rows, strict=True))
     ]
-    return {"benchmark": benchmark, "model": model, "metrics": metrics, "predictions": predictions}
+    return EvalResult(benchmark, model, metrics, predictions)
 
 
 def test_report_writes_four_consistent_files(tmp_path: Path) -> None:
@@ -104,8 +99,8 @@ def test_report_writes_four_consistent_files(tmp_path: Path) -> None:
             "pubmedqa", "adapter:outputs/run1", [("yes", "yes"), ("yes", "yes"), ("maybe", "maybe"), ("no", "no")], ynm
         ),
         make_result("medqa", "base", [("A", "A"), ("B", "C"), ("D", "D")], ("A", "B", "C", "D")),
-        {"benchmark": "medical-o1-val", "model": "base", "metrics": {"loss": 1.25, "perplexity": 3.49}},
-        {"benchmark": "medical-o1-val", "model": "adapter:outputs/run1", "metrics": {"loss": 1.0, "perplexity": 2.72}},
+        EvalResult("medical-o1-val", "base", {"loss": 1.25, "perplexity": 3.49}),
+        EvalResult("medical-o1-val", "adapter:outputs/run1", {"loss": 1.0, "perplexity": 2.72}),
     ]
     paths = write_report(tmp_path / "report", results)
     assert sorted(p.name for p in paths.values()) == ["predictions.jsonl", "report.json", "report.md", "report.png"]
@@ -120,7 +115,7 @@ def test_report_writes_four_consistent_files(tmp_path: Path) -> None:
     assert report["medical-o1-val"]["adapter:outputs/run1"] == {"loss": 1.0, "perplexity": 2.72}
 
     lines = [json.loads(line) for line in paths["predictions.jsonl"].read_text("utf-8").splitlines()]
-    assert len(lines) == sum(r["metrics"].get("n", 0) for r in results) == 11
+    assert len(lines) == sum(r.metrics.get("n", 0) for r in results) == 11
     for bench, model in [("pubmedqa", "base"), ("pubmedqa", "adapter:outputs/run1"), ("medqa", "base")]:
         mine = [line for line in lines if line["benchmark"] == bench and line["model"] == model]
         assert len(mine) == report[bench][model]["n"]
@@ -142,10 +137,11 @@ def test_report_writes_four_consistent_files(tmp_path: Path) -> None:
 def test_report_refuses_inconsistent_results(tmp_path: Path) -> None:
     result = make_result("medqa", "base", [("A", "A"), ("B", "B")], ("A", "B"))
     with pytest.raises(ValueError, match="metrics n=3 but 2 predictions"):
-        write_report(tmp_path, [{**result, "metrics": {**result["metrics"], "n": 3}}])
+        write_report(tmp_path, [replace(result, metrics={**result.metrics, "n": 3})])
     with pytest.raises(ValueError, match="a second result for benchmark 'medqa' and model 'base'"):
         write_report(tmp_path, [result, result])
     with pytest.raises(ValueError, match="prediction 1 lacks \\['gold'\\]"):
         write_report(
-            tmp_path, [{**result, "predictions": [{"id": "1", "parsed": "A"}, {"id": "2", "parsed": "B", "gold": "B"}]}]
+            tmp_path,
+            [replace(result, predictions=[{"id": "1", "parsed": "A"}, {"id": "2", "parsed": "B", "gold": "B"}])],
         )

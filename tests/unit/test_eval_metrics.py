@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from medllm.evaluation.metrics import UNPARSED, reasoning_stats, score
+from medllm.tasks.scoring import UNPARSED, reasoning_stats, score
 
 LETTERS = ("A", "B", "C", "D")
 

@@ -9,42 +9,21 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf
-from peft import PeftModel, get_peft_model
+from peft import PeftModel
 
-from medllm.config_checks import ConfigError, check_eval_config
+from medllm.config.checks import check_eval_config
+from medllm.config.inputs import find_adapters
 from medllm.data.chat_format import THINK_CLOSE
-from medllm.evaluation.benchmarks import BenchmarkItem
-from medllm.evaluation.run import (
-    EvalConfigError,
-    check_adapter_base,
-    each_model,
-    evaluate,
-    find_adapters,
-    score_completions,
-    shared_choices,
-)
-from medllm.models.lora import LoraSpec
+from medllm.errors import ConfigError
+from medllm.evaluation.evaluate import check_adapter_base, evaluate
+from medllm.generation.engines import each_peft_model
 from medllm.models.tiny import tiny_llama, tiny_tokenizer
-from tests.conftest import CONF, compose_train, mark_adapter
+from medllm.tasks.items import BenchmarkItem
+from medllm.tasks.scoring import score_completions, shared_choices
+from tests.helpers.adapters import mark_adapter, save_adapter
+from tests.helpers.configs import CONF, compose_eval, compose_train
 
 BENCHMARKS = sorted(p.stem for p in (CONF / "benchmark").glob("*.yaml"))
-
-
-def compose_eval(*overrides: str):
-    return compose_train(*overrides, config_name="eval")
-
-
-def save_adapter(folder: Path, zero: bool = False, seed: int = 1) -> Path:
-    """A tiny-model adapter with random (or all-zero) LoRA updates, saved as train.py saves one."""
-    tokenizer = tiny_tokenizer()
-    model = get_peft_model(tiny_llama(tokenizer, seed=0), LoraSpec(r=4, alpha=8).peft_config())
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.zeros_like(param) if zero else torch.randn(param.shape, generator=gen) * 0.5)
-    model.save_pretrained(folder)
-    return folder
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -127,21 +106,21 @@ def test_find_adapters_keeps_order_dedupes_and_sorts_sweep_jobs_numerically(tmp_
 )
 def test_find_adapters_rejects_what_is_not_an_adapter(kwargs, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(EvalConfigError, match=message):
+    with pytest.raises(ConfigError, match=message):
         find_adapters(**kwargs)
 
 
 def test_a_run_dir_given_for_its_adapter_is_pointed_at_the_adapter(tmp_path):
     adapter = mark_adapter(tmp_path / "run" / "adapter")
     message = rf"run: not an adapter folder .* It is a run dir: pass {re.escape(str(adapter))}\.$"
-    with pytest.raises(EvalConfigError, match=message):
+    with pytest.raises(ConfigError, match=message):
         find_adapters(str(tmp_path / "run"))
 
 
 def test_an_adapter_folder_without_weights_is_named_before_any_model_loads(tmp_path):
     folder = save_adapter(tmp_path / "adapter")
     (folder / "adapter_model.safetensors").unlink()
-    with pytest.raises(EvalConfigError, match="an adapter folder without weights"):
+    with pytest.raises(ConfigError, match="an adapter folder without weights"):
         find_adapters(str(folder))
 
 
@@ -166,14 +145,14 @@ def test_a_damaged_adapter_later_in_the_list_is_named_before_any_model_loads(tmp
     """A truncated copy among the adapters used to fail after the base and the adapters before it were scored."""
     good, bad = mark_adapter(tmp_path / "good"), mark_adapter(tmp_path / "bad")
     damage(bad)
-    with pytest.raises(EvalConfigError, match=message):
+    with pytest.raises(ConfigError, match=message):
         find_adapters(str(good), [str(bad)])
 
 
 def test_tiny_adapter_on_a_real_model_says_which_model_to_pass(tmp_path):
     folder = save_adapter(tmp_path / "a")
     check_adapter_base(str(folder), OmegaConf.create({"name_or_path": None}))
-    with pytest.raises(EvalConfigError, match="model=tiny_llama"):
+    with pytest.raises(ConfigError, match="model=tiny_llama"):
         check_adapter_base(str(folder), OmegaConf.create({"name_or_path": "deepseek-ai/x"}))
 
 
@@ -188,6 +167,10 @@ def test_an_adapter_without_a_record_on_another_named_base_is_warned_about(tmp_p
         assert "as its base" not in caplog.text  # the same folder, written otherwise
         check_adapter_base(str(folder), OmegaConf.create({"name_or_path": str(tmp_path / "hfB")}))
     assert f"names {tmp_path / 'hfA'} as its base in adapter_config.json, and this evaluation loads" in caplog.text
+
+
+def model_label(adapter: str | None) -> str:
+    return "base" if adapter is None else f"adapter:{adapter}"
 
 
 def test_one_base_serves_every_adapter_and_the_base(tmp_path):
@@ -208,8 +191,8 @@ def test_one_base_serves_every_adapter_and_the_base(tmp_path):
         expected[f"adapter:{folder}"] = logits(PeftModel.from_pretrained(tiny_llama(tokenizer, seed=0), folder))
     expected[f"adapter:{zero}"] = expected["base"]
     seen = {}
-    for label, model in each_model(cfg.model, tokenizer, [str(trained), str(zero), str(other)]):
-        seen[label] = logits(model)
+    for adapter, model in each_peft_model(cfg.model, tokenizer, [str(trained), str(zero), str(other)]):
+        seen[model_label(adapter)] = logits(model)
         assert len(model.peft_config) == 1  # the previous adapter was deleted
     assert list(seen) == ["base", *(f"adapter:{f}" for f in (trained, zero, other))]  # base first, then in order
     for label, value in expected.items():
@@ -217,9 +200,9 @@ def test_one_base_serves_every_adapter_and_the_base(tmp_path):
     assert not torch.allclose(seen[f"adapter:{trained}"], seen["base"], atol=1e-3)
     assert not torch.allclose(seen[f"adapter:{trained}"], seen[f"adapter:{other}"], atol=1e-3)
 
-    labels = [label for label, _ in each_model(cfg.model, tokenizer, [str(trained)], include_base=False)]
+    labels = [model_label(a) for a, _ in each_peft_model(cfg.model, tokenizer, [str(trained)], include_base=False)]
     assert labels == [f"adapter:{trained}"]
-    assert [label for label, _ in each_model(cfg.model, tokenizer, [], include_base=False)] == ["base"]
+    assert [model_label(a) for a, _ in each_peft_model(cfg.model, tokenizer, [], include_base=False)] == ["base"]
 
 
 # ---------------------------------------------------------------------------------------------- scoring
@@ -284,7 +267,7 @@ def test_evaluate_writes_a_report_for_base_and_adapter(tmp_path):
         f"paths.output_dir={out}",
     )
     results = evaluate(cfg)
-    assert [r["model"] for r in results] == ["base", f"adapter:{adapter}"]
+    assert [r.model for r in results] == ["base", f"adapter:{adapter}"]
     report = json.loads((out / "report.json").read_text())["benchmarks"]["mcq"]
     assert {m: v["n"] for m, v in report.items()} == {"base": 4, f"adapter:{adapter}": 4}
     lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]

@@ -7,11 +7,13 @@ import torch
 from peft import PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from medllm.config_checks import ConfigError, check_train_config
-from medllm.models.export import ExportError, export_merged_16bit, find_llama_cpp
+from medllm.config.checks import check_train_config
+from medllm.config.inputs import find_llama_cpp
+from medllm.errors import ConfigError
+from medllm.models.export import export_merged_16bit
 from medllm.models.lora import LoraSpec
 from medllm.models.tiny import tiny_llama
-from tests.conftest import compose_train
+from tests.helpers.configs import compose_train
 
 
 def test_merged_model_equals_base_plus_adapter(tokenizer, tmp_path):
@@ -58,5 +60,5 @@ def test_llama_cpp_is_found_in_its_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     (tmp_path / "llama-quantize").write_text("")
     assert find_llama_cpp(tmp_path) == tmp_path
-    with pytest.raises(ExportError, match="export.llama_cpp_dir="):
+    with pytest.raises(ConfigError, match="export.llama_cpp_dir="):
         find_llama_cpp(tmp_path / "elsewhere")

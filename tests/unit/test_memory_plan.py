@@ -8,11 +8,12 @@ import torch
 from peft import get_peft_model
 from transformers import LlamaConfig
 
+from medllm.config.inputs import CAP_VARIABLE
 from medllm.errors import MedllmError
 from medllm.models.lora import LoraSpec
-from medllm.models.memory import CAP_VARIABLE, checkpointing_summary, lora_state_gib, plan_checkpointing
+from medllm.models.memory import checkpointing_summary, lora_state_gib, plan_checkpointing
 from medllm.models.tiny import tiny_llama
-from tests.conftest import compose_train
+from tests.helpers.configs import compose_train
 
 # DeepSeek-R1-Distill-Llama-8B's shape, no weights.
 LLAMA_8B = LlamaConfig(

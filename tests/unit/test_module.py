@@ -73,7 +73,7 @@ def test_ddp_steps_reduce_the_loss_without_a_barrier(tokenizer, tmp_path, monkey
     strategy.reduce puts first) makes the host wait for the GPU at every step under NCCL."""
     from lightning.pytorch.strategies import DDPStrategy
 
-    from bench.paths.medllm import free_port
+    from tests.helpers.cli import free_port
 
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", str(free_port()))

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from medllm.override_hints import hint
-from tests.conftest import CONF, run_train
+from medllm.config.hints import hint
+from tests.helpers.cli import run_train
+from tests.helpers.configs import CONF
 
 
 @pytest.mark.parametrize(
@@ -21,7 +22,7 @@ from tests.conftest import CONF, run_train
     ],
 )
 def test_a_refused_key_is_matched_against_its_neighbours(config, argv, expected):
-    from medllm.resolvers import register
+    from medllm.config.resolvers import register
 
     register()  # as the entry points do before composing
     assert hint(CONF, config, argv) == expected

@@ -11,8 +11,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from bench.paths.medllm import free_port
 from medllm.training.preemption import Preemption
+from tests.helpers.cli import free_port
 
 STEPS = 8
 SIGNAL_AT = 3  # rank 1 gets SIGTERM during this step

@@ -8,8 +8,11 @@ import unicodedata
 import datasets
 import pytest
 
-from medllm.data import phi, validate
+from medllm.config.schema import Data
+from medllm.data import phi
 from medllm.data.records import Columns, DataError, clean, read_hub, read_local, sample_rows
+from medllm.data.rows import check_data, row_sources
+from medllm.errors import ConfigError
 
 
 def write_jsonl(path, rows):
@@ -147,9 +150,9 @@ def test_a_parquet_file_edited_in_place_is_read_as_it_is_now(tmp_path):
 def test_test_path_errors_name_data_test_path(tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", good_rows())
     with pytest.raises(DataError, match=r"^data.test_path='.*absent.jsonl': no such file. Point data.test_path"):
-        validate.check_data({"source": "local", "path": str(train), "test_path": str(tmp_path / "absent.jsonl")})
-    with pytest.raises(DataError, match=r"^data.test_path=.* is data.path: the test rows would be the rows trained on"):
-        validate.check_data({"source": "local", "path": str(train), "test_path": str(tmp_path / "." / "train.jsonl")})
+        check_data({"source": "local", "path": str(train), "test_path": str(tmp_path / "absent.jsonl")})
+    with pytest.raises(ConfigError, match=r"^data.test_path=.* is data.path: the test rows would be the rows trained"):
+        check_data({"source": "local", "path": str(train), "test_path": str(tmp_path / "." / "train.jsonl")})
 
 
 def test_phi_scan_reports_kinds_and_rows_never_values():
@@ -195,7 +198,8 @@ def test_hub_load_asks_for_the_pinned_subset_and_revision(monkeypatch):
         )
     ]
     # data.hub_token (a private or gated data set) reaches the hub call, and no description of the source
-    (source,) = validate.row_sources({"source": "hub", "hub_name": "me/private", "hub_token": "hf_" + "t" * 30})
+    settings = Data(source="hub", hub_name="me/private", hub_token="hf_" + "t" * 30)
+    (source,) = row_sources(settings)
     assert source.read() == good_rows(3) and calls[-1][1]["token"] == "hf_" + "t" * 30
     assert "hf_" not in repr(source) + source.name
 
@@ -219,4 +223,4 @@ def test_too_few_rows_to_split_says_what_was_dropped(tmp_path):
     rows = [good_rows(1)[0]] * 24  # one row, 24 times: 23 duplicates dropped
     path = write_jsonl(tmp_path / "rows.jsonl", rows)
     with pytest.raises(DataError, match=r"rows.jsonl: 1 usable row\(s\) \(dropped: duplicate 23\); need at least 2"):
-        validate.check_data({"source": "local", "path": str(path), "on_bad_row": "skip"})
+        check_data({"source": "local", "path": str(path), "on_bad_row": "skip"})

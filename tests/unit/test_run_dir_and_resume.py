@@ -10,46 +10,40 @@ import sys
 
 import pytest
 
-from medllm.training import secrets
-from medllm.training.resume import WORLD_SIZE_KEY, CheckpointError, RunRecord, config_changes
-from medllm.training.run_dir import (
-    FINISHED,
-    FRESH,
-    RESUME,
-    RunDirError,
-    RunDirInUse,
-    hydra_files_dir,
-    lock,
-    plan,
-    release_locks,
-)
+from medllm.config import secrets
+from medllm.runs.hydra_files import hydra_files_dir
+from medllm.runs.layout import FINISHED, FRESH, RESUME, RunDir, RunDirError
+from medllm.runs.locks import RunDirInUse, lock, release_locks
+from medllm.runs.record import RunRecord
+from medllm.training.resume import WORLD_SIZE_KEY, CheckpointError, RecordInCheckpoints, config_changes
+from tests.helpers.runs import HOLD_LOCK
 
 
 def test_a_dir_without_a_run_is_fresh(tmp_path):
     (tmp_path / "train.log").write_text("")  # Hydra creates it for every job, this one too
     (tmp_path / "checkpoints").mkdir()  # empty: nothing to lose
-    assert plan(tmp_path / "missing", None) == FRESH
-    assert plan(tmp_path, None) == FRESH
-    assert plan(tmp_path, "auto") == FRESH
+    assert RunDir(tmp_path / "missing").plan(None) == FRESH
+    assert RunDir(tmp_path).plan(None) == FRESH
+    assert RunDir(tmp_path).plan("auto") == FRESH
 
 
 def test_an_unfinished_run_is_resumed_only_when_asked(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"x")
-    assert plan(tmp_path, "auto") == RESUME
-    assert plan(tmp_path, str(tmp_path / "checkpoints" / "last.ckpt")) == RESUME
+    assert RunDir(tmp_path).plan("auto") == RESUME
+    assert RunDir(tmp_path).plan(str(tmp_path / "checkpoints" / "last.ckpt")) == RESUME
     with pytest.raises(RunDirError, match=r"already holds a run \(checkpoints\); resume it with ckpt_path=auto"):
-        plan(tmp_path, None)
+        RunDir(tmp_path).plan(None)
     with pytest.raises(RunDirError):
-        plan(tmp_path, str(tmp_path.parent / "elsewhere.ckpt"))
+        RunDir(tmp_path).plan(str(tmp_path.parent / "elsewhere.ckpt"))
 
 
 def test_a_finished_run_is_never_trained_again(tmp_path):
     (tmp_path / "summary.json").write_text("{}")
-    assert plan(tmp_path, "auto") == FINISHED
+    assert RunDir(tmp_path).plan("auto") == FINISHED
     for ckpt in (None, str(tmp_path / "checkpoints" / "last.ckpt")):
         with pytest.raises(RunDirError, match="holds a finished run"):
-            plan(tmp_path, ckpt)
+            RunDir(tmp_path).plan(ckpt)
 
 
 def test_a_resume_writes_its_hydra_files_beside_the_original_ones(tmp_path):
@@ -120,7 +114,7 @@ def test_a_checkpoint_of_another_number_of_processes_is_refused(tmp_path):
     import lightning as L
 
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
-    record = RunRecord({})
+    record = RecordInCheckpoints(RunRecord())
     saved: dict = {}
     record.on_save_checkpoint(trainer, None, saved)
     record.on_load_checkpoint(trainer, None, saved)  # the same processes: fine
@@ -137,8 +131,8 @@ def test_a_resume_with_another_number_of_processes_is_refused_before_any_model_l
     tmp_path, monkeypatch, trained_by, env, overrides
 ):
     """check_resumable runs before the model loads: the settings say how many processes this run has."""
-    from medllm.training.resume import Checkpoint, check_resumable, run_record
-    from tests.conftest import compose_train
+    from medllm.training.resume import Checkpoint, check_resumable
+    from tests.helpers.configs import compose_train
 
     for name in ("WORLD_SIZE", "LOCAL_WORLD_SIZE", "SLURM_NTASKS"):
         monkeypatch.delenv(name, raising=False)
@@ -148,9 +142,9 @@ def test_a_resume_with_another_number_of_processes_is_refused_before_any_model_l
     del cfg.hydra
     path = tmp_path / "last.ckpt"
     for fine in (None, 2 if env else 1):  # not recorded (older checkpoints), or this run's own number
-        check_resumable(Checkpoint(path, 3, run_record(cfg), world_size=fine), cfg)
+        check_resumable(Checkpoint(path, 3, RunRecord.of_config(cfg), world_size=fine), cfg)
     with pytest.raises(CheckpointError, match=rf"{path}: the checkpoint was trained by {trained_by} process\(es\)"):
-        check_resumable(Checkpoint(path, 3, run_record(cfg), world_size=trained_by), cfg)
+        check_resumable(Checkpoint(path, 3, RunRecord.of_config(cfg), world_size=trained_by), cfg)
 
 
 def test_auto_takes_the_checkpoint_with_the_most_steps_not_the_newest_file(tmp_path):
@@ -159,7 +153,8 @@ def test_auto_takes_the_checkpoint_with_the_most_steps_not_the_newest_file(tmp_p
 
     import torch
 
-    from medllm.training.resume import RECORD_FORMAT, RECORD_KEY, find_checkpoint
+    from medllm.runs.record import RECORD_FORMAT
+    from medllm.training.resume import RECORD_KEY, find_checkpoint
 
     folder = tmp_path / "checkpoints"
     folder.mkdir()
@@ -174,7 +169,8 @@ def test_a_checkpoint_folder_outside_the_run_dir_resumes_only_its_own_runs_check
     """callbacks.checkpoint.dirpath shared by two runs: the second would write its last.ckpt over the first's."""
     import torch
 
-    from medllm.training.resume import RECORD_FORMAT, RECORD_KEY, find_checkpoint
+    from medllm.runs.record import RECORD_FORMAT
+    from medllm.training.resume import RECORD_KEY, find_checkpoint
 
     shared, first, second = tmp_path / "ckpts", tmp_path / "first", tmp_path / "second"
     shared.mkdir()
@@ -186,16 +182,6 @@ def test_a_checkpoint_folder_outside_the_run_dir_resumes_only_its_own_runs_check
             find_checkpoint(ckpt_path, shared, second)
     # inside a run dir the checkpoints are that dir's, wherever the run first wrote them (a copied run dir)
     assert find_checkpoint("auto", shared, tmp_path).global_step == 3
-
-
-HOLD_LOCK = """
-import sys
-from pathlib import Path
-from medllm.training.run_dir import lock
-lock(Path(sys.argv[1]))
-print("locked", flush=True)
-sys.stdin.read()
-"""
 
 
 def test_a_folder_in_use_by_another_process_is_refused_until_that_process_ends(tmp_path):
@@ -216,8 +202,8 @@ def test_a_folder_in_use_by_another_process_is_refused_until_that_process_ends(t
 
 def test_relative_paths_of_local_files_are_recorded_as_this_folder_resolves_them(tmp_path, monkeypatch):
     """A record naming "rows.jsonl" or "my-base" would point eval.py, started elsewhere, at other files."""
-    from medllm.training.run import absolute_local_paths
-    from tests.conftest import compose_train
+    from medllm.training.fit import absolute_local_paths
+    from tests.helpers.configs import compose_train
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "my-base").mkdir()

@@ -9,9 +9,11 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
-from medllm.config_checks import check_eval_config
+from medllm.config.checks import check_eval_config
+from medllm.config.secrets import REDACTED
 from medllm.data.chat_format import R1ChatFormat
-from medllm.evaluation.adapters import EvalConfigError
+from medllm.data.fingerprint import split_fingerprint, splits_fingerprint
+from medllm.errors import ConfigError
 from medllm.evaluation.run_settings import (
     EVAL_OWN,
     TAKEN,
@@ -21,23 +23,15 @@ from medllm.evaluation.run_settings import (
     take_run_settings,
 )
 from medllm.models.tiny import tiny_tokenizer
-from medllm.run_record import (
-    RECORD_FILE,
-    RunRecordError,
-    full_run_record,
-    read_run_record,
-    split_fingerprint,
-    write_run_record,
-)
-from medllm.training.resume import run_record
-from medllm.training.secrets import REDACTED
-from tests.conftest import compose_train, mark_adapter
+from medllm.runs.record import RECORD_FILE, RunRecord, RunRecordError
+from tests.helpers.adapters import mark_adapter
+from tests.helpers.configs import compose_eval, compose_train
 
 # A run that differs from eval.yaml's defaults in every setting eval.py takes.
 RUN = ("max_seq_length=256", "model.tiny.hidden_size=48", "seed=7", "data.instruction=Name the specialist.")
 
 
-def fake_adapter(folder: Path, *overrides: str) -> tuple[Path, dict]:
+def fake_adapter(folder: Path, *overrides: str) -> tuple[Path, RunRecord]:
     """An adapter folder with the record train.py writes for a run of ``overrides`` (the weights are not needed
     here: eval.py reads the record before any model loads)."""
     composed = compose_train(*overrides, f"paths.output_dir={folder.parent}")
@@ -47,12 +41,10 @@ def fake_adapter(folder: Path, *overrides: str) -> tuple[Path, dict]:
     datamodule.setup("fit")
     folder.mkdir(parents=True)
     mark_adapter(folder)  # eval reads the record before any weight
-    write_run_record(folder, full_run_record(run_record(cfg), datamodule))
-    return folder, read_run_record(folder)
-
-
-def compose_eval(*overrides: str):
-    return compose_train(*overrides, config_name="eval")
+    RunRecord.of_config(cfg).with_data(datamodule.chat_format.record(), splits_fingerprint(datamodule.splits)).write(
+        folder
+    )
+    return folder, RunRecord.read(folder)
 
 
 def taken(adapter: Path, *overrides: str, tmp_path: Path):
@@ -74,7 +66,7 @@ def owned(key: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def adapter(tmp_path_factory) -> tuple[Path, dict]:
+def adapter(tmp_path_factory) -> tuple[Path, RunRecord]:
     return fake_adapter(tmp_path_factory.mktemp("run") / "adapter", *RUN)
 
 
@@ -83,11 +75,11 @@ def adapter(tmp_path_factory) -> tuple[Path, dict]:
 
 def test_the_record_holds_config_chat_format_and_split(adapter):
     _, record = adapter
-    assert record["config"]["model"]["tiny"]["hidden_size"] == 48 and record["config"]["max_seq_length"] == 256
+    assert record.config["model"]["tiny"]["hidden_size"] == 48 and record.config["max_seq_length"] == 256
     fmt = R1ChatFormat(instruction="Name the specialist.")
-    assert record["chat_format"]["generation_prompt"] == fmt.generation_prompt("{question}")
-    assert record["chat_format"]["completion"] == fmt.completion("{reasoning}", "{response}")
-    split = record["data_split"]
+    assert record.chat_format["generation_prompt"] == fmt.generation_prompt("{question}")
+    assert record.chat_format["completion"] == fmt.completion("{reasoning}", "{response}")
+    split = record.data_split
     assert split["val"]["rows"] > 0 and split["train"]["rows"] > split["val"]["rows"]
     assert split["train"]["digest"] != split["val"]["digest"]
 
@@ -106,8 +98,8 @@ def test_the_split_fingerprint_follows_the_rows_not_their_order(tokenizer):
 def test_a_damaged_record_is_named(tmp_path):
     (tmp_path / RECORD_FILE).write_text("{truncated")
     with pytest.raises(RunRecordError, match=f"{tmp_path / RECORD_FILE}: not a readable run record"):
-        read_run_record(tmp_path)
-    assert read_run_record(tmp_path / "nothing here") is None
+        RunRecord.read(tmp_path)
+    assert RunRecord.read(tmp_path / "nothing here") is None
 
 
 # ---------------------------------------------------------------------------------------------- taking settings
@@ -120,7 +112,7 @@ def test_eval_takes_every_setting_of_the_run_the_command_line_leaves(adapter, tm
     with open_dict(cfg):
         cfg.benchmark.path = str(folder)  # any existing file or folder
     check_eval_config(cfg)  # still a valid eval config
-    ran = {k: v for name in TAKEN for k, v in flat(record["config"][name], name).items()}
+    ran = {k: v for name in TAKEN for k, v in flat(record.config[name], name).items()}
     resolved = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [*TAKEN, "paths"]), resolve=True)
     now = {k: v for name in TAKEN for k, v in flat(resolved[name], name).items()}
     assert {k: v for k, v in ran.items() if not owned(k)} == {k: v for k, v in now.items() if not owned(k)}
@@ -150,7 +142,7 @@ def test_given_settings_that_agree_or_change_no_score_are_applied(adapter, tmp_p
 )
 def test_given_settings_that_contradict_the_run_are_refused(adapter, overrides, message, tmp_path):
     folder, _ = adapter
-    with pytest.raises(EvalConfigError, match=f"contradicts the run that trained {folder} .*{message}") as err:
+    with pytest.raises(ConfigError, match=f"contradicts the run that trained {folder} .*{message}") as err:
         taken(folder, *overrides, tmp_path=tmp_path)
     assert "\n" not in str(err.value) and str(folder / RECORD_FILE) in str(err.value)
 
@@ -175,7 +167,7 @@ def test_adapters_scored_together_must_share_base_and_prompt(adapter, tmp_path):
 
     other_base, _ = fake_adapter(tmp_path / "other" / "adapter", *RUN[:-1], "model.tiny.hidden_size=32")
     differences = "data.instruction: Name the specialist. vs null; model.tiny.hidden_size: 48 vs 32"
-    with pytest.raises(EvalConfigError, match=f"{folder} and {other_base} were trained .*{differences}"):
+    with pytest.raises(ConfigError, match=f"{folder} and {other_base} were trained .*{differences}"):
         taken(folder, f"adapters=[{other_base}]", tmp_path=tmp_path)
 
 
@@ -185,7 +177,7 @@ def test_adapters_of_other_splits_share_a_benchmark_but_not_held_out_loss(adapte
     taken(folder, f"adapters=[{other_split}]", tmp_path=tmp_path)
     overrides = (f"adapter_path={folder}", f"adapters=[{other_split}]", "benchmark=medical_o1_val")
     cfg = compose_eval(*overrides, f"paths.output_dir={tmp_path}")
-    with pytest.raises(EvalConfigError, match="data.val_size: 0.2 vs 5.*one validation split"):
+    with pytest.raises(ConfigError, match="data.val_size: 0.2 vs 5.*one validation split"):
         take_run_settings(cfg, overrides)
 
 
@@ -199,7 +191,7 @@ def test_held_out_rows_must_be_the_runs(adapter, tmp_path):
     datamodule.setup("fit")
     records = run_records([str(folder)])
     check_held_out(datamodule.splits["val"], records)  # the same rows: passes
-    with pytest.raises(EvalConfigError, match=f"differ from those the run of {folder} held out"):
+    with pytest.raises(ConfigError, match=f"differ from those the run of {folder} held out"):
         check_held_out(datamodule.splits["train"], records)
 
 
@@ -216,6 +208,6 @@ def test_a_prompt_other_than_the_trained_one_is_warned_about(adapter, caplog):
 def test_a_redacted_value_of_the_run_is_never_taken_back(tmp_path):
     """A secret is masked in the record: eval uses this machine's value, never the mask."""
     adapter, record = fake_adapter(tmp_path / "run" / "adapter", "+data.hub_token=hf_" + "x" * 30)
-    assert record["config"]["data"]["hub_token"] == REDACTED
+    assert record.config["data"]["hub_token"] == REDACTED
     assert taken(adapter, tmp_path=tmp_path).data.get("hub_token") is None
     assert taken(adapter, "+data.hub_token=hf_mine", tmp_path=tmp_path).data.hub_token == "hf_mine"

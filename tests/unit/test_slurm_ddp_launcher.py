@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from medllm import resolvers
-from tests.conftest import compose_train
+from medllm.config import resolvers
+from tests.helpers.configs import compose_train
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[slurm]'")
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from medllm.config_checks import check_train_config
-from medllm.sweep_check import shared_settings_error
-from tests.conftest import CONF, run_train
+from medllm.config.checks import check_train_config
+from medllm.config.sweep_check import shared_settings_error
+from tests.helpers.cli import run_train
+from tests.helpers.configs import CONF
 
 
 @pytest.fixture(autouse=True)
 def resolvers():
-    from medllm.resolvers import register
+    from medllm.config.resolvers import register
 
     register()  # as train.py does before composing
 

@@ -13,9 +13,11 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.types import RunMode
 from omegaconf import OmegaConf, open_dict
 
-from medllm import resolvers
-from medllm.training import sweep
-from tests.conftest import CONF, compose_train
+from medllm.config import resolvers
+from medllm.runs.jobs import ERROR_NAME
+from medllm.sweeps import summary
+from medllm.sweeps.callback import SweepSummary
+from tests.helpers.configs import CONF, compose_train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -54,7 +56,7 @@ def test_alpha_follows_the_rank_by_the_ratio(experiment, ratio, r, tmp_path):
     overrides = [f"experiment={experiment}", "hparams_search=lr_rank_grid", f"model.lora.r={r}"]
     overrides += [f"lora_alpha_ratio={ratio}"] if ratio else []
     cfg = compose_train(*overrides, f"paths.output_dir={tmp_path}")
-    assert cfg.hydra.callbacks.sweep_summary._target_ == "medllm.training.sweep.SweepSummary"
+    assert cfg.hydra.callbacks.sweep_summary._target_ == "medllm.sweeps.callback.SweepSummary"
     assert set(cfg.hydra.sweeper.params) == {"optimizer.lr", "model.lora.r"}
     assert cfg.model.lora.alpha == r * float(ratio or 1.0)
     assert isinstance(cfg.model.lora.alpha, int)
@@ -95,10 +97,10 @@ def fake_job(sweep_dir: Path, num: int, lr: float, r: int, val_loss: float | Non
     OmegaConf.save(OmegaConf.create(config), job_dir / ".hydra" / "config.yaml")
     OmegaConf.save(OmegaConf.create([f"optimizer.lr={lr}", f"model.lora.r={r}"]), job_dir / ".hydra" / "overrides.yaml")
     if val_loss is not None:
-        summary = {"val_loss": val_loss, "tokens_per_s": 100.0 + num, "peak_mem_gib": 1.5, "steps": 6}
-        (job_dir / "summary.json").write_text(json.dumps(summary))
+        numbers = {"val_loss": val_loss, "tokens_per_s": 100.0 + num, "peak_mem_gib": 1.5, "steps": 6}
+        (job_dir / "summary.json").write_text(json.dumps(numbers))
     if error is not None:
-        (job_dir / sweep.ERROR_NAME).write_text(error)
+        (job_dir / ERROR_NAME).write_text(error)
     return job_dir
 
 
@@ -107,31 +109,31 @@ def test_summary_lists_failed_and_unfinished_jobs_and_picks_the_best(tmp_path):
     fake_job(tmp_path, 1, 1e-4, 16, error="torch.OutOfMemoryError: CUDA out of memory")
     fake_job(tmp_path, 2, 2e-4, 8, val_loss=2.25)
     fake_job(tmp_path, 10, 2e-4, 16)  # killed, or still running: no summary.json, no error
-    best = sweep.write_summary(tmp_path)
+    best = summary.write_summary(tmp_path)
     assert best is not None and best.job == 2
 
-    with (tmp_path / sweep.CSV_NAME).open() as f:
+    with (tmp_path / summary.CSV_NAME).open() as f:
         rows = list(csv.DictReader(f))
     assert [(r["job"], r["status"]) for r in rows] == [("0", "ok"), ("1", "failed"), ("2", "ok"), ("10", "incomplete")]
     assert [int(r["alpha"]) for r in rows] == [16, 32, 16, 32]
     assert rows[1]["error"].startswith("torch.OutOfMemoryError") and rows[1]["val_loss"] == ""
     assert rows[2]["overrides"] == "optimizer.lr=0.0002 model.lora.r=8"
 
-    info = json.loads((tmp_path / sweep.BEST_NAME).read_text())
+    info = json.loads((tmp_path / summary.BEST_NAME).read_text())
     assert (info["job"], info["val_loss"], info["lr"], info["r"], info["alpha"]) == (2, 2.25, 2e-4, 8, 16)
     assert info["command"] == "python train.py optimizer.lr=0.0002 model.lora.r=8"
     assert (info["jobs"], info["jobs_ok"]) == (4, 2)
     assert [(j["job"], j["status"]) for j in info["failed_jobs"]] == [(1, "failed"), (10, "incomplete")]
-    assert (tmp_path / sweep.PLOT_NAME).read_bytes()[:8] == PNG_MAGIC
+    assert (tmp_path / summary.PLOT_NAME).read_bytes()[:8] == PNG_MAGIC
 
 
 def test_summary_without_a_finished_job_has_no_best(tmp_path):
     fake_job(tmp_path, 0, 1e-4, 8, error="ValueError: boom")
-    (tmp_path / sweep.BEST_NAME).write_text("{}")  # stale, from an earlier sweep into the same dir
-    assert sweep.write_summary(tmp_path) is None
-    assert not (tmp_path / sweep.BEST_NAME).exists() and not (tmp_path / sweep.PLOT_NAME).exists()
-    assert (tmp_path / sweep.CSV_NAME).read_text().count("\n") == 2
-    assert sweep.main([str(tmp_path)]) == 0 and sweep.main([str(tmp_path / "nope")]) == 1
+    (tmp_path / summary.BEST_NAME).write_text("{}")  # stale, from an earlier sweep into the same dir
+    assert summary.write_summary(tmp_path) is None
+    assert not (tmp_path / summary.BEST_NAME).exists() and not (tmp_path / summary.PLOT_NAME).exists()
+    assert (tmp_path / summary.CSV_NAME).read_text().count("\n") == 2
+    assert summary.main([str(tmp_path)]) == 0 and summary.main([str(tmp_path / "nope")]) == 1
 
 
 def test_callback_records_a_failed_job_and_updates_the_summary(tmp_path):
@@ -147,15 +149,15 @@ def test_callback_records_a_failed_job_and_updates_the_summary(tmp_path):
         }
     )
     failed = JobReturn(status=JobStatus.FAILED, _return_value=RuntimeError("diverged"))
-    sweep.SweepSummary().on_job_end(config, failed)
-    assert (job_dir / sweep.ERROR_NAME).read_text().strip() == "RuntimeError: diverged"
-    assert json.loads((tmp_path / sweep.BEST_NAME).read_text())["failed_jobs"][0]["error"] == "RuntimeError: diverged"
+    SweepSummary().on_job_end(config, failed)
+    assert (job_dir / ERROR_NAME).read_text().strip() == "RuntimeError: diverged"
+    assert json.loads((tmp_path / summary.BEST_NAME).read_text())["failed_jobs"][0]["error"] == "RuntimeError: diverged"
 
     with open_dict(config):
         config.hydra.mode = RunMode.RUN
-    (tmp_path / sweep.CSV_NAME).unlink()
-    sweep.SweepSummary().on_job_end(config, failed)  # a single run: nothing to summarise
-    assert not (tmp_path / sweep.CSV_NAME).exists()
+    (tmp_path / summary.CSV_NAME).unlink()
+    SweepSummary().on_job_end(config, failed)  # a single run: nothing to summarise
+    assert not (tmp_path / summary.CSV_NAME).exists()
 
 
 def test_each_swept_key_gets_a_column_and_the_best_names_its_values(tmp_path):
@@ -166,24 +168,24 @@ def test_each_swept_key_gets_a_column_and_the_best_names_its_values(tmp_path):
         config = OmegaConf.load(job_dir / ".hydra" / "config.yaml")
         config.data = {"batch_size": batch}
         OmegaConf.save(config, job_dir / ".hydra" / "config.yaml")
-    best = sweep.write_summary(tmp_path)
+    best = summary.write_summary(tmp_path)
 
-    with (tmp_path / sweep.CSV_NAME).open() as f:
+    with (tmp_path / summary.CSV_NAME).open() as f:
         reader = csv.DictReader(f)
         rows = list(reader)
     assert "data.batch_size" in reader.fieldnames
     assert "experiment" not in reader.fieldnames and "optimizer.lr" not in reader.fieldnames  # not varied
     assert [int(r["data.batch_size"]) for r in rows] == [2, 4, 8]
-    info = json.loads((tmp_path / sweep.BEST_NAME).read_text())
+    info = json.loads((tmp_path / summary.BEST_NAME).read_text())
     assert best.job == info["job"] == 1 and info["swept"] == {"data.batch_size": 4}
     assert "data.batch_size=4" in info["command"]
-    assert (tmp_path / sweep.PLOT_NAME).read_bytes()[:8] == PNG_MAGIC
+    assert (tmp_path / summary.PLOT_NAME).read_bytes()[:8] == PNG_MAGIC
 
 
 def test_keys_the_sweeper_searches_are_swept_from_the_first_job(tmp_path):
     fake_job(tmp_path, 0, 1e-4, 8, val_loss=2.0)
     params = {"optimizer.lr": "interval(1e-5, 1e-2)", "model.lora.r": "choice(8, 16)"}
     OmegaConf.save(OmegaConf.create({"hydra": {"sweeper": {"params": params}}}), tmp_path / "multirun.yaml")
-    results = sweep.collect(tmp_path)
-    assert sweep.swept_keys(results, tmp_path) == ["optimizer.lr", "model.lora.r"]
-    assert sweep.columns(sweep.swept_keys(results, tmp_path)) == sweep.COLUMNS  # both have a column already
+    results = summary.collect(tmp_path)
+    assert summary.swept_keys(results, tmp_path) == ["optimizer.lr", "model.lora.r"]
+    assert summary.columns(summary.swept_keys(results, tmp_path)) == summary.COLUMNS  # both have a column already

@@ -12,11 +12,14 @@ Light on purpose (no torch): configs are checked before anything heavy is import
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import difflib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from omegaconf import MISSING
+
+from medllm.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,22 @@ class Rule:
     expect: str
     ok: Callable[[Any], bool]
     choices: tuple = ()
+
+    def check(self, key: str, value: Any) -> None:
+        """ConfigError naming ``key`` (as the command line spells it) unless ``value`` follows the rule."""
+        if not self.ok(value):
+            raise ConfigError(f"{key}={show(value)} must be {self.expect}{did_you_mean(value, self.choices) or '.'}")
+
+
+@dataclass(frozen=True)
+class Listed:
+    """``one_of`` over choices listed when a value is checked, not when the schema is defined: the modules
+    of a package, where a new one is a new choice (``model.backend``)."""
+
+    list_choices: Callable[[], tuple]
+
+    def check(self, key: str, value: Any) -> None:
+        one_of(*self.list_choices()).check(key, value)
 
 
 @dataclass(frozen=True)
@@ -45,7 +64,9 @@ class Dispatch:
     optional: bool = False
 
 
-def setting(default: Any = MISSING, rule: Rule | None = None, *, factory: Callable[[], Any] | None = None) -> Any:
+def setting(
+    default: Any = MISSING, rule: Rule | Listed | None = None, *, factory: Callable[[], Any] | None = None
+) -> Any:
     """A schema field: its default (or ``factory`` for lists) and the rule its value must follow (None: any)."""
     metadata = {"rule": rule} if rule else {}
     if factory is not None:
@@ -113,3 +134,11 @@ def show(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     return str(value)
+
+
+def did_you_mean(value: Any, choices: Iterable[Any], prefix: str = "") -> str:
+    """``"; did you mean <prefix><choice>?"`` for the choice closest to ``value``; "" when none is close."""
+    if not isinstance(value, str):
+        return ""
+    close = difflib.get_close_matches(value, [c for c in choices if isinstance(c, str)], n=1)
+    return f"; did you mean {prefix}{close[0]}?" if close else ""

@@ -1,8 +1,12 @@
-"""Every key train.yaml and eval.yaml (and their groups) may hold: its type, and the rule its value follows.
+"""Every key train.yaml and eval.yaml (and their groups) may hold: its type, its default and its rule.
 
 A new knob is one line here, next to its line in the YAML; a key missing here is refused as unknown
-("did you mean ...?"). Defaults here only fill keys a config leaves out while checking; the YAML files
-hold the real defaults. Checks that relate two keys live in ``medllm.config_checks``.
+("did you mean ...?"). A default here is the one that applies where a config leaves the key out, so it
+equals the YAML's own (tests/unit/test_config_defaults.py): medllm's groups default to what train.yaml and
+eval.yaml compose by default, and a group instantiated by ``_target_`` (optimizer, scheduler, logger,
+callbacks) to what its class takes. Rules that relate several keys, the machine or files live in
+``medllm.config.checks``; the names other layers must agree on (backends, benchmarks, summary metrics)
+are declared here, below.
 
 Step counts: trainer.max_steps, trainer.log_every_n_steps, trainer.val_check_interval (an int),
 scheduler.num_warmup_steps, callbacks.checkpoint.every_n_train_steps, skip_nonfinite_steps and
@@ -11,12 +15,12 @@ throughput_warmup_steps count optimizer steps.
 
 from __future__ import annotations
 
+import importlib.util
+import pkgutil
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any, ClassVar, Optional, Union
 
-from medllm.config.rules import Rule, above, at_least, between, dispatch, fraction_or_count, one_of, setting
-from medllm.models.backends import backend_names
-from medllm.training.eval_after import SUMMARY_NAMES as EVAL_SUMMARY_NAMES
+from medllm.config.rules import Listed, Rule, above, at_least, between, dispatch, fraction_or_count, one_of, setting
 
 # Optional[...] and Union[...] rather than "X | None": OmegaConf reads these annotations on Python 3.10.
 # setting() and dispatch() return dataclasses.field(...), which RUF009 can't tell.
@@ -26,6 +30,25 @@ POSITIVE = above(0)
 COUNT = at_least(0)  # 0 allowed: none
 SEED = between(0, 2**32 - 1)  # what torch and numpy seed generators take
 BETAS = Rule("two numbers in [0, 1)", lambda v: len(v) == 2 and all(between(0, 1, high_open=True).ok(b) for b in v))
+
+# The model backends are the modules of this package: a new backend is a module there (and a conf/model file
+# naming it). Named here by its dotted path, as a config names a _target_, and listed without importing them.
+BACKEND_PACKAGE = "medllm.models.backends"
+# The backends whose trained models save GGUF (export.gguf): Unsloth drives llama.cpp's converter.
+GGUF_BACKENDS = ("unsloth",)
+
+
+def backend_names() -> tuple[str, ...]:
+    """The registered backends: the public modules of ``BACKEND_PACKAGE``."""
+    folders = importlib.util.find_spec(BACKEND_PACKAGE).submodule_search_locations
+    return tuple(sorted(m.name for m in pkgutil.iter_modules(folders) if not m.name.startswith("_")))
+
+
+# How the merged engine's decoding step attends to its KV cache (eval.yaml's decode_attention).
+DECODE_ATTENTION = one_of("auto", "sdpa", "flex")
+# FlexAttention's CUDA kernels are Triton's, built for Ampere (compute capability 8.0) and newer; on older
+# GPUs (T4, V100) they fail to build, or fall back to a dense path that is slower than SDPA.
+FLEX_MIN_CAPABILITY = (8, 0)
 
 
 def _whole(v: Any, low: int) -> bool:
@@ -42,12 +65,15 @@ PRECISIONS = one_of(
 
 
 # ---------------------------------------------------------------------------------------------- model
+LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
 @dataclass
 class Lora:
     r: int = setting(8, POSITIVE)
     alpha: int = setting(16, POSITIVE)
     dropout: float = setting(0.0, between(0, 1, high_open=True))
-    target_modules: list[str] = setting(factory=list)
+    target_modules: list[str] = setting(factory=lambda: list(LLAMA_PROJECTIONS))
     use_rslora: bool = False
 
 
@@ -64,19 +90,27 @@ class TinyModel:
 
 @dataclass
 class Model:
-    backend: str = setting("hf", one_of(*backend_names()))  # the modules of medllm.models.backends
+    backend: str = setting("tiny", Listed(backend_names))
     name_or_path: Optional[str] = None
     revision: Optional[str] = None
-    tiny: Optional[TinyModel] = None
-    dtype: str = setting("auto", one_of("auto", "float32", "bfloat16", "float16"))
+    tiny: Optional[TinyModel] = setting(factory=TinyModel)
+    dtype: str = setting("float32", one_of("auto", "float32", "bfloat16", "float16"))
     load_in_4bit: bool = False
-    attn_implementation: Optional[str] = None
+    attn_implementation: Optional[str] = "sdpa"
     gradient_checkpointing: Any = setting(False, one_of(False, True, "unsloth", "auto"))
     max_seq_length: int = setting(1024, POSITIVE)
     lora: Lora = setting(factory=Lora)
 
 
 # ---------------------------------------------------------------------------------------------- data
+# Named, since the data layer's functions check the values they are given by these same rules.
+SOURCES = one_of("sample", "hub", "local")
+TRAIN_ON = one_of("completion", "all")
+ON_BAD_ROW = one_of("error", "skip")
+TOO_LONG = one_of("drop", "truncate")
+PHI_CHECK = one_of("warn", "error", "off")
+
+
 @dataclass
 class Columns:
     question: str = "Question"
@@ -87,19 +121,19 @@ class Columns:
 @dataclass
 class Data:
     _target_: str = "medllm.data.datamodule.ReasoningDataModule"
-    source: str = setting("sample", one_of("sample", "hub", "local"))
+    source: str = setting("sample", SOURCES)
     path: Optional[str] = None
-    hub_name: Optional[str] = None
-    subset: Optional[str] = None
+    hub_name: str = "FreedomIntelligence/medical-o1-reasoning-SFT"
+    subset: str = "en"
     revision: Optional[str] = None
     hub_token: Optional[str] = None
     columns: Columns = setting(factory=Columns)
     instruction: Optional[str] = None
-    train_on: str = setting("completion", one_of("completion", "all"))
-    on_bad_row: str = setting("error", one_of("error", "skip"))
-    too_long: str = setting("drop", one_of("drop", "truncate"))
-    phi_check: str = setting("warn", one_of("warn", "error", "off"))
-    val_size: Union[int, float] = setting(0.1, fraction_or_count(min_count=1, whole_fraction=False))
+    train_on: str = setting("completion", TRAIN_ON)
+    on_bad_row: str = setting("error", ON_BAD_ROW)
+    too_long: str = setting("drop", TOO_LONG)
+    phi_check: str = setting("warn", PHI_CHECK)
+    val_size: Union[int, float] = setting(0.2, fraction_or_count(min_count=1, whole_fraction=False))
     test_path: Optional[str] = None
     max_seq_length: int = setting(1024, POSITIVE)
     packing: bool = False
@@ -119,8 +153,8 @@ class Data:
 class AdamW8bit:  # bitsandbytes
     _target_: str = "bitsandbytes.optim.AdamW8bit"
     _partial_: bool = True
-    lr: float = setting(2.0e-4, POSITIVE)
-    weight_decay: float = setting(0.0, COUNT)
+    lr: float = setting(1.0e-3, POSITIVE)
+    weight_decay: float = setting(1.0e-2, COUNT)
     betas: list[float] = setting(factory=lambda: [0.9, 0.999], rule=BETAS)
     eps: float = setting(1e-8, POSITIVE)
 
@@ -166,22 +200,26 @@ SCHEDULERS = {
 class CSVLogger:
     _target_: str = "lightning.pytorch.loggers.CSVLogger"
     save_dir: str = "."
-    name: Optional[str] = "csv"
+    name: Optional[str] = "lightning_logs"
     version: Union[int, str, None] = None
+
+
+WANDB_MODE = one_of("online", "offline", "disabled")
 
 
 @dataclass
 class WandbLogger:
     _target_: str = "lightning.pytorch.loggers.WandbLogger"
-    project: Optional[str] = "medllm"
+    project: Optional[str] = None
     entity: Optional[str] = None
     group: Optional[str] = None
     name: Optional[str] = None
     tags: list[str] = setting(factory=list)
     notes: Optional[str] = None
     save_dir: str = "."
-    mode: Optional[str] = setting(None, one_of("online", "offline", "disabled"))
+    mode: Optional[str] = setting(None, WANDB_MODE)
     log_model: Any = setting(False, one_of(False, True, "all"))
+    # medllm's own knobs (not WandbLogger's): a table of sample generations at each validation.
     log_samples: bool = True
     num_samples: int = setting(4, POSITIVE)
     sample_max_new_tokens: int = setting(128, POSITIVE)
@@ -234,8 +272,8 @@ CALLBACKS = {
 class Hardware:
     """The hardware group's keys (train.py's and eval.py's ``trainer``)."""
 
-    accelerator: str = setting("auto", one_of("auto", "cpu", "gpu", "cuda", "mps"))
-    devices: Any = setting("auto", DEVICES)
+    accelerator: str = setting("cpu", one_of("auto", "cpu", "gpu", "cuda", "mps"))
+    devices: Any = setting(1, DEVICES)
     strategy: Any = "auto"
     precision: Any = setting("32-true", PRECISIONS)
     num_nodes: int = setting(1, at_least(1))
@@ -246,15 +284,15 @@ class Trainer(Hardware):
     """Lightning Trainer keys medllm passes on (add one here to use it), and two it applies itself."""
 
     max_steps: int = setting(-1, at_least(1, {-1: "run max_epochs instead"}))  # optimizer steps
-    max_epochs: Optional[int] = setting(None, at_least(1, {-1: "no limit"}))
+    max_epochs: Optional[int] = setting(1, at_least(1, {-1: "no limit"}))
     accumulate_grad_batches: int = setting(1, at_least(1))
-    gradient_clip_val: Optional[float] = setting(None, at_least(0))  # 0 or null: no clipping
+    gradient_clip_val: Optional[float] = setting(1.0, at_least(0))  # 0 or null: no clipping
     val_check_interval: Union[int, float, None] = setting(1.0, fraction_or_count(min_count=1))  # optimizer steps
     check_val_every_n_epoch: Optional[int] = setting(1, at_least(1))
     limit_val_batches: Union[int, float] = setting(1.0, fraction_or_count(min_count=0, zero_fraction=True))
     limit_train_batches: Union[int, float] = setting(1.0, fraction_or_count(min_count=1))
-    log_every_n_steps: int = setting(50, COUNT)  # optimizer steps; 0: no training rows
-    num_sanity_val_steps: int = setting(2, at_least(0, {-1: "all"}))
+    log_every_n_steps: int = setting(10, COUNT)  # optimizer steps; 0: no training rows
+    num_sanity_val_steps: int = setting(0, at_least(0, {-1: "all"}))
     deterministic: Any = setting(None, one_of(None, False, True, "warn"))
     profiler: Optional[str] = setting(None, one_of("simple", "advanced", "pytorch"))
     enable_progress_bar: Optional[bool] = None
@@ -262,11 +300,18 @@ class Trainer(Hardware):
 
 
 # ---------------------------------------------------------------------------------------------- train.yaml
-# The numbers in a run's summary (training.run.train): what a sweep may optimize (optimized_metric).
-SUMMARY_METRICS = (
-    "val_loss", "val_ppl", "train_loss_first", "train_loss_last", "tokens_per_s", "trained_tokens_per_s",
-    "peak_mem_gib", *EVAL_SUMMARY_NAMES,  # with eval_after_training
-)  # fmt: skip
+# The numbers of an evaluation's report that eval_after_training adds to a run's summary as eval_<name>, and
+# whether higher is better.
+EVAL_METRICS = {
+    "accuracy": True, "macro_f1": True, "precision": True, "recall": True, "parse_failures": False,
+    "format_rate": True, "loss": False, "perplexity": False, "token_accuracy": True,
+}  # fmt: skip
+# The numbers in a run's summary.json: what a sweep may optimize (optimized_metric), and whether higher is better.
+SUMMARY_METRICS = {
+    "val_loss": False, "val_ppl": False, "train_loss_first": False, "train_loss_last": False,
+    "tokens_per_s": True, "trained_tokens_per_s": True, "peak_mem_gib": False,
+    **{f"eval_{name}": higher for name, higher in EVAL_METRICS.items()},  # with eval_after_training
+}  # fmt: skip
 
 
 @dataclass
@@ -307,6 +352,13 @@ class TrainConfig:
 # ---------------------------------------------------------------------------------------------- eval.yaml
 @dataclass
 class Benchmark:
+    """A benchmark of generated answers: each model answers its questions, scored against a gold label."""
+
+    # What the benchmark scores, declared here so that no code compares benchmark names:
+    # held_out: False: generated answers (any engine); True: the loss of the rows the adapter's training run
+    # held out, on the model as trained (4-bit, adapter unmerged), from the data group's rows.
+    held_out: ClassVar[bool] = False
+
     name: str = "pubmedqa"
     # A file or folder of the benchmark (mcq: required); null: the hub's copy.
     path: Optional[str] = None
@@ -322,6 +374,8 @@ class MedMCQA(Benchmark):
 class MedicalO1Val(Benchmark):
     """Scores the data group's validation split; path and instruction are accepted (and unused) so that one
     sweep over benchmarks can pass ``++benchmark.path``."""
+
+    held_out: ClassVar[bool] = True
 
     name: str = "medical_o1_val"
     batch_size: Optional[int] = setting(None, POSITIVE)
@@ -351,7 +405,7 @@ class EvalConfig:
     max_new_tokens: int = setting(2048, POSITIVE)
     batch_size: Union[int, str] = setting("auto", at_least(1, {"auto": "chosen to fit"}))
     engine: str = setting("auto", one_of("auto", "merged", "peft"))
-    decode_attention: str = setting("auto", one_of("auto", "sdpa", "flex"))
+    decode_attention: str = setting("auto", DECODE_ATTENTION)
     do_sample: bool = False
     temperature: float = setting(0.6, at_least(0))
     top_p: float = setting(0.95, between(0, 1, low_open=True))
@@ -361,3 +415,16 @@ class EvalConfig:
     trainer: Hardware = setting(factory=Hardware)
     benchmark: Any = dispatch("name", BENCHMARKS, strict=True)
     paths: Paths = setting(factory=Paths)
+
+
+def scores_held_out(cfg: Any) -> bool:
+    """Whether an eval config scores held-out rows (a loss) rather than generated answers."""
+    return cfg.mode == "benchmark" and BENCHMARKS.get(cfg.benchmark.name, Benchmark).held_out
+
+
+def eval_backend(cfg: Any) -> str | None:
+    """The backend an evaluation prepares first: the configured one where the model runs as trained (4-bit, the
+    adapter unmerged: engine=peft, mode=generate, held-out loss); none for the merged engine, which needs only
+    transformers."""
+    as_trained = cfg.engine == "peft" or cfg.mode == "generate" or scores_held_out(cfg)
+    return cfg.model.backend if as_trained else None

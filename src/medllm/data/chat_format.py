@@ -18,9 +18,10 @@ import re
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 from tokenizers import Tokenizer
+
+from medllm.config.schema import TRAIN_ON
 
 IGNORE_INDEX = -100
 
@@ -33,7 +34,8 @@ THINK_CLOSE = "</think>"
 PAD = "<｜▁pad▁｜>"
 SPECIAL_TOKENS = (BOS, EOS, USER, ASSISTANT, THINK_OPEN, THINK_CLOSE, PAD)
 
-TrainOn = Literal["completion", "all"]
+# Placeholders in a recorded format (R1ChatFormat.record): where a row's text goes.
+QUESTION, REASONING, RESPONSE = "{question}", "{reasoning}", "{response}"
 
 
 class PlainTextEncoder:
@@ -122,6 +124,14 @@ class R1ChatFormat:
     def render(self, question: str, reasoning: str, response: str) -> str:
         return self.prompt(question) + self.completion(reasoning, response)
 
+    def record(self) -> dict[str, str | None]:
+        """The format as a run record keeps it: the instruction, and the prompt and completion templates."""
+        return {
+            "instruction": self.instruction,
+            "generation_prompt": self.generation_prompt(QUESTION),
+            "completion": self.completion(REASONING, RESPONSE),
+        }
+
     def _prompt_ids(self, encoder: PlainTextEncoder, questions: Sequence[str]) -> list[list[int]]:
         bos, user, assistant = encoder.markers([BOS, USER, ASSISTANT])
         users = encoder.encode([self.user_text(q) for q in questions])
@@ -141,7 +151,7 @@ class R1ChatFormat:
         questions: list[str],
         reasonings: list[str],
         responses: list[str],
-        train_on: TrainOn = "completion",
+        train_on: str = "completion",
     ) -> dict[str, list]:
         """Token ids and labels for a batch of rows (the shape ``datasets.map(batched=True)`` wants), and
         ``control_text``: whether the row's text spells a control token (kept literal; counted).
@@ -151,8 +161,7 @@ class R1ChatFormat:
         The first token (BOS) is never a label, so in a packed sequence no row is trained to predict
         the start of the next.
         """
-        if train_on not in ("completion", "all"):
-            raise ValueError(f"train_on must be 'completion' or 'all', got {train_on!r}")
+        TRAIN_ON.check("data.train_on", train_on)
         encoder = plain_text_encoder(tokenizer)
         prompts = self._prompt_ids(encoder, questions)
         think_open, think_close, eos = encoder.markers([THINK_OPEN, THINK_CLOSE, EOS])

@@ -12,11 +12,13 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from medllm.data import phi, prepare, records, validate
-from medllm.data.chat_format import R1ChatFormat, TrainOn
+from medllm.config.resolvers import launched_processes
+from medllm.config.schema import Data
+from medllm.config.schema_check import typed
+from medllm.data import prepare, records, rows
+from medllm.data.chat_format import R1ChatFormat
 from medllm.data.collate import PackCollator, PackedDataset, PadCollator, pack
 from medllm.data.sampler import ResumableBatchSampler
-from medllm.resolvers import launched_processes
 
 log = logging.getLogger(__name__)
 
@@ -26,67 +28,46 @@ CACHE_WAIT_S = 3600.0
 class ReasoningDataModule(L.LightningDataModule):
     """Loads, validates, formats (R1 chat format), tokenizes, masks, splits and batches reasoning rows.
 
-    Every run reads and validates the rows and applies the PHI policy (``validate.load_valid_rows``,
-    done once per process, so an entry point's early ``validate.check_data`` costs nothing twice).
+    Every run reads and validates the rows and applies the PHI policy (``rows.load_valid_rows``,
+    done once per process, so an entry point's early ``rows.check_data`` costs nothing twice).
     Tokenizing runs once per distinct rows, settings and code, and is cached on disk, so a second run
     starts at once. Bad input raises a :class:`records.DataError` naming the file, row and field (or
     the setting) before any model is loaded.
     """
 
-    def __init__(
-        self,
-        tokenizer,
-        source: validate.Source = "sample",
-        path: str | None = None,
-        hub_name: str = "FreedomIntelligence/medical-o1-reasoning-SFT",
-        subset: str = "en",
-        revision: str | None = None,
-        hub_token: str | None = None,
-        columns: dict[str, str] | None = None,
-        instruction: str | None = None,
-        train_on: TrainOn = "completion",
-        on_bad_row: records.BadRowPolicy = "error",
-        too_long: prepare.TooLongPolicy = "drop",
-        phi_check: phi.PhiPolicy = "warn",
-        val_size: float | int = 0.1,
-        test_path: str | None = None,
-        max_seq_length: int = 1024,
-        packing: bool = False,
-        packed_static_shape: bool = True,
-        group_by_length: bool = False,
-        batch_size: int = 4,
-        eval_batch_size: int | None = None,
-        pad_to_multiple_of: int = 8,
-        num_workers: int = 0,
-        num_proc: int = 1,
-        cache_dir: str | None = None,
-        seed: int = 42,
-    ):
+    def __init__(self, tokenizer, **settings):
+        """``settings``: the data group's keys (``medllm.config.schema.Data``: its defaults, its rules)."""
         super().__init__()
         self.tokenizer = tokenizer
-        hub = {"hub_name": hub_name, "subset": subset, "revision": revision, "hub_token": hub_token}
-        self.sources = validate.row_sources(
-            {"source": source, "path": path, "test_path": test_path, "cache_dir": cache_dir, **hub}
+        self.settings = data = typed(settings, Data, "data.")
+        self.sources = rows.row_sources(data)
+        self.columns = records.Columns(**dataclasses.asdict(data.columns))
+        self.chat_format = R1ChatFormat(instruction=data.instruction)
+        self.train_on, self.on_bad_row, self.too_long, self.phi_check = (
+            data.train_on, data.on_bad_row, data.too_long, data.phi_check
+        )  # fmt: skip
+        self.val_size, self.max_seq_length = data.val_size, data.max_seq_length
+        self.packing, self.packed_static_shape, self.group_by_length = (
+            data.packing, data.packed_static_shape, data.group_by_length
+        )  # fmt: skip
+        self.batch_size, self.eval_batch_size = data.batch_size, data.eval_batch_size or data.batch_size
+        self.pad_to_multiple_of, self.num_workers, self.num_proc = (
+            data.pad_to_multiple_of,
+            data.num_workers,
+            data.num_proc,
         )
-        self.columns = records.Columns(**(columns or {}))
-        self.chat_format = R1ChatFormat(instruction=instruction)
-        self.train_on, self.on_bad_row, self.too_long, self.phi_check = train_on, on_bad_row, too_long, phi_check
-        self.val_size, self.max_seq_length = val_size, max_seq_length
-        self.packing, self.packed_static_shape, self.group_by_length = packing, packed_static_shape, group_by_length
-        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
-        self.pad_to_multiple_of, self.num_workers, self.num_proc = pad_to_multiple_of, num_workers, num_proc
-        self.cache_dir = Path(cache_dir or validate.DEFAULT_CACHE_DIR).expanduser()
-        self.seed = seed
+        self.cache_dir = Path(data.cache_dir or rows.DEFAULT_CACHE_DIR).expanduser()
+        self.seed = data.seed
         self.splits: dict[str, datasets.Dataset] = {}
         self.summary: prepare.DataSummary | None = None
         self.train_sampler: ResumableBatchSampler | None = None
         self._sampler_state: dict | None = None
 
     # ---- preparation -------------------------------------------------------------------------
-    def _cache_dir(self, rows: datasets.Dataset) -> Path:
+    def _cache_dir(self, clean_rows: datasets.Dataset) -> Path:
         # Keyed by the rows' content and every setting and code version that shapes the examples.
         key = prepare.cache_key(
-            rows=prepare.rows_digest(rows),
+            rows=prepare.rows_digest(clean_rows),
             instruction=self.chat_format.instruction,
             train_on=self.train_on,
             too_long=self.too_long,
@@ -95,10 +76,10 @@ class ReasoningDataModule(L.LightningDataModule):
         )
         return self.cache_dir / "prepared" / key
 
-    def _prepared(self, source: validate.RowSource, build: bool) -> tuple[datasets.Dataset, prepare.DataSummary]:
+    def _prepared(self, source: rows.RowSource, build: bool) -> tuple[datasets.Dataset, prepare.DataSummary]:
         """Rows validated afresh (bad rows and the PHI policy are checked every run, cached or not), then
         the tokenized examples: from the cache, or built (``build``) or waited for (other DDP ranks)."""
-        valid = validate.load_valid_rows(source, self.columns, self.on_bad_row, self.phi_check)
+        valid = rows.load_valid_rows(source, self.columns, self.on_bad_row, self.phi_check)
         target = self._cache_dir(valid.rows)
         cached = prepare.load_cached(target) if build else prepare.wait_for_cache(target, CACHE_WAIT_S)
         if cached is None and not build:
@@ -142,7 +123,7 @@ class ReasoningDataModule(L.LightningDataModule):
             return
         build = os.environ.get("LOCAL_RANK", "0") == "0"
         examples, self.summary = self._prepared(self.sources[0], build)
-        n_val = validate.validation_count(self.val_size, len(examples), self.summary.source, self.summary.dropped)
+        n_val = rows.validation_count(self.val_size, len(examples), self.summary.source, self.summary.dropped)
         split = examples.train_test_split(test_size=n_val, seed=self.seed)
         self.splits = {"train": split["train"], "val": split["test"]}
         if len(self.sources) > 1:

@@ -11,20 +11,18 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import datasets
 import numpy as np
 import tokenizers
 import transformers
 
+from medllm.config.schema import TOO_LONG
 from medllm.data import chat_format as chat_format_module
-from medllm.data.chat_format import IGNORE_INDEX, R1ChatFormat, TrainOn
+from medllm.data.chat_format import IGNORE_INDEX, R1ChatFormat
 from medllm.data.records import FIELDS, DataError
 
 log = logging.getLogger(__name__)
-
-TooLongPolicy = Literal["drop", "truncate"]
 
 
 @dataclass
@@ -74,7 +72,7 @@ class DataSummary:
         return {f"data/{k}": float(v) for k, v in flat.items()}
 
 
-def _apply_length_policy(batch: dict, max_seq_length: int, too_long: TooLongPolicy) -> dict:
+def _apply_length_policy(batch: dict, max_seq_length: int, too_long: str) -> dict:
     out = {"input_ids": [], "labels": [], "keep": [], "truncated": [], "n_trained": [], "length": []}
     out["full_length"], out["control_text"] = [len(ids) for ids in batch["input_ids"]], batch["control_text"]
     for ids, labels in zip(batch["input_ids"], batch["labels"]):
@@ -111,14 +109,13 @@ def tokenize(
     tokenizer,
     chat_format: R1ChatFormat,
     max_seq_length: int,
-    train_on: TrainOn = "completion",
-    too_long: TooLongPolicy = "drop",
+    train_on: str = "completion",
+    too_long: str = "drop",
     num_proc: int | None = None,
 ) -> Tokenized:
     """Tokenize clean rows. Rows over ``max_seq_length`` are dropped or truncated (``too_long``); rows
     left with no trained token (a prompt longer than the budget, say) are dropped."""
-    if too_long not in ("drop", "truncate"):
-        raise ValueError(f"data.too_long must be 'drop' or 'truncate', got {too_long!r}")
+    TOO_LONG.check("data.too_long", too_long)
 
     def encode(batch: dict) -> dict:
         out = chat_format.tokenize_batch(

@@ -14,19 +14,17 @@ from collections import Counter
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Literal
 
 import datasets
 import pyarrow.parquet
 
+from medllm.config.schema import ON_BAD_ROW
+from medllm.data.jsonrows import read_csv_rows, read_json_rows
 from medllm.errors import MedllmError
-from medllm.jsonrows import read_csv_rows, read_json_rows
 
 FIELDS = ("question", "reasoning", "response")
 LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 MAX_LISTED_ERRORS = 5
-
-BadRowPolicy = Literal["error", "skip"]
 
 
 class DataError(MedllmError, ValueError):
@@ -160,11 +158,10 @@ def clean(
     rows: list[dict],
     columns: Columns,
     source: str,
-    on_bad_row: BadRowPolicy = "error",
+    on_bad_row: str = "error",
 ) -> tuple[datasets.Dataset, CleanReport]:
     """Validate, normalise and de-duplicate rows; returns ``question/reasoning/response`` columns."""
-    if on_bad_row not in ("error", "skip"):
-        raise DataError(f"data.on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
+    ON_BAD_ROW.check("data.on_bad_row", on_bad_row)
     if not rows:
         raise DataError(f"{source}: no rows (the file is empty or holds an empty list). Point data.path at your rows.")
     present = set().union(*(row.keys() for row in rows))

@@ -1,8 +1,7 @@
 """Writing one evaluation run as report.json, report.md, predictions.jsonl and report.png.
 
-A result is one (benchmark, model) pair: ``{"benchmark": str, "model": str, "metrics": dict,
-"predictions": [ {id, prompt, output, parsed, gold}, ... ]}``. The model label is ``"base"`` or
-``"adapter:<path>"``; the markdown table shows each metric's change against ``base``. A result may
+A result (``EvalResult``) is one (benchmark, model) pair; the model label is ``"base"`` or
+``"adapter:<path>"``, and the markdown table shows each metric's change against ``base``. A result may
 also carry only numbers (held-out loss and perplexity) and no predictions.
 
 The figure is drawn on a ``Figure`` with the Agg canvas rather than through pyplot, so writing a
@@ -11,18 +10,19 @@ report never switches the backend of the process that called it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from medllm.evaluation.eval_dir import REPORT_FILES
+from medllm.evaluation.results import BASE, EvalResult
+from medllm.runs.layout import REPORT_FILES
 
-BASE = "base"
 COLUMNS = (
     "n",
     "accuracy",
@@ -42,24 +42,16 @@ CHARTED = ("accuracy", "macro_f1")
 PREDICTION_FIELDS = ("id", "parsed", "gold")
 
 
-def adapter_label(path: str) -> str:
-    """An adapter's name in the report."""
-    return f"adapter:{path}"
-
-
-def _group(results: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Mapping[str, Any]]]:
-    """Results as ``{benchmark: {model: result}}``, checked for shape, duplicates and counts."""
-    grouped: dict[str, dict[str, Mapping[str, Any]]] = {}
+def _group(results: Sequence[EvalResult]) -> dict[str, dict[str, EvalResult]]:
+    """Results as ``{benchmark: {model: result}}``, checked for duplicates and counts."""
+    grouped: dict[str, dict[str, EvalResult]] = {}
     for number, result in enumerate(results, start=1):
-        missing = [key for key in ("benchmark", "model", "metrics") if key not in result]
-        if missing or not isinstance(result["metrics"], Mapping):
-            raise ValueError(f"result {number}: needs 'benchmark', 'model' and a 'metrics' dict (missing {missing})")
-        bench, model = result["benchmark"], result["model"]
+        bench, model = result.benchmark, result.model
         if model in grouped.setdefault(bench, {}):
             raise ValueError(f"result {number}: a second result for benchmark {bench!r} and model {model!r}")
-        predictions = result.get("predictions")
+        predictions = result.predictions
         if predictions is not None:
-            n = result["metrics"].get("n")
+            n = result.metrics.get("n")
             if n is not None and n != len(predictions):
                 raise ValueError(
                     f"result {number} ({bench}, {model}): metrics n={n} but {len(predictions)} predictions"
@@ -83,9 +75,9 @@ def _fmt(value: Any, signed: bool = False) -> str:
     return str(value)
 
 
-def _table(models: dict[str, Mapping[str, Any]]) -> list[str]:
+def _table(models: dict[str, EvalResult]) -> list[str]:
     """One markdown table: a row per model (base first), scalar metrics, and deltas against base."""
-    metrics = {model: result["metrics"] for model, result in models.items()}
+    metrics = {model: result.metrics for model, result in models.items()}
     scalars = {
         k for m in metrics.values() for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
     }
@@ -111,17 +103,17 @@ def _table(models: dict[str, Mapping[str, Any]]) -> list[str]:
     return lines
 
 
-def _ranked(models: dict[str, Mapping[str, Any]]) -> list[tuple[str, Mapping[str, Any]]]:
+def _ranked(models: dict[str, EvalResult]) -> list[tuple[str, EvalResult]]:
     """Adapters whose training run is known, best accuracy first (lower val loss breaks ties)."""
-    runs = [(m, r) for m, r in models.items() if r.get("run") and r["metrics"].get("accuracy") is not None]
+    runs = [(m, r) for m, r in models.items() if r.run and r.metrics.get("accuracy") is not None]
 
-    def loss(run: Mapping[str, Any]) -> float:
-        return math.inf if run.get("val_loss") is None else run["val_loss"]
+    def loss(result: EvalResult) -> float:
+        return math.inf if result.run.val_loss is None else result.run.val_loss
 
-    return sorted(runs, key=lambda mr: (-mr[1]["metrics"]["accuracy"], loss(mr[1]["run"])))
+    return sorted(runs, key=lambda mr: (-mr[1].metrics["accuracy"], loss(mr[1])))
 
 
-def _ranking(models: dict[str, Mapping[str, Any]]) -> list[str]:
+def _ranking(models: dict[str, EvalResult]) -> list[str]:
     lines = [
         "### Adapters ranked by accuracy",
         "",
@@ -129,14 +121,14 @@ def _ranking(models: dict[str, Mapping[str, Any]]) -> list[str]:
         "|---|---|---|---|---|---|---|---|",
     ]
     for rank, (model, result) in enumerate(_ranked(models), start=1):
-        metrics, run = result["metrics"], result["run"]
-        cells = [metrics.get("accuracy"), metrics.get("macro_f1"), run.get("val_loss"), run.get("lr")]
-        cells = [_fmt(v) for v in cells] + [_fmt(run.get("r")), _fmt(run.get("alpha"))]
+        metrics, run = result.metrics, result.run
+        cells = [metrics.get("accuracy"), metrics.get("macro_f1"), run.val_loss, run.lr]
+        cells = [_fmt(v) for v in cells] + [_fmt(run.r), _fmt(run.alpha)]
         lines.append("| " + " | ".join([str(rank), model.replace("|", "\\|"), *cells]) + " |")
     return lines
 
 
-def _markdown(grouped: dict[str, dict[str, Mapping[str, Any]]]) -> str:
+def _markdown(grouped: dict[str, dict[str, EvalResult]]) -> str:
     lines = ["# Evaluation report", ""]
     for bench, models in grouped.items():
         lines += [f"## {bench}", "", *_table(models), ""]
@@ -145,12 +137,10 @@ def _markdown(grouped: dict[str, dict[str, Mapping[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
-def _accuracy_vs_val_loss(grouped: dict[str, dict[str, Mapping[str, Any]]], path: Path) -> bool:
+def _accuracy_vs_val_loss(grouped: dict[str, dict[str, EvalResult]], path: Path) -> bool:
     """A point per adapter (labelled lr, r): does a lower validation loss mean better answers?"""
     charted = {
-        b: ranked
-        for b, m in grouped.items()
-        if (ranked := [mr for mr in _ranked(m) if mr[1]["run"].get("val_loss") is not None])
+        b: ranked for b, m in grouped.items() if (ranked := [mr for mr in _ranked(m) if mr[1].run.val_loss is not None])
     }
     if not charted:
         return False
@@ -158,19 +148,18 @@ def _accuracy_vs_val_loss(grouped: dict[str, dict[str, Mapping[str, Any]]], path
     FigureCanvasAgg(fig)
     for ax, (bench, ranked) in zip(fig.subplots(1, len(charted), squeeze=False)[0], charted.items(), strict=True):
         for _, result in ranked:
-            run = result["run"]
-            x, y = run["val_loss"], result["metrics"]["accuracy"]
+            x, y = result.run.val_loss, result.metrics["accuracy"]
             ax.scatter([x], [y], color="tab:blue")
             ax.annotate(
-                f"lr {_fmt(run.get('lr'))}, r {_fmt(run.get('r'))}",
+                f"lr {_fmt(result.run.lr)}, r {_fmt(result.run.r)}",
                 (x, y),
                 fontsize=7,
                 xytext=(4, 4),
                 textcoords="offset points",
             )
         base = grouped[bench].get(BASE)
-        if base is not None and base["metrics"].get("accuracy") is not None:
-            ax.axhline(base["metrics"]["accuracy"], color="grey", linestyle="--", label="base")
+        if base is not None and base.metrics.get("accuracy") is not None:
+            ax.axhline(base.metrics["accuracy"], color="grey", linestyle="--", label="base")
             ax.legend(fontsize=8)
         ax.set_xlabel("validation loss (training run)")
         ax.set_ylabel("accuracy")
@@ -179,9 +168,9 @@ def _accuracy_vs_val_loss(grouped: dict[str, dict[str, Mapping[str, Any]]], path
     return True
 
 
-def _chart(grouped: dict[str, dict[str, Mapping[str, Any]]], path: Path) -> None:
+def _chart(grouped: dict[str, dict[str, EvalResult]], path: Path) -> None:
     """Accuracy and macro F1 per model, one panel per benchmark that has them."""
-    charted = {b: m for b, m in grouped.items() if any("accuracy" in r["metrics"] for r in m.values())}
+    charted = {b: m for b, m in grouped.items() if any("accuracy" in r.metrics for r in m.values())}
     fig = Figure(figsize=(max(4.0, 4.0 * len(charted)), 4.0), layout="constrained")
     FigureCanvasAgg(fig)
     if not charted:
@@ -189,9 +178,9 @@ def _chart(grouped: dict[str, dict[str, Mapping[str, Any]]], path: Path) -> None
     axes = fig.subplots(1, len(charted), squeeze=False)[0] if charted else []
     width = 0.8 / len(CHARTED)
     for ax, (bench, models) in zip(axes, charted.items(), strict=True):
-        names = sorted((m for m, r in models.items() if "accuracy" in r["metrics"]), key=lambda m: m != BASE)
+        names = sorted((m for m, r in models.items() if "accuracy" in r.metrics), key=lambda m: m != BASE)
         for offset, key in enumerate(CHARTED):
-            values = [models[m]["metrics"].get(key) or 0.0 for m in names]
+            values = [models[m].metrics.get(key) or 0.0 for m in names]
             xs = [i + (offset - (len(CHARTED) - 1) / 2) * width for i in range(len(names))]
             bars = ax.bar(xs, values, width, label=key.replace("_", " "))
             ax.bar_label(bars, fmt="%.3f", fontsize=7)
@@ -202,21 +191,21 @@ def _chart(grouped: dict[str, dict[str, Mapping[str, Any]]], path: Path) -> None
     fig.savefig(path, dpi=120)
 
 
-def write_report(out_dir: str | Path, results: Sequence[Mapping[str, Any]]) -> dict[str, Path]:
+def write_report(out_dir: str | Path, results: Sequence[EvalResult]) -> dict[str, Path]:
     """Write the four report files into ``out_dir`` (created if needed), and ``accuracy_vs_val_loss.png``
-    where adapters carry their training run (``result["run"]``: val_loss, lr, r, alpha); returns their paths."""
+    where adapters carry their training run; returns their paths."""
     grouped = _group(results)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / name for name in REPORT_FILES}
-    summary = {bench: {model: dict(r["metrics"]) for model, r in models.items()} for bench, models in grouped.items()}
-    runs = {r["model"]: dict(r["run"]) for r in results if r.get("run")}
+    summary = {bench: {model: dict(r.metrics) for model, r in models.items()} for bench, models in grouped.items()}
+    runs = {r.model: dataclasses.asdict(r.run) for r in results if r.run}
     paths["report.json"].write_text(json.dumps({"benchmarks": summary, "runs": runs}, indent=2) + "\n", "utf-8")
     paths["report.md"].write_text(_markdown(grouped), "utf-8")
     with paths["predictions.jsonl"].open("w", encoding="utf-8") as f:
         for result in results:
-            for item in result.get("predictions") or []:
-                line = {"benchmark": result["benchmark"], "model": result["model"], **item}
+            for item in result.predictions or []:
+                line = {"benchmark": result.benchmark, "model": result.model, **item}
                 line.setdefault("correct", item["parsed"] == item["gold"])
                 f.write(json.dumps(line, ensure_ascii=False) + "\n")
     _chart(grouped, paths["report.png"])

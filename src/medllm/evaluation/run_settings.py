@@ -1,7 +1,7 @@
 """eval.py scores an adapter with the settings it was trained with, read from its run record.
 
 ``take_run_settings`` fills the eval config from the record train.py saved in the adapter folder
-(``medllm.run_record``): every setting of ``TAKEN`` that the command line leaves alone gets the run's
+(``medllm.runs.record``): every setting of ``TAKEN`` that the command line leaves alone gets the run's
 value, so ``eval.py benchmark=medical_o1_val adapter_path=<run>/adapter`` scores the run's own model on
 the rows it held out, and benchmarks prompt with the run's instruction, with nothing retyped. A setting
 the command line gives must equal the run's where it decides which model is scored or which rows are
@@ -27,15 +27,17 @@ from typing import Any
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from medllm.config.inputs import find_adapters
 from medllm.config.rules import show
-from medllm.data.chat_format import R1ChatFormat
-from medllm.evaluation.adapters import EvalConfigError, find_adapters
-from medllm.run_record import QUESTION, RECORD_FILE, read_run_record, split_fingerprint
-from medllm.training.secrets import REDACTED
+from medllm.config.schema import scores_held_out
+from medllm.config.secrets import REDACTED
+from medllm.data.chat_format import QUESTION, R1ChatFormat
+from medllm.data.fingerprint import split_fingerprint
+from medllm.errors import ConfigError
+from medllm.runs.record import RECORD_FILE, RunRecord
 
 log = logging.getLogger(__name__)
 
-VAL_BENCHMARK = "medical_o1_val"
 # Taken from the run unless the command line sets them; seed and max_seq_length first, since the model
 # and data groups interpolate them.
 TAKEN = ("seed", "max_seq_length", "model", "data")
@@ -94,9 +96,9 @@ def _resolved(cfg: DictConfig, name: str) -> Any:
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
-def run_records(adapters: Sequence[str]) -> dict[str, dict[str, Any]]:
+def run_records(adapters: Sequence[str]) -> dict[str, RunRecord]:
     """``{adapter: record}`` for the adapters that have one, in order."""
-    return {path: record for path in adapters if (record := read_run_record(path)) is not None}
+    return {path: record for path in adapters if (record := RunRecord.read(path)) is not None}
 
 
 def _differences(run: dict[str, Any], other: dict[str, Any], keys: Sequence[str]) -> list[str]:
@@ -110,15 +112,15 @@ def _differences(run: dict[str, Any], other: dict[str, Any], keys: Sequence[str]
     ]
 
 
-def check_runs_agree(records: dict[str, dict[str, Any]], held_out: bool) -> None:
-    """EvalConfigError unless the adapters' runs share the base and prompt (and the data split, ``held_out``)."""
+def check_runs_agree(records: dict[str, RunRecord], held_out: bool) -> None:
+    """ConfigError unless the adapters' runs share the base and prompt (and the data split, ``held_out``)."""
     (first, record), *others = records.items()
     keys = (*SHARED_BY_ADAPTERS, "data") if held_out else SHARED_BY_ADAPTERS
     for path, other in others:
-        differences = _differences(record["config"], other["config"], keys)
+        differences = _differences(record.config, other.config, keys)
         if differences:
             what = "one base, one prompt and one validation split" if held_out else "one base and one prompt"
-            raise EvalConfigError(
+            raise ConfigError(
                 f"{first} and {path} were trained with different settings ({'; '.join(differences)}); one "
                 f"evaluation scores every adapter with {what}: evaluate them in separate runs."
             )
@@ -159,20 +161,20 @@ def _take(cfg: DictConfig, name: str, run_value: Any, given: list[str]) -> tuple
     return contradictions, taken
 
 
-def _contradiction_error(source: str, contradictions: list[tuple], given: list[str]) -> EvalConfigError:
+def _contradiction_error(source: str, contradictions: list[tuple], given: list[str]) -> ConfigError:
     """One line: the keys typed on the command line first, then those a group (``model=...``) set."""
     contradictions.sort(key=lambda c: c[0] not in given)
     shown = [f"{key}: the run's {show(ran)}, given {show(now)}" for key, ran, now in contradictions[:MAX_SHOWN]]
     if len(contradictions) > MAX_SHOWN:
         shown.append(f"{len(contradictions) - MAX_SHOWN} more")
     culprits = sorted({g for key, _, _ in contradictions for g in given if _under(key, [g])})
-    return EvalConfigError(
+    return ConfigError(
         f"the command line contradicts the run that trained {source} ({'; '.join(shown)}); leave out "
         f"{', '.join(culprits)}: eval.py takes them from {Path(source) / RECORD_FILE}."
     )
 
 
-def take_run_settings(cfg: DictConfig, overrides: Sequence[str]) -> dict[str, Any] | None:
+def take_run_settings(cfg: DictConfig, overrides: Sequence[str]) -> RunRecord | None:
     """Fill ``cfg`` (in place) with the settings of the run that trained its first recorded adapter.
 
     ``overrides`` are the command line's (``HydraConfig.get().overrides.task``). Returns the record used,
@@ -181,13 +183,13 @@ def take_run_settings(cfg: DictConfig, overrides: Sequence[str]) -> dict[str, An
     records = run_records(find_adapters(cfg.get("adapter_path"), cfg.get("adapters"), cfg.get("sweep_dir")))
     if not records:
         return None
-    check_runs_agree(records, held_out=cfg.mode == "benchmark" and cfg.benchmark.name == VAL_BENCHMARK)
+    check_runs_agree(records, held_out=scores_held_out(cfg))
     source, record = next(iter(records.items()))
     given = given_keys(overrides)
     contradictions, taken = [], []
     for name in TAKEN:  # in order: seed and max_seq_length before the groups that interpolate them
-        if name in record["config"]:
-            found, changed = _take(cfg, name, record["config"][name], given)
+        if name in record.config:
+            found, changed = _take(cfg, name, record.config[name], given)
             contradictions += found
             taken += changed
     if contradictions:
@@ -196,15 +198,15 @@ def take_run_settings(cfg: DictConfig, overrides: Sequence[str]) -> dict[str, An
     return record
 
 
-def check_held_out(val_examples: Any, records: dict[str, dict[str, Any]]) -> None:
+def check_held_out(val_examples: Any, records: dict[str, RunRecord]) -> None:
     """The validation rows must be those each adapter's run held out (same count, same digest)."""
     now = split_fingerprint(val_examples)
     for path, record in records.items():
-        ran = record.get("data_split", {}).get("val")
+        ran = record.data_split.get("val")
         if ran is None:
             continue
         if ran != now:
-            raise EvalConfigError(
+            raise ConfigError(
                 f"the validation rows differ from those the run of {path} held out (the run: {ran['rows']} rows, "
                 f"digest {ran['digest']}; now: {now['rows']} rows, digest {now['digest']}): the data file, the "
                 "tokenizer or the chat format changed since training, so its held-out loss can't be measured."
@@ -212,11 +214,11 @@ def check_held_out(val_examples: Any, records: dict[str, dict[str, Any]]) -> Non
         log.info("validation rows: the %d rows the run of %s held out (digest %s)", now["rows"], path, now["digest"])
 
 
-def check_prompt(chat_format: R1ChatFormat, records: dict[str, dict[str, Any]]) -> None:
+def check_prompt(chat_format: R1ChatFormat, records: dict[str, RunRecord]) -> None:
     """Warn where the prompt evaluation builds differs from the one an adapter was trained on."""
     prompt = chat_format.generation_prompt(QUESTION)
     for path, record in records.items():
-        trained = record.get("chat_format", {}).get("generation_prompt")
+        trained = record.chat_format.get("generation_prompt")
         if trained is not None and trained != prompt:
             log.warning(
                 "%s was trained on prompts %r, evaluated with %r (benchmark.instruction, or the chat format's "

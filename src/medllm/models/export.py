@@ -9,21 +9,16 @@ save it (Unsloth drives llama.cpp's converter and ``llama-quantize``); llama.cpp
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 from peft import PeftModel
 
-from medllm.errors import MedllmError
-from medllm.models.backends import Backend, get_backend, gguf_backends
+from medllm.config.checks import check_gguf
+from medllm.models.backends import get_backend
 
 log = logging.getLogger(__name__)
-
-
-class ExportError(MedllmError):
-    """An export that can't run here; the message says what is missing."""
 
 
 def export_merged_16bit(model_cfg: DictConfig, tokenizer, adapter_dir: Path, out_dir: Path) -> Path:
@@ -36,30 +31,10 @@ def export_merged_16bit(model_cfg: DictConfig, tokenizer, adapter_dir: Path, out
     return out_dir
 
 
-def find_llama_cpp(folder: str | Path) -> Path:
-    """The llama.cpp folder holding ``llama-quantize``, or an ExportError saying how to get one."""
-    folder = Path(folder).expanduser()
-    if (folder / "llama-quantize").is_file() or (folder / "build" / "bin" / "llama-quantize").is_file():
-        return folder
-    on_path = shutil.which("llama-quantize")
-    if on_path:
-        return Path(on_path).parent
-    raise ExportError(
-        f"GGUF export needs llama.cpp built with llama-quantize, found neither in export.llama_cpp_dir={folder} nor "
-        "on PATH. Build it (git clone https://github.com/ggml-org/llama.cpp && cmake -B build llama.cpp && "
-        "cmake --build build --target llama-quantize) and set export.llama_cpp_dir, or drop export.gguf."
-    )
-
-
 def export_gguf(
-    model: torch.nn.Module, tokenizer, backend: Backend, out_dir: Path, quantization: str, llama_cpp_dir
+    model: torch.nn.Module, tokenizer, backend: str, out_dir: Path, quantization: str, llama_cpp_dir
 ) -> Path:
-    if not backend.exports_gguf:
-        raise ExportError(
-            f"export.gguf needs model.backend={' or '.join(gguf_backends())}, not {backend.name}; or export "
-            "merged_16bit and convert it with llama.cpp's convert_hf_to_gguf.py."
-        )
-    find_llama_cpp(llama_cpp_dir)
+    check_gguf(quantization, backend, llama_cpp_dir)
     model.save_pretrained_gguf(str(out_dir), tokenizer, quantization_method=quantization)
     log.info("GGUF (%s): %s", quantization, out_dir)
     return out_dir
@@ -70,7 +45,6 @@ def run_exports(export_cfg: DictConfig | None, model_cfg: DictConfig, model, tok
     if not export_cfg:
         return
     if export_cfg.get("gguf"):  # checked first: a missing llama.cpp should not wait for a 16 GB merge
-        backend = get_backend(model_cfg.backend)
-        export_gguf(model, tokenizer, backend, out_dir / "gguf", export_cfg.gguf, export_cfg.llama_cpp_dir)
+        export_gguf(model, tokenizer, model_cfg.backend, out_dir / "gguf", export_cfg.gguf, export_cfg.llama_cpp_dir)
     if export_cfg.get("merged_16bit"):
         export_merged_16bit(model_cfg, tokenizer, out_dir / "adapter", out_dir / "merged_16bit")

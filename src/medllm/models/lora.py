@@ -1,31 +1,22 @@
-"""The LoRA adapter as the config describes it, turned into what PEFT or Unsloth take."""
+"""The LoRA adapter as the config describes it (``model.lora``), and what PEFT or Unsloth take of it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from peft import LoraConfig, TaskType
 
-LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+from medllm.config.schema import Lora
+from medllm.config.schema_check import typed
 
 
-@dataclass(frozen=True)
-class LoraSpec:
-    r: int = 16
-    alpha: int = 16
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] = field(default=LLAMA_PROJECTIONS)
-    use_rslora: bool = False
+@dataclass
+class LoraSpec(Lora):
+    """``model.lora``'s settings, with the schema's defaults and rules."""
 
     @classmethod
     def from_config(cls, cfg) -> LoraSpec:
-        return cls(
-            r=int(cfg.r),
-            alpha=int(cfg.alpha),
-            dropout=float(cfg.dropout),
-            target_modules=tuple(cfg.target_modules),
-            use_rslora=bool(cfg.get("use_rslora", False)),
-        )
+        return typed(cfg, cls, "model.lora.")
 
     def peft_config(self) -> LoraConfig:
         return LoraConfig(

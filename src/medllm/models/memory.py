@@ -24,18 +24,16 @@ that many GiB in all: a smaller card simulated on a larger one, or room left for
 from __future__ import annotations
 
 import logging
-import math
 import os
 from dataclasses import dataclass
 
 import torch
 
-from medllm.errors import MedllmError
+from medllm.config.inputs import CAP_VARIABLE, memory_cap_gib
 from medllm.models.lora import LoraSpec
 
 log = logging.getLogger(__name__)
 
-CAP_VARIABLE = "MEDLLM_MEMORY_CAP_GIB"
 WORKSPACE_GIB = 0.5  # cuBLAS workspaces, the loss's chunk, rotary tables: the fit's constant
 # ``auto`` leaves this much beside the estimate: the allocator's cache above what is allocated, the CUDA
 # context, and estimates' error. Missing: an out-of-memory error mid-run; too much: a slower run.
@@ -53,20 +51,6 @@ class CheckpointingPlan:
     estimate_gib: float | None = None  # estimated peak of training with `setting` (on a GPU or under a cap)
     free_gib: float | None = None  # the free memory "auto" planned with (capped by MEDLLM_MEMORY_CAP_GIB)
     memory_cap_gib: float | None = None
-
-
-def memory_cap_gib() -> float | None:
-    """``MEDLLM_MEMORY_CAP_GIB``: the GPU memory, in GiB, that planning assumes at most; None when unset."""
-    value = os.environ.get(CAP_VARIABLE, "").strip()
-    if not value:
-        return None
-    try:
-        cap = float(value)
-    except ValueError:
-        cap = math.nan
-    if not cap > 0 or math.isinf(cap):
-        raise MedllmError(f"{CAP_VARIABLE}={value!r} must be a positive number of GiB (e.g. 24), or unset")
-    return cap
 
 
 def activation_bytes_per_token(config, setting: bool | str) -> float:
@@ -136,7 +120,7 @@ def plan_checkpointing(
 
     ``offloaded`` is the backend's offloaded checkpointing: ``"unsloth"`` (Unsloth, whose loss is chunked)
     or True (transformers, which has none and computes full logits). ``lora`` is the adapter to be trained
-    (default: the project's default, rank 16 on all projections).
+    (default: rank 16 on all projections, the 8B experiments' adapter).
     Called after the base is loaded, so the memory it holds is already counted as allocated.
     """
     if setting in (False, "false", None):
@@ -153,7 +137,7 @@ def plan_checkpointing(
     chunked = offloaded == "unsloth"
 
     def estimate(s):
-        return estimate_peak_gib(config, tokens_per_batch, s, allocated, lora or LoraSpec(), chunked)
+        return estimate_peak_gib(config, tokens_per_batch, s, allocated, lora or LoraSpec(r=16, alpha=16), chunked)
 
     if chosen is not None:
         return CheckpointingPlan(chosen, estimate(chosen), memory_cap_gib=cap)

@@ -17,16 +17,14 @@ from collections.abc import Callable
 import lightning as L
 import torch
 from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
-from torchmetrics import MeanMetric
 
-from medllm.data.chat_format import IGNORE_INDEX
+from medllm.config.schema import TrainConfig, Trainer
 from medllm.errors import MedllmError
+from medllm.models.causal_lm import HeldOutMetrics, causal_lm_forward
 
 log = logging.getLogger(__name__)
 
 LOSSES_KEY = "medllm_train_losses"  # in checkpoints: the run's first and latest training loss
-
-MODEL_INPUTS = ("input_ids", "attention_mask", "labels", "position_ids")
 
 
 def sum_over_processes(tensor: torch.Tensor) -> torch.Tensor:
@@ -95,21 +93,15 @@ class NonFiniteLossError(MedllmError):
     """The loss became nan or inf."""
 
 
-def causal_lm_forward(model: torch.nn.Module, batch: dict[str, torch.Tensor]):
-    """The model on a batch, without a KV cache: with a cache, transformers ignores the restarting
-    ``position_ids`` of packed rows and lets every row attend to the rows packed before it."""
-    return model(**{k: v for k, v in batch.items() if k in MODEL_INPUTS}, use_cache=False)
-
-
 class ReasoningSFTModule(L.LightningModule):
     def __init__(
         self,
         model: torch.nn.Module,
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
-        accumulate_grad_batches: int = 1,
-        gradient_clip_val: float | None = 1.0,
-        skip_nonfinite_steps: int = 0,
+        accumulate_grad_batches: int = Trainer.accumulate_grad_batches,
+        gradient_clip_val: float | None = Trainer.gradient_clip_val,
+        skip_nonfinite_steps: int = TrainConfig.skip_nonfinite_steps,
     ):
         super().__init__()
         self.model = model
@@ -121,9 +113,7 @@ class ReasoningSFTModule(L.LightningModule):
         self.nonfinite_steps_skipped = 0
         self.automatic_optimization = False
         self.strict_loading = False  # checkpoints hold only the trainable weights
-        self.val_loss = MeanMetric()
-        self.val_accuracy = MeanMetric()
-        self._val_has_logits = False
+        self.held_out = HeldOutMetrics()
         self.first_train_loss: float | None = None  # of the run's first step (a checkpoint carries it)
         self.last_train_loss: float | None = None
         self._window_loss = torch.zeros(())
@@ -322,29 +312,15 @@ class ReasoningSFTModule(L.LightningModule):
 
     # ---- validation --------------------------------------------------------------------------
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        out = self(batch)
-        self.val_loss.update(out.loss.float(), weight=batch["num_trained"])
-        logits = getattr(out, "logits", None)
-        # Unsloth may return no logits (or a function computing them) to save memory: skip accuracy then.
-        if torch.is_tensor(logits) and logits.shape[:2] == batch["labels"].shape:
-            labels = batch["labels"][:, 1:]
-            mask = labels != IGNORE_INDEX
-            correct = (logits[:, :-1].argmax(-1) == labels) & mask
-            self.val_accuracy.update(correct.sum() / mask.sum().clamp(min=1), weight=mask.sum())
-            self._val_has_logits = True
+        self.held_out.update(self(batch), batch)
 
     def on_validation_epoch_end(self) -> None:
-        loss = self.val_loss.compute()
-        metrics = {"val/loss": loss, "val/ppl": torch.exp(loss.clamp(max=20))}
-        if self._val_has_logits:
-            metrics["val/token_accuracy"] = self.val_accuracy.compute()
+        metrics = self.held_out.compute()
         # callback_metrics and the progress bar; the logger row is written with the optimizer step.
         self.log_dict(metrics, prog_bar=True, logger=False, sync_dist=False)
         if not self.trainer.sanity_checking:
             self._write_row(metrics)
-        self.val_loss.reset()
-        self.val_accuracy.reset()
-        self._val_has_logits = False
+        self.held_out.reset()
 
     # ---- optimisation ------------------------------------------------------------------------
     def optimizer_steps(self) -> int:

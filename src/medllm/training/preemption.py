@@ -30,12 +30,12 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from medllm.resolvers import slurm_run_name
+from medllm.config.resolvers import slurm_run_name
+from medllm.runs.layout import CHECKPOINTS, LAST_CHECKPOINT
 from medllm.training.module import HostCopy, sum_over_processes
 
 log = logging.getLogger(__name__)
 
-LAST = "last.ckpt"
 # The signal hydra/launcher=slurm's jobs get before their time limit: submitit's sbatch scripts always
 # ask for --signal=USR2@<hydra.launcher.signal_delay_s>. Handled here as requeue_signal, in place of
 # submitit's own handler, which would requeue without saving the steps since the last checkpoint.
@@ -87,7 +87,7 @@ class Preemption(L.Callback):
             return  # mid-window: the gradients accumulated so far are in no checkpoint
         if not self._agreed_to_stop(trainer, pl_module.device):
             return
-        self.saved = checkpoint_dir(trainer) / LAST
+        self.saved = _checkpoint_folder(trainer) / LAST_CHECKPOINT
         trainer.save_checkpoint(self.saved)  # the step checkpoints' kind, at the same point of the loop
         trainer._signal_connector.received_sigterm = True  # Lightning stops after this batch
 
@@ -122,9 +122,9 @@ class Preemption(L.Callback):
         exception.code = f"{stopped} Resume: the same command with ckpt_path=auto hydra.run.dir={run_dir}"
 
 
-def checkpoint_dir(trainer: L.Trainer) -> Path:
+def _checkpoint_folder(trainer: L.Trainer) -> Path:
     """Where the checkpoint callback writes (``ckpt_path=auto`` looks there)."""
     callback = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
     if callback is not None and callback.dirpath:
         return Path(callback.dirpath)
-    return Path(trainer.default_root_dir) / "checkpoints"
+    return Path(trainer.default_root_dir) / CHECKPOINTS

@@ -1,12 +1,13 @@
 """Resuming: checkpoints that say what made them, checked before the model loads.
 
-Every checkpoint train.py writes carries a record under ``medllm``: the base model, the LoRA shape and
-the resolved config (secrets redacted). Before a resume loads any weight, the checkpoint is read and
-checked: readable (a truncated or foreign file is named in one line), a medllm checkpoint, the same
-base and LoRA shape as the config, and the same settings where a change would silently not apply or
-would change what is trained (the optimizer's state keeps its old learning rate, a new batch size or
-data split changes the data order). ``trainer.max_steps`` / ``max_epochs`` may change: the run then
-trains to the new end, with the learning-rate schedule stretched to it.
+Every checkpoint train.py writes carries the run record (``medllm.runs.record``) under ``medllm``: the
+base model, the LoRA shape, the resolved config (secrets redacted), the chat format and the data split.
+Before a resume loads any weight, the checkpoint is read and checked: readable (a truncated or foreign
+file is named in one line), a medllm checkpoint, the same base and LoRA shape as the config, and the
+same settings where a change would silently not apply or would change what is trained (the optimizer's
+state keeps its old learning rate, a new batch size or data split changes the data order).
+``trainer.max_steps`` / ``max_epochs`` may change: the run then trains to the new end, with the
+learning-rate schedule stretched to it.
 """
 
 from __future__ import annotations
@@ -21,17 +22,17 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.loggers import CSVLogger, Logger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from medllm.config.resolvers import configured
 from medllm.errors import MedllmError
-from medllm.resolvers import configured
-from medllm.training.secrets import redact_secrets
+from medllm.runs.layout import LAST_CHECKPOINT
+from medllm.runs.record import RECORD_FORMAT, RunRecord, base_model, lora_shape
 
 log = logging.getLogger(__name__)
 
 RECORD_KEY = "medllm"
 WORLD_SIZE_KEY = "medllm_world_size"  # the processes that trained it
-RECORD_FORMAT = 1
 # Settings a resume must share with its checkpoint (prefixes of dotted keys of the resolved config).
 SAME_ON_RESUME = (
     "seed",
@@ -61,38 +62,14 @@ class CheckpointError(MedllmError):
     """A checkpoint that can't be resumed from with this config; the message names the file."""
 
 
-def base_model(model_cfg: DictConfig) -> dict[str, Any]:
-    """What identifies the frozen base the adapter was trained on (the tiny model: its sizes and seed)."""
-    tiny = model_cfg.get("tiny") if model_cfg.get("name_or_path") is None else None
-    return {
-        "name_or_path": model_cfg.get("name_or_path"),
-        "revision": model_cfg.get("revision"),
-        "tiny": OmegaConf.to_container(tiny, resolve=True) if tiny is not None else None,
-    }
+class RecordInCheckpoints(L.Callback):
+    """Puts the run record into every checkpoint (step checkpoints, last.ckpt, the final save)."""
 
-
-def lora_shape(lora_cfg: DictConfig) -> dict[str, Any]:
-    return {"r": int(lora_cfg.r), "alpha": lora_cfg.alpha, "target_modules": sorted(lora_cfg.target_modules)}
-
-
-def run_record(cfg: DictConfig) -> dict[str, Any]:
-    """What a checkpoint of this run stores about it."""
-    return {
-        "format": RECORD_FORMAT,
-        "base_model": base_model(cfg.model),
-        "lora": lora_shape(cfg.model.lora),
-        "config": redact_secrets(OmegaConf.to_container(cfg, resolve=True)),
-    }
-
-
-class RunRecord(L.Callback):
-    """Puts the run's record into every checkpoint (step checkpoints, last.ckpt, the final save)."""
-
-    def __init__(self, record: dict[str, Any]):
+    def __init__(self, record: RunRecord):
         self.record = record
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        checkpoint[RECORD_KEY] = self.record
+        checkpoint[RECORD_KEY] = self.record.as_dict()
         checkpoint[WORLD_SIZE_KEY] = trainer.world_size
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
@@ -125,7 +102,7 @@ def configured_processes(cfg: DictConfig) -> int | None:
 class Checkpoint:
     path: Path
     global_step: int
-    record: dict[str, Any]
+    record: RunRecord
     world_size: int | None = None  # the processes that trained it (None: an older checkpoint)
 
 
@@ -151,7 +128,7 @@ def read_checkpoint(path: Path) -> Checkpoint:
     return Checkpoint(
         path=Path(path),
         global_step=int(checkpoint.get("global_step", 0)),
-        record=record,
+        record=RunRecord.from_dict(record),
         world_size=checkpoint.get(WORLD_SIZE_KEY),
     )
 
@@ -188,24 +165,25 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return [change for change in _differences(old, new) if _compared(change.split(":", 1)[0])]
 
 
-def record_differences(record: dict[str, Any], cfg: DictConfig) -> list[str]:
+def record_differences(record: RunRecord, cfg: DictConfig) -> list[str]:
     """``key: recorded -> now`` for the base, the LoRA shape and every setting a run is defined by."""
+    now = RunRecord.of_config(cfg)
     return [
-        *_differences(record["base_model"], base_model(cfg.model), "model."),
-        *_differences(record["lora"], lora_shape(cfg.model.lora), "model.lora."),
-        *config_changes(record["config"], run_record(cfg)["config"]),
+        *_differences(record.base_model, now.base_model, "model."),
+        *_differences(record.lora, now.lora, "model.lora."),
+        *config_changes(record.config, now.config),
     ]
 
 
 def check_resumable(checkpoint: Checkpoint, cfg: DictConfig) -> None:
     """CheckpointError unless the checkpoint was trained on this base, with this LoRA shape and settings."""
     record, path = checkpoint.record, checkpoint.path
-    changes = _differences(record["base_model"], base_model(cfg.model), "model.")
+    changes = _differences(record.base_model, base_model(cfg.model), "model.")
     if changes:
         raise CheckpointError(
             f"{path} was trained on another base model ({'; '.join(changes)}); resume with the checkpoint's."
         )
-    changes = _differences(record["lora"], lora_shape(cfg.model.lora), "model.lora.")
+    changes = _differences(record.lora, lora_shape(cfg.model.lora), "model.lora.")
     if changes:
         raise CheckpointError(
             f"{path} holds a LoRA adapter of another shape ({'; '.join(changes)}); resume with the checkpoint's."
@@ -214,7 +192,7 @@ def check_resumable(checkpoint: Checkpoint, cfg: DictConfig) -> None:
     change = _process_change(checkpoint.world_size, configured_processes(cfg))
     if change:
         raise CheckpointError(f"{path}: {change}")
-    changes = config_changes(record["config"], run_record(cfg)["config"])
+    changes = config_changes(record.config, RunRecord.of_config(cfg).config)
     if changes:
         raise CheckpointError(
             f"{path} was trained with other settings ({'; '.join(changes)}): a resume would not apply them or "
@@ -222,12 +200,12 @@ def check_resumable(checkpoint: Checkpoint, cfg: DictConfig) -> None:
         )
 
 
-def check_same_rows(checkpoint: Checkpoint, record: dict[str, Any]) -> None:
+def check_same_rows(checkpoint: Checkpoint, record: RunRecord) -> None:
     """CheckpointError unless the rows (and their chat format) are those the checkpoint trained on: a data
     file edited in place keeps every setting a resume compares, not what is trained."""
     changes = [
-        *_differences(checkpoint.record.get("data_split", {}), record["data_split"], "rows of "),
-        *_differences(checkpoint.record.get("chat_format", {}), record["chat_format"], "chat format "),
+        *_differences(checkpoint.record.data_split, record.data_split, "rows of "),
+        *_differences(checkpoint.record.chat_format, record.chat_format, "chat format "),
     ]
     if changes:
         raise CheckpointError(
@@ -254,7 +232,7 @@ def _refuse_other_runs(checkpoint_dir: Path, run_dir: Path, checkpoints: list[Ch
         {
             str(recorded)
             for c in checkpoints
-            if (recorded := c.record.get("config", {}).get("paths", {}).get("output_dir"))
+            if (recorded := c.record.config.get("paths", {}).get("output_dir"))
             and Path(str(recorded)).expanduser().resolve() != run_dir
         }
     )
@@ -288,7 +266,7 @@ def find_checkpoint(ckpt_path: str | None, checkpoint_dir: Path, run_dir: Path |
     if ckpt_path != "auto":
         return read_checkpoint(Path(ckpt_path))
     if loadable:
-        checkpoint = max(loadable, key=lambda c: (c.global_step, c.path.name == "last.ckpt"))
+        checkpoint = max(loadable, key=lambda c: (c.global_step, c.path.name == LAST_CHECKPOINT))
         log.info(
             "ckpt_path=auto: the loadable checkpoint with the most steps is %s (step %d)",
             checkpoint.path,

@@ -6,7 +6,7 @@
   ``wandb login`` writes) and offline without one. Offline needs no network: the run is written to
   ``<run dir>/wandb/offline-run-*`` and uploaded later with ``wandb sync``. An online run that can't
   start (no network) falls back to offline.
-* secrets (see :mod:`medllm.training.secrets`) redacted in the logged config and in the command line
+* secrets (see :mod:`medllm.config.secrets`) redacted in the logged config and in the command line
   that W&B records with the run.
 * :class:`SampleGenerations`: a table (``val/samples``) of greedy generations for the first
   validation rows at each validation, W&B only.
@@ -35,16 +35,18 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from medllm.config_checks import ConfigError
+from medllm.config.schema import WANDB_MODE
+from medllm.config.schema import WandbLogger as WandbSettings
+from medllm.config.schema_check import typed
+from medllm.config.secrets import redact_argv
 from medllm.data.chat_format import ASSISTANT, EOS, IGNORE_INDEX, THINK_OPEN
-from medllm.training.secrets import redact_argv
+from medllm.generation.hf_generate import generate
 
 log = logging.getLogger(__name__)
 
 WANDB_TARGET = "lightning.pytorch.loggers.WandbLogger"
 # medllm's knobs inside the W&B logger config: read here, removed before WandbLogger is instantiated.
 SAMPLE_KNOBS = ("log_samples", "num_samples", "sample_max_new_tokens")
-MODES = ("online", "offline", "disabled")
 DEFAULT_HOST = "https://api.wandb.ai"
 
 
@@ -74,10 +76,9 @@ def has_api_key() -> bool:
 
 
 def resolve_mode(mode: str | None) -> tuple[str, str]:
-    """The W&B mode and why it was chosen."""
+    """The W&B mode (``logger.mode``, checked by the schema, else decided here) and why it was chosen."""
     if mode is not None:
-        if mode not in MODES:
-            raise ConfigError(f"logger.mode={mode} must be online, offline, disabled or null (auto).")
+        WANDB_MODE.check("logger.mode", mode)
         return mode, "logger.mode"
     env_mode = os.environ.get("WANDB_MODE")
     if env_mode:
@@ -159,8 +160,6 @@ def sample_rows(model: Any, tokenizer: Any, dataset: Any, num_samples: int, max_
     """``[prompt, generation, reference]`` for the first ``num_samples`` rows of a tokenized split: the prompt
     decoded from the row's tokens, a greedy completion of it and the row's trained completion. The
     model's mode and the global RNG state are as before afterwards."""
-    from medllm.evaluation.generation import generate
-
     rows = dataset.select(range(min(num_samples, len(dataset))))
     assistant_id = tokenizer.convert_tokens_to_ids(ASSISTANT)
     if assistant_id == tokenizer.unk_token_id:
@@ -224,8 +223,6 @@ class SampleGenerations(L.Callback):
 
 def sample_callbacks(logger_cfg: DictConfig | None) -> list[L.Callback]:
     """The sample-generation callback when a logger is W&B with ``log_samples`` on."""
-    wandb_cfgs = [c for c in logger_configs(logger_cfg) if c.get("_target_") == WANDB_TARGET and c.get("log_samples")]
-    return [
-        SampleGenerations(int(c.get("num_samples", 4)), int(c.get("sample_max_new_tokens", 128)))
-        for c in wandb_cfgs[:1]
-    ]
+    wandb_cfgs = [c for c in logger_configs(logger_cfg) if c.get("_target_") == WANDB_TARGET]
+    knobs = [typed({k: c[k] for k in SAMPLE_KNOBS if k in c}, WandbSettings, "logger.") for c in wandb_cfgs]
+    return [SampleGenerations(k.num_samples, k.sample_max_new_tokens) for k in knobs if k.log_samples][:1]

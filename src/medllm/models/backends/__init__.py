@@ -1,9 +1,10 @@
 """Model backends, chosen by ``model.backend``: each is the module of that name in this package.
 
-A backend loads the tokenizer, the base and the LoRA-wrapped model, and says what its models can do
-(generation set-up, GGUF export). Adding one is a module here that defines ``BACKEND`` and a
-conf/model file that names it: the schema's choices, train.py's and eval.py's early import and every
-loader ask this registry.
+A backend loads the tokenizer, the base and the LoRA-wrapped model, and sets its models up for
+generation. Adding one is a module here that defines ``BACKEND`` and a conf/model file that names it:
+the schema lists this package's modules as ``model.backend``'s choices (``medllm.config.schema``), and
+the entry points' early import and every loader ask this registry. What a model config must hold for a
+backend is a config rule (``medllm.config.checks.check_model_config``).
 
 Nothing heavy is imported when a backend module is: train.py picks the backend before transformers
 may be imported (Unsloth patches transformers and peft as it is imported), and the config checks list
@@ -12,12 +13,12 @@ the backends in the time it takes to start Python.
 
 from __future__ import annotations
 
-import functools
 import importlib
-import pkgutil
+import sys
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any
 
+from medllm.config.schema import backend_names
 from medllm.errors import MedllmError
 
 if TYPE_CHECKING:
@@ -35,17 +36,10 @@ class UnknownBackendError(MedllmError, ValueError):
 class Backend(ABC):
     """What the rest of medllm asks of a backend; ``model_cfg`` is the composed ``model`` config group.
 
-    ``check_config``, ``prepare`` and ``for_inference`` are hooks that do nothing unless a backend needs them.
+    ``prepare`` and ``for_inference`` are hooks that do nothing unless a backend needs them.
     """
 
     name: str
-    # The trained model saves itself as GGUF (``model.save_pretrained_gguf``): export.gguf works.
-    exports_gguf: bool = False
-
-    def check_config(self, model_cfg: DictConfig) -> None:  # noqa: B027
-        """Raise ConfigError (one line, naming the key) for a model config this backend can't load.
-
-        Runs before anything heavy is imported."""
 
     def prepare(self) -> None:  # noqa: B027
         """What must happen before transformers and peft are imported (train.py and eval.py call it first)."""
@@ -86,12 +80,6 @@ class Backend(ABC):
         """Set ``model`` up for generation (after it is on its device)."""
 
 
-@functools.cache
-def backend_names() -> tuple[str, ...]:
-    """The registered backends: this package's public modules."""
-    return tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")))
-
-
 def get_backend(name: str) -> Backend:
     """The backend ``model.backend=name`` chooses; an unknown name is a one-line error listing the known ones."""
     if name not in backend_names():
@@ -100,6 +88,14 @@ def get_backend(name: str) -> Backend:
     return importlib.import_module(f"{__name__}.{name}").BACKEND
 
 
-def gguf_backends() -> list[str]:
-    """The backends whose trained models save GGUF (``export.gguf``)."""
-    return [name for name in backend_names() if get_backend(name).exports_gguf]
+def prepare_backend(name: str | None) -> None:
+    """The backend's early imports (Unsloth patches transformers, peft and trl as it is imported); none for None.
+
+    Exits with a one-line message where the backend can't start here (Unsloth needs an NVIDIA GPU).
+    """
+    if name is None:
+        return
+    try:
+        get_backend(name).prepare()
+    except MedllmError as err:
+        sys.exit(f"error: {err}")

@@ -11,11 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from medllm.config.validate import ConfigError
 from medllm.models.backends import Backend, ModelLoadError
-
-# model.dtype's choices; "auto" is the checkpoint's own dtype.
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def torch_dtype(name: str) -> Any:
@@ -55,13 +51,6 @@ def _device_map() -> dict[str, int] | None:
 
 class HFBackend(Backend):
     name = "hf"
-
-    def check_config(self, model_cfg: DictConfig) -> None:
-        if not model_cfg.get("name_or_path"):
-            raise ConfigError(
-                f"model.backend={self.name} needs model.name_or_path (a hub id or a local folder); "
-                "model=tiny_llama (model.backend=tiny) builds the tiny random model instead."
-            )
 
     def load_tokenizer(self, model_cfg: DictConfig) -> Any:
         from transformers import AutoTokenizer

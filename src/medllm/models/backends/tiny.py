@@ -11,7 +11,6 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from medllm.config.validate import ConfigError
 from medllm.models.backends.hf import HFBackend
 
 
@@ -22,22 +21,6 @@ def _sizes(model_cfg: DictConfig) -> dict[str, Any]:
 
 class TinyBackend(HFBackend):
     name = "tiny"
-
-    def check_config(self, model_cfg: DictConfig) -> None:
-        if model_cfg.get("name_or_path") is not None:
-            raise ConfigError(
-                f"model.name_or_path={model_cfg.name_or_path} is for model.backend=hf or unsloth; "
-                "model.backend=tiny builds the tiny random model from model.tiny."
-            )
-        if model_cfg.get("tiny") is None:
-            raise ConfigError(
-                "model.backend=tiny needs model.tiny: its sizes and seed, as conf/model/tiny_llama.yaml has."
-            )
-        if model_cfg.get("load_in_4bit"):
-            raise ConfigError(
-                "model.load_in_4bit=true, but model.backend=tiny builds its model in float32 and would train it "
-                "unquantized; quantize with model.backend=hf (a GPU and bitsandbytes), or leave load_in_4bit out."
-            )
 
     def load_tokenizer(self, model_cfg: DictConfig) -> Any:
         from medllm.models.tiny import tiny_tokenizer

@@ -23,7 +23,6 @@ log = logging.getLogger(__name__)
 
 class UnslothBackend(HFBackend):
     name = "unsloth"
-    exports_gguf = True  # Unsloth's save_pretrained_gguf drives llama.cpp's converter and quantizer
 
     def prepare(self) -> None:
         try:

@@ -1,0 +1,3 @@
+"""Fixtures of every test (tests/helpers/fixtures.py)."""
+
+from tests.helpers.fixtures import _isolated_cache, tokenizer  # noqa: F401  (pytest finds fixtures by name)

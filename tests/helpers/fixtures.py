@@ -1,0 +1,25 @@
+"""The fixtures every test directory uses (tests/ and bench/tests/ import them into their conftest.py): an
+offline hub, offline W&B, a prepared-data cache of the session's own, the tiny tokenizer."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Each test session prepares data into its own cache, never the user's."""
+    monkeypatch.setenv("MEDLLM_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "medllm-cache"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from medllm.models.tiny import tiny_tokenizer
+
+    return tiny_tokenizer()
