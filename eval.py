@@ -61,9 +61,13 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-if __name__ == "__main__":
+def cli() -> None:
     from pathlib import Path
 
     from medllm.config.hints import run
 
     run(main, Path(__file__).parent / "conf", "eval")  # main(), with a "did you mean" after Hydra's errors
+
+
+if __name__ == "__main__":
+    cli()

@@ -48,20 +48,21 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(f"error: {redact_text(str(err))}")
 
 
-if __name__ == "__main__":
+def check_sweep(cfg: DictConfig) -> None:
+    """The settings every job of a sweep shares, checked once before any job starts (``-m``)."""
+    from medllm.workflows.inputs import check_eval_items
+
+    check_train_config(cfg)
+    check_eval_items(cfg)
+
+
+def cli() -> None:
     from pathlib import Path
 
     from medllm.config.hints import run
-    from medllm.config.sweep_check import shared_settings_error
 
-    def check_shared(cfg: DictConfig) -> None:
-        from medllm.workflows.inputs import check_eval_items
+    run(main, Path(__file__).parent / "conf", "train", check_sweep)  # main(), with a "did you mean" after errors
 
-        check_train_config(cfg)
-        check_eval_items(cfg)
 
-    conf = Path(__file__).parent / "conf"
-    shared = shared_settings_error(conf, "train", sys.argv[1:], check_shared)  # -m: once, not per job
-    if shared:
-        sys.exit(f"error: {redact_text(shared)}\n(a setting every job of the sweep shares: no job was launched)")
-    run(main, conf, "train")  # main(), with a "did you mean" after Hydra's errors
+if __name__ == "__main__":
+    cli()

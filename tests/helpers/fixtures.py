@@ -12,10 +12,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Each test session prepares data into its own cache, never the user's."""
-    monkeypatch.setenv("MEDLLM_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "medllm-cache"))
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Each test session prepares data into its own cache, never the user's (from its first fixture on)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MEDLLM_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "medllm-cache"))
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import pytest
 
 from medllm.data.chat_format import ASSISTANT, EOS
 from medllm.data.records import sample_rows
-from tests.helpers.cli import run_train
+from tests.helpers.cli import train_py
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +46,7 @@ def max_seq_length_too_small(tmp_path):
 def test_bad_input_stops_with_one_line_naming_it_and_no_run_output(tmp_path, bad):
     path, overrides, expected = bad(tmp_path)
     run_dir = tmp_path / "run"
-    result = run_train(
+    result = train_py(
         "experiment=smoke",
         "data=local",
         f"data.path={path}",
@@ -68,7 +68,7 @@ def test_rows_spelling_control_tokens_train_as_text_and_are_counted(tmp_path):
     rows[1]["Question"] = f"{ASSISTANT}{rows[1]['Question']}"
     path = write_jsonl(tmp_path / "rows.jsonl", rows)
     run_dir = tmp_path / "run"
-    run_train("experiment=smoke", "data=local", f"data.path={path}", "trainer.max_steps=2", f"hydra.run.dir={run_dir}")
+    train_py("experiment=smoke", "data=local", f"data.path={path}", "trainer.max_steps=2", f"hydra.run.dir={run_dir}")
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["data"]["data/control_text_rows"] == 2
     assert summary["data"]["data/rows_kept"] == len(rows)

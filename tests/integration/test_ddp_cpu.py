@@ -19,67 +19,59 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.helpers.cli import free_port
+from tests.helpers.cli import free_port, train_py
 from tests.helpers.configs import ROOT
 
 pytestmark = pytest.mark.slow
 
-# 20 training rows, 4 validation rows (the sample has 24): 3 steps of 4 rows, and a validation set that
-# splits evenly over 2 processes. Plain SGD: unlike Adam, its update is proportional to the gradient, so
-# a wrong gradient scale (the world_size / tokens rescaling after DDP's averaging) shows in the adapter.
+# 20 training rows, 4 validation rows (the sample has 24), and a validation set that splits evenly over 2
+# processes. Plain SGD: unlike Adam, its update is proportional to the gradient, so a wrong gradient scale
+# (the world_size / tokens rescaling after DDP's averaging) shows in the adapter.
 COMMON = (
-    "experiment=smoke", "trainer.max_steps=3", "data.batch_size=2", "data.val_size=4",
-    "optimizer._target_=torch.optim.SGD", "~optimizer.betas", "optimizer.lr=1.0", "scheduler.num_warmup_steps=0",
+    "experiment=smoke", "data.val_size=4",
+    "optimizer._target_=torch.optim.SGD", "~optimizer.betas", "scheduler.num_warmup_steps=0",
     "trainer.log_every_n_steps=1",
 )  # fmt: skip
-
-
-# One epoch of the 20 rows in global batches of 3 x 2: three of 6 rows and a short last one of 2, which the
-# single process trains as its last step (one micro-batch of the 7, accumulation 2).
-EPOCH = (
-    *(o for o in COMMON if not o.startswith(("trainer.max_steps=", "data.batch_size="))),
-    "trainer.max_steps=-1", "trainer.max_epochs=1", "data.batch_size=3",
-)  # fmt: skip
+# One epoch of the 20 rows in global batches of 3 x 2 (3 on each of 2 processes, or 2 x 3 accumulated in one):
+# three steps of 6 rows and a short last one of 2, which the single process trains as its last step (one
+# micro-batch of the 7, accumulation 2).
+EPOCH = (*COMMON, "trainer.max_steps=-1", "trainer.max_epochs=1", "data.batch_size=3")
+STEPS_IN_EPOCH = 4
+LR = "optimizer.lr=1.0"
 
 
 # Scored when training ends, by rank 0 alone under DDP: the validation rows' loss, every row of them.
 EVAL_AFTER = 'eval_after_training=["benchmark=medical_o1_val"]'
 
 
-def run(cmd: list[str], run_dir, cache_dir, common=COMMON) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "WANDB_MODE": "offline",
-        "MEDLLM_CACHE_DIR": str(cache_dir),
-        "OMP_NUM_THREADS": "1",  # torchrun's default: the same float reductions in both runs
-    }
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
+def torchrun(*args: str) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node 2 train.py <args>`` (gloo), one thread a process as torchrun sets it."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
     env.pop("LOCAL_WORLD_SIZE", None)
-    out = subprocess.run(
-        [*cmd, *common, f"hydra.run.dir={run_dir}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-    )
+    out = subprocess.run([*TORCHRUN, "train.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-4000:]
     return out
+
+
+def one_process(*args: str) -> None:
+    """train.py in this process, on one thread as the DDP processes run: the same float reductions."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_py("trainer.accumulate_grad_batches=2", *args)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("ddp_cpu")
-    cache = tmp_path_factory.getbasetemp() / "medllm-cache"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    ddp = run([*torchrun, "train.py", "hardware=ddp_cpu", EVAL_AFTER], base / "ddp", cache)
-    run([sys.executable, "train.py", "trainer.accumulate_grad_batches=2", EVAL_AFTER], base / "single", cache)
+    ddp = torchrun("hardware=ddp_cpu", EVAL_AFTER, *EPOCH, LR, f"hydra.run.dir={base / 'ddp'}")
+    one_process(EVAL_AFTER, *EPOCH, LR, f"hydra.run.dir={base / 'single'}")
     return base / "ddp", base / "single", ddp.stdout + ddp.stderr
-
-
-@pytest.fixture(scope="module")
-def epoch_runs(tmp_path_factory):
-    base = tmp_path_factory.mktemp("ddp_cpu_epoch")
-    cache = tmp_path_factory.getbasetemp() / "medllm-cache"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    run([*torchrun, "train.py", "hardware=ddp_cpu"], base / "ddp", cache, EPOCH)
-    run([sys.executable, "train.py", "trainer.accumulate_grad_batches=2"], base / "single", cache, EPOCH)
-    return base / "ddp", base / "single"
 
 
 def test_ddp_really_ran_two_processes(runs):
@@ -102,7 +94,7 @@ def test_ddp_summary_matches_single_process(runs):
     ddp_dir, single_dir, _ = runs
     ddp = json.loads((ddp_dir / "summary.json").read_text())
     single = json.loads((single_dir / "summary.json").read_text())
-    assert ddp["steps"] == single["steps"] == 3
+    assert ddp["steps"] == single["steps"] == STEPS_IN_EPOCH
     # Losses are reduced over processes (training) or synced (validation): the same numbers.
     for key in ("train_loss_first", "train_loss_last", "val_loss"):
         assert ddp[key] == pytest.approx(single[key], rel=1e-5), key
@@ -130,7 +122,7 @@ def train_metrics(run_dir) -> list[dict[str, float]]:
 def test_ddp_steps_see_the_same_tokens_and_gradients(runs):
     ddp_dir, single_dir, _ = runs
     ddp, single = train_metrics(ddp_dir), train_metrics(single_dir)
-    assert len(ddp) == len(single) == 3
+    assert len(ddp) == len(single) == STEPS_IN_EPOCH
     for step, (d, s) in enumerate(zip(ddp, single)):
         assert d["train/tokens_trained"] == s["train/tokens_trained"], step  # the same rows in each step
         # The norm after rescaling by world_size / tokens (before clipping): the same gradient.
@@ -144,7 +136,6 @@ def test_two_nodes_of_one_process_train_what_one_process_with_accumulation_train
     _, single_dir, _ = runs
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    env["MEDLLM_CACHE_DIR"] = str(tmp_path / "cache")
     run_dir = tmp_path / "two_nodes"
     nodes = [
         subprocess.Popen(
@@ -164,7 +155,8 @@ def test_two_nodes_of_one_process_train_what_one_process_with_accumulation_train
                 str(port),
                 "train.py",
                 "hardware=ddp_cpu",
-                *COMMON,
+                *EPOCH,
+                LR,
                 f"hydra.run.dir={run_dir}",
             ],
             cwd=ROOT,
@@ -179,7 +171,7 @@ def test_two_nodes_of_one_process_train_what_one_process_with_accumulation_train
     assert [node.returncode for node in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     assert "MEMBER: 2/2" in outputs[0] + outputs[1]
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["world_size"] == 2 and summary["steps"] == 3
+    assert summary["world_size"] == 2 and summary["steps"] == STEPS_IN_EPOCH
     two = load_file(run_dir / "adapter" / "adapter_model.safetensors")
     single = load_file(single_dir / "adapter" / "adapter_model.safetensors")
     assert two.keys() == single.keys() and two
@@ -187,11 +179,11 @@ def test_two_nodes_of_one_process_train_what_one_process_with_accumulation_train
         assert (two[key] - single[key]).abs().max() <= 1e-6, key
 
 
-def test_an_epoch_ending_in_a_short_global_batch_trains_every_row_as_one_process_does(epoch_runs):
+def test_an_epoch_ending_in_a_short_global_batch_trains_every_row_as_one_process_does(runs):
     """The last global batch holds 2 rows: one to each process, not left out of the epoch."""
-    ddp_dir, single_dir = epoch_runs
+    ddp_dir, single_dir, _ = runs
     ddp, single = train_metrics(ddp_dir), train_metrics(single_dir)
-    assert len(ddp) == len(single) == 4
+    assert len(ddp) == len(single) == STEPS_IN_EPOCH
     assert [d["train/tokens_trained"] for d in ddp] == [s["train/tokens_trained"] for s in single]
     ddp_adapter = load_file(ddp_dir / "adapter" / "adapter_model.safetensors")
     single_adapter = load_file(single_dir / "adapter" / "adapter_model.safetensors")
@@ -202,17 +194,9 @@ def test_an_epoch_ending_in_a_short_global_batch_trains_every_row_as_one_process
 def test_a_sweep_under_torchrun_runs_every_job_on_both_processes(tmp_path):
     """Each process runs the sweep; rank 0 alone checks and claims the sweep dir (the other would find the
     multirun.yaml rank 0 just wrote, and refuse the sweep as an earlier one)."""
-    sweep = tmp_path / "sweep"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    common = (*COMMON, "optimizer.lr=0.5,1.0", f"hydra.sweep.dir={sweep}")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    env["MEDLLM_CACHE_DIR"] = str(tmp_path / "cache")
-    env.pop("LOCAL_WORLD_SIZE", None)
-    out = subprocess.run(
-        [*torchrun, "train.py", "-m", "hardware=ddp_cpu", *common],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-4000:]
-    summaries = [json.loads((sweep / str(job) / "summary.json").read_text()) for job in (0, 1)]
-    assert [s["world_size"] for s in summaries] == [2, 2] and [s["steps"] for s in summaries] == [3, 3]
+    sweep_dir = tmp_path / "sweep"
+    torchrun("-m", "hardware=ddp_cpu", *EPOCH, "optimizer.lr=0.5,1.0", f"hydra.sweep.dir={sweep_dir}")
+    summaries = [json.loads((sweep_dir / str(job) / "summary.json").read_text()) for job in (0, 1)]
+    assert [s["world_size"] for s in summaries] == [2, 2]
+    assert [s["steps"] for s in summaries] == [STEPS_IN_EPOCH, STEPS_IN_EPOCH]
     assert summaries[0]["train_loss_last"] != summaries[1]["train_loss_last"]  # two learning rates

@@ -15,6 +15,7 @@ import pytest
 from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
+from tests.helpers.cli import eval_py, train_py
 from tests.helpers.configs import ROOT, SHARED_DATA
 
 pytestmark = pytest.mark.slow
@@ -23,20 +24,10 @@ PUBMEDQA = SHARED_DATA / "pubmedqa"
 REPORT_FILES = ("report.json", "report.md", "predictions.jsonl", "report.png")
 
 
-def run(script: str, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONIOENCODING": "utf-8"}
-    out = subprocess.run(
-        [sys.executable, script, *overrides], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-    )
-    if check:
-        assert out.returncode == 0, out.stderr[-3000:]
-    return out
-
-
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("smoke")
-    run("train.py", "experiment=smoke", f"hydra.run.dir={run_dir}", "trainer.max_steps=10")
+    train_py("experiment=smoke", f"hydra.run.dir={run_dir}", "trainer.max_steps=10")
     return run_dir
 
 
@@ -102,8 +93,7 @@ def sweep_eval(smoke_run, tmp_path_factory) -> tuple[Path, list[str]]:
     shutil.copytree(smoke_run / ".hydra", trained.parent / ".hydra")  # what trained it: lr, rank, val loss
     shutil.copy(smoke_run / "summary.json", trained.parent)
     zeroed = zeroed_copy(smoke_run / "adapter", tmp / "sweep" / "1" / "adapter")
-    run(
-        "eval.py",
+    eval_py(
         "-m",
         "benchmark=pubmedqa,medical_o1_val",
         f"++benchmark.path={data}",
@@ -158,8 +148,7 @@ def test_validation_loss_is_lower_with_the_adapter(sweep_eval, smoke_run):
 @pytest.mark.skipif(not (PUBMEDQA / "test_ground_truth.json").is_file(), reason="real PubMedQA files not present")
 def test_real_pubmedqa_subsample_reports_base_and_adapter(smoke_run, tmp_path):
     adapter = smoke_run / "adapter"
-    run(
-        "eval.py",
+    eval_py(
         "benchmark=pubmedqa",
         f"benchmark.path={PUBMEDQA}",
         "limit=20",
@@ -172,8 +161,7 @@ def test_real_pubmedqa_subsample_reports_base_and_adapter(smoke_run, tmp_path):
 
 def test_generate_mode_streams_each_models_answer(smoke_run, tmp_path):
     adapter = smoke_run / "adapter"
-    out = run(
-        "eval.py",
+    out = eval_py(
         "mode=generate",
         'question="A 60-year-old man, chest pain: next step?"',  # quoted for Hydra, as eval.yaml says
         f"adapter_path={adapter}",
@@ -195,12 +183,12 @@ def test_an_evaluation_never_writes_over_results_or_a_training_run(smoke_run, tm
     adapter = f"adapter_path={smoke_run / 'adapter'}"
     ask = ("mode=generate", 'question="Chest pain: next step?"', adapter, "max_new_tokens=4")
     first = tmp_path / "first"
-    run("eval.py", *ask, f"+data.hub_token={secret}", f"hydra.run.dir={first}")
+    eval_py(*ask, f"+data.hub_token={secret}", f"hydra.run.dir={first}")
     assert (first / ".hydra" / "config.yaml").is_file()
     assert not any(secret.encode() in path.read_bytes() for path in first.rglob("*") if path.is_file())
     for target, held in ((first, "holds an evaluation already (answers.jsonl)"), (smoke_run, "holds a training run")):
         before = {str(p): p.read_bytes() for p in sorted(target.rglob("*")) if p.is_file()}
-        out = run("eval.py", *ask, "max_new_tokens=6", f"hydra.run.dir={target}", check=False)
+        out = eval_py(*ask, "max_new_tokens=6", f"hydra.run.dir={target}", check=False)
         assert out.returncode != 0 and "Traceback" not in out.stderr
         error = out.stderr.strip().splitlines()[-1]
         assert error.startswith(f"error: {target} {held}") and error.endswith("choose another hydra.run.dir."), error
@@ -245,5 +233,5 @@ def test_an_evaluation_stopped_by_sigterm_says_so_and_its_folder_takes_the_rerun
     assert process.returncode == 1 and "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1].startswith("error: interrupted before the report was written")
     assert not any((tmp_path / "eval" / name).exists() for name in REPORT_FILES)
-    run("eval.py", *settings, "limit=2", "max_new_tokens=4")  # the same folder takes the rerun
+    eval_py(*settings, "limit=2", "max_new_tokens=4")  # the same folder takes the rerun
     assert (tmp_path / "eval" / "report.json").is_file()

@@ -8,14 +8,14 @@ import json
 import pytest
 
 from medllm.config.inputs import CAP_VARIABLE
-from tests.helpers.cli import run_train
+from tests.helpers.cli import train_py
 
 pytestmark = pytest.mark.slow
 
 
 def test_a_cap_below_the_estimate_turns_checkpointing_on_and_the_run_says_so(tmp_path, monkeypatch):
     monkeypatch.setenv(CAP_VARIABLE, "0.001")
-    run_train(
+    train_py(
         "experiment=smoke",
         "model.gradient_checkpointing=auto",
         "trainer.max_steps=4",

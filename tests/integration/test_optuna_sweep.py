@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shlex
-import subprocess
-import sys
 
 import pytest
 
 from medllm.config.schema import SUMMARY_METRICS
-from tests.helpers.cli import run_train
-from tests.helpers.configs import ROOT, compose_train
+from tests.helpers.cli import train_py
+from tests.helpers.configs import compose_train
 
 pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
 pytestmark = pytest.mark.slow
@@ -25,17 +22,11 @@ METRIC = "train_loss_last"  # not the default: shows that the named summary entr
 @pytest.fixture(scope="module")
 def sweep_dir(tmp_path_factory):
     sweep = tmp_path_factory.mktemp("optuna") / "sweep"  # not there yet: the study's sqlite file needs it made
-    cache = tmp_path_factory.getbasetemp() / "medllm-cache"  # the conftest's cache: set before its fixture runs
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "MEDLLM_CACHE_DIR": str(cache)}
-    out = subprocess.run(
-        [
-            sys.executable, "train.py", "-m", "experiment=smoke", "hparams_search=optuna",
-            f"hydra.sweeper.n_trials={TRIALS}", "trainer.max_steps=3", "trainer.val_check_interval=3",
-            f"optimized_metric={METRIC}", f"hydra.sweep.dir={sweep}",
-        ],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+    train_py(
+        "-m", "experiment=smoke", "hparams_search=optuna",
+        f"hydra.sweeper.n_trials={TRIALS}", "trainer.max_steps=3", "trainer.val_check_interval=3",
+        f"optimized_metric={METRIC}", f"hydra.sweep.dir={sweep}",
     )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-4000:]
     return sweep
 
 
@@ -70,7 +61,7 @@ def test_best_json_command_reruns_the_best_trial(sweep_dir, tmp_path):
     argv = shlex.split(best["command"])
     assert argv[:2] == ["python", "train.py"]
     rerun = tmp_path / "rerun"
-    run_train(*argv[2:], f"hydra.run.dir={rerun}")
+    train_py(*argv[2:], f"hydra.run.dir={rerun}")
     adapter = json.loads((rerun / "adapter" / "adapter_config.json").read_text())
     assert adapter["r"] == best["swept"]["model.lora.r"] == best["r"]
     config = compose_train(*argv[2:])
@@ -89,7 +80,7 @@ def test_optuna_preset_defaults_to_val_loss_and_a_seeded_tpe_study_in_the_sweep_
 
 
 def test_an_unknown_optimized_metric_is_one_line_before_training(tmp_path):
-    out = run_train(
+    out = train_py(
         "experiment=smoke",
         "hparams_search=optuna",
         "optimized_metric=val_los",

@@ -1,8 +1,9 @@
 """Preemption: a stop signal saves a checkpoint and exits; resumed, the run ends as an uninterrupted one.
 
-Real processes and real signals. Under SLURM only the requeue command is faked: a ``scontrol`` first on
-PATH that records its arguments; the "requeued job" is the same command run again with SLURM's
-variables of a requeued job (same job id, SLURM_RESTART_COUNT=1).
+Real signals, sent to the process that trains (train.py's command line run in this process: see
+tests/helpers/cli.py) once it has logged a few optimizer steps. Under SLURM only the requeue command is faked:
+a ``scontrol`` first on PATH that records its arguments; the "requeued job" is the same command run again
+with SLURM's variables of a requeued job (same job id, SLURM_RESTART_COUNT=1).
 """
 
 from __future__ import annotations
@@ -10,15 +11,15 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
+import threading
 import time
 
 import pytest
 from safetensors.torch import load_file
 
 from medllm.training.resume import find_checkpoint
-from tests.helpers.cli import run_train
-from tests.helpers.configs import ROOT, compose_train
+from tests.helpers.cli import train_py
+from tests.helpers.configs import compose_train
 from tests.helpers.runs import RESUMABLE, train_steps
 
 pytestmark = pytest.mark.slow
@@ -38,7 +39,7 @@ SLURM_JOB = {  # what srun sets for a one-task job (Lightning then picks its SLU
 @pytest.fixture(scope="module")
 def whole(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("whole") / "run"
-    run_train(*RESUMABLE, f"hydra.run.dir={run_dir}")
+    train_py(*RESUMABLE, f"hydra.run.dir={run_dir}")
     return run_dir
 
 
@@ -49,20 +50,31 @@ def fake_scontrol(bin_dir, record):
     script.chmod(0o755)
 
 
-def signal_mid_training(cmd: list[str], run_dir, env: dict[str, str], signum: int) -> subprocess.CompletedProcess:
-    """Start the run, send ``signum`` once it has logged a few optimizer steps, wait for it to end."""
-    process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics = run_dir / "csv" / "metrics.csv"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail("the run ended before the signal: " + process.stderr.read()[-2000:])
-        if metrics.is_file() and len(train_steps(run_dir)) >= 4:
-            break
-        time.sleep(0.02)
-    process.send_signal(signum)
-    stdout, stderr = process.communicate(timeout=300)
-    return subprocess.CompletedProcess(cmd, process.returncode, stdout, stderr)
+def signal_mid_training(run_dir, signum: int, *overrides: str) -> subprocess.CompletedProcess:
+    """train.py <overrides>, sent ``signum`` once it has logged a few optimizer steps."""
+    metrics, stop = run_dir / "csv" / "metrics.csv", threading.Event()
+    sent: list[float] = []
+
+    def watch() -> None:
+        while not stop.wait(0.02):
+            if metrics.is_file() and len(train_steps(run_dir)) >= 4:
+                sent.append(time.monotonic())
+                os.kill(os.getpid(), signum)
+                return
+
+    # Outside training a signal would end the test process: it is noted and dropped there instead (training
+    # puts its own handlers in place, and Lightning restores this one when fit ends).
+    previous = signal.signal(signum, lambda *_: None)
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        out = train_py(*overrides, f"hydra.run.dir={run_dir}", check=False)
+    finally:
+        stop.set()
+        watcher.join()
+        signal.signal(signum, previous)
+    assert sent, "the run ended before the signal: " + out.stderr[-2000:]
+    return out
 
 
 def assert_same_adapter(run_dir, whole_dir) -> None:
@@ -74,13 +86,13 @@ def assert_same_adapter(run_dir, whole_dir) -> None:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_stop_signal_saves_a_checkpoint_and_the_resume_ends_as_an_uninterrupted_run(whole, tmp_path, signum):
-    run_dir = tmp_path / "run"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+def test_a_stop_signal_saves_a_checkpoint_and_the_resume_ends_as_an_uninterrupted_run(
+    whole, tmp_path, signum, monkeypatch
+):
     for name in (*SLURM_JOB, "SLURM_RESTART_COUNT", "SLURM_ARRAY_JOB_ID"):
-        env.pop(name, None)
-    cmd = [sys.executable, "train.py", *RESUMABLE, f"hydra.run.dir={run_dir}"]
-    out = signal_mid_training(cmd, run_dir, env, signum)
+        monkeypatch.delenv(name, raising=False)
+    run_dir = tmp_path / "run"
+    out = signal_mid_training(run_dir, signum, *RESUMABLE)
 
     assert out.returncode == 1, out.stderr[-2000:]
     last_line = out.stderr.strip().splitlines()[-1]
@@ -95,7 +107,7 @@ def test_a_stop_signal_saves_a_checkpoint_and_the_resume_ends_as_an_uninterrupte
     # The checkpoint is the state after a whole optimizer step: nothing of the step in progress is lost.
     assert train_steps(run_dir)[-1] == checkpoint.global_step
 
-    run_train(*RESUMABLE, f"hydra.run.dir={run_dir}", "ckpt_path=auto")
+    train_py(*RESUMABLE, f"hydra.run.dir={run_dir}", "ckpt_path=auto")
     assert_same_adapter(run_dir, whole)
     assert train_steps(run_dir) == list(range(1, 25))
 
@@ -106,15 +118,14 @@ def test_a_stop_signal_saves_a_checkpoint_and_the_resume_ends_as_an_uninterrupte
     ids=["sbatch-USR1", "submitit-USR2"],
 )
 def test_slurm_time_limit_signal_saves_requeues_and_the_requeued_job_resumes_by_itself(
-    whole, tmp_path, launcher, signum
+    whole, tmp_path, launcher, signum, monkeypatch
 ):
     run_dir, calls = tmp_path / "run", tmp_path / "scontrol-calls"
     fake_scontrol(tmp_path / "bin", calls)
-    env = {**os.environ, **SLURM_JOB, **launcher, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    env["PATH"] = f"{tmp_path / 'bin'}{os.pathsep}{env['PATH']}"
-    env.pop("SLURM_RESTART_COUNT", None)
-    cmd = [sys.executable, "train.py", *RESUMABLE, f"hydra.run.dir={run_dir}"]
-    out = signal_mid_training(cmd, run_dir, env, signum)
+    for name, value in {**SLURM_JOB, **launcher, "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    out = signal_mid_training(run_dir, signum, *RESUMABLE)
 
     assert out.returncode == 1, out.stderr[-2000:]
     checkpoint = find_checkpoint("auto", run_dir / "checkpoints")
@@ -126,10 +137,8 @@ def test_slurm_time_limit_signal_saves_requeues_and_the_requeued_job_resumes_by_
     assert not (run_dir / "summary.json").exists()
 
     # SLURM runs the same batch script again: the same command, the same job id, a restart count.
-    requeued = subprocess.run(
-        cmd, cwd=ROOT, env={**env, "SLURM_RESTART_COUNT": "1"}, capture_output=True, text=True, timeout=600
-    )
-    assert requeued.returncode == 0, requeued.stderr[-3000:]
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    requeued = train_py(*RESUMABLE, f"hydra.run.dir={run_dir}")
     chosen = f"ckpt_path=auto: the loadable checkpoint with the most steps is {checkpoint.path}"
     assert chosen in requeued.stdout + requeued.stderr
     assert_same_adapter(run_dir, whole)

@@ -13,7 +13,7 @@ import time
 import pytest
 from safetensors.torch import load_file
 
-from tests.helpers.cli import run_train, snapshot
+from tests.helpers.cli import snapshot, train_py
 from tests.helpers.configs import ROOT
 from tests.helpers.runs import RESUMABLE, train_steps
 
@@ -40,19 +40,19 @@ def kill_after_first_checkpoint(overrides: list[str], checkpoints) -> None:
 
 def test_killed_run_resumed_with_ckpt_path_auto_equals_an_uninterrupted_run(tmp_path):
     whole, broken = tmp_path / "whole", tmp_path / "broken"
-    run_train(*RESUMABLE, f"hydra.run.dir={whole}")
+    train_py(*RESUMABLE, f"hydra.run.dir={whole}")
 
     kill_after_first_checkpoint([*RESUMABLE, f"hydra.run.dir={broken}"], broken / "checkpoints")
     assert not (broken / "summary.json").exists()  # it really was stopped before the end
 
     # A new run into the killed run's dir is refused and touches nothing; a resume is what it takes.
     before = snapshot(broken)
-    refused = run_train(*RESUMABLE, f"hydra.run.dir={broken}", check=False)
+    refused = train_py(*RESUMABLE, f"hydra.run.dir={broken}", check=False)
     assert refused.returncode != 0 and "resume it with ckpt_path=auto" in refused.stderr.splitlines()[-1]
     assert snapshot(broken) == before
     original_config = (broken / ".hydra" / "config.yaml").read_bytes()
 
-    run_train(*RESUMABLE, f"hydra.run.dir={broken}", "ckpt_path=auto")
+    train_py(*RESUMABLE, f"hydra.run.dir={broken}", "ckpt_path=auto")
     expected = load_file(whole / "adapter" / "adapter_model.safetensors")
     resumed = load_file(broken / "adapter" / "adapter_model.safetensors")
     assert expected.keys() == resumed.keys() and expected
@@ -73,8 +73,8 @@ def test_killed_run_resumed_with_ckpt_path_auto_equals_an_uninterrupted_run(tmp_
 
 def test_resume_from_an_explicit_checkpoint_of_another_run_dir(tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
-    run_train(*RESUMABLE, "trainer.max_steps=6", f"hydra.run.dir={first}")
-    out = run_train(
+    train_py(*RESUMABLE, "trainer.max_steps=6", f"hydra.run.dir={first}")
+    out = train_py(
         *RESUMABLE, "trainer.max_steps=9", f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={second}"
     )
     summary = json.loads((second / "summary.json").read_text())
@@ -84,7 +84,7 @@ def test_resume_from_an_explicit_checkpoint_of_another_run_dir(tmp_path):
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("short")
-    run_train(*RESUMABLE, "trainer.max_steps=6", f"hydra.run.dir={run_dir}")
+    train_py(*RESUMABLE, "trainer.max_steps=6", f"hydra.run.dir={run_dir}")
     return run_dir
 
 
@@ -95,7 +95,7 @@ def test_auto_skips_a_corrupt_newest_checkpoint_for_an_intact_last_ckpt(short_ru
     corrupt = partial / "checkpoints" / "step000009.ckpt"
     corrupt.write_bytes((short_run / "checkpoints" / "last.ckpt").read_bytes()[:4096])  # a save cut short
     os.utime(corrupt, (time.time() + 60, time.time() + 60))  # the newest file
-    out = run_train(*RESUMABLE, "trainer.max_steps=9", f"hydra.run.dir={partial}", "ckpt_path=auto")
+    out = train_py(*RESUMABLE, "trainer.max_steps=9", f"hydra.run.dir={partial}", "ckpt_path=auto")
     assert f"skipping {corrupt}: not a readable checkpoint" in out.stdout + out.stderr
     assert json.loads((partial / "summary.json").read_text())["steps"] == 9  # 6 resumed + 3
 
@@ -116,7 +116,7 @@ def test_a_checkpoint_that_does_not_fit_the_config_is_named_before_the_model_loa
     short_run, tmp_path, overrides, message
 ):
     ckpt = short_run / "checkpoints" / "last.ckpt"
-    out = run_train(*RESUMABLE, f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'run'}", *overrides, check=False)
+    out = train_py(*RESUMABLE, f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'run'}", *overrides, check=False)
     assert out.returncode != 0
     assert out.stderr.strip().splitlines()[-1].startswith(f"error: {ckpt} {message}")
     assert "Traceback" not in out.stderr and "Trainable params" not in out.stdout + out.stderr
@@ -134,7 +134,7 @@ def test_an_unreadable_or_foreign_checkpoint_is_named_in_one_line(short_run, tmp
     else:
         torch.save({"state_dict": {}, "global_step": 3}, ckpt)  # a Lightning-like file of another program
         expected = f"error: {ckpt}: not a medllm checkpoint"
-    out = run_train(*RESUMABLE, f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'run'}", check=False)
+    out = train_py(*RESUMABLE, f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'run'}", check=False)
     assert out.returncode != 0
     assert out.stderr.strip().splitlines()[-1].startswith(expected)
     assert "Traceback" not in out.stderr
@@ -147,17 +147,17 @@ def test_checkpoints_kept_outside_the_run_dir_are_resumed_from_and_never_written
 
     # Another run given the same checkpoint folder would write over the killed run's checkpoints: refused.
     kept = snapshot(elsewhere)
-    other = run_train(*overrides, f"hydra.run.dir={tmp_path / 'other'}", check=False)
+    other = train_py(*overrides, f"hydra.run.dir={tmp_path / 'other'}", check=False)
     assert other.returncode != 0 and "holds checkpoints of another run" in other.stderr.splitlines()[-1]
     assert snapshot(elsewhere) == kept
     # So would one that resumes them, from its own run dir: they are the killed run's to resume.
     for resume in ("ckpt_path=auto", f"ckpt_path={next(elsewhere.glob('step*.ckpt'))}"):
-        other = run_train(*overrides, f"hydra.run.dir={tmp_path / 'other'}", resume, check=False)
+        other = train_py(*overrides, f"hydra.run.dir={tmp_path / 'other'}", resume, check=False)
         assert other.returncode != 0
         assert f"holds checkpoints of the run in {run}, which this run would write over" in other.stderr
         assert snapshot(elsewhere) == kept
 
-    run_train(*overrides, f"hydra.run.dir={run}", "ckpt_path=auto")
+    train_py(*overrides, f"hydra.run.dir={run}", "ckpt_path=auto")
     assert f"the loadable checkpoint with the most steps is {elsewhere}" in (run / "train.log").read_text()
     assert train_steps(run) == list(range(1, 25))  # resumed from the folder: no step trained twice
     assert (elsewhere / "last.ckpt").is_file() and not (run / "checkpoints").exists()
@@ -170,11 +170,11 @@ def test_a_resume_on_rows_edited_since_the_checkpoint_is_refused_before_the_mode
     data = tmp_path / "rows.json"
     data.write_text(json.dumps(rows))
     local = ["data=local", f"data.path={data}"]
-    run_train(*RESUMABLE, *local, "trainer.max_steps=6", f"hydra.run.dir={tmp_path / 'first'}")
+    train_py(*RESUMABLE, *local, "trainer.max_steps=6", f"hydra.run.dir={tmp_path / 'first'}")
     rows[3]["Response"] += " Confirm with an ECG."  # same file, same count, same settings: other rows
     data.write_text(json.dumps(rows))
     ckpt = tmp_path / "first" / "checkpoints" / "last.ckpt"
-    out = run_train(*RESUMABLE, *local, f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'second'}", check=False)
+    out = train_py(*RESUMABLE, *local, f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'second'}", check=False)
     assert out.returncode != 0
     assert out.stderr.strip().splitlines()[-1].startswith(f"error: {ckpt} was trained on other rows (rows of ")
     assert "Trainable params" not in out.stdout + out.stderr and not (tmp_path / "second" / "checkpoints").exists()

@@ -3,15 +3,13 @@ written or printed. Real train.py runs into real dirs, compared byte by byte."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import pytest
 
 from medllm.runs.layout import RunDir
-from tests.helpers.cli import run_train, snapshot
-from tests.helpers.configs import ROOT
+from tests.helpers.cli import snapshot, train_py
 from tests.helpers.runs import HOLD_LOCK
 
 pytestmark = pytest.mark.slow
@@ -27,7 +25,7 @@ FINISHED_RUN = (*SMOKE, f"+data.hub_token={KEY_SECRET}", f"data.instruction='see
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("finished")
-    out = run_train(*FINISHED_RUN, f"hydra.run.dir={run_dir}")
+    out = train_py(*FINISHED_RUN, f"hydra.run.dir={run_dir}")
     return run_dir, out.stdout + out.stderr
 
 
@@ -57,7 +55,7 @@ def test_the_run_left_its_files(finished_run):
 def test_a_second_run_into_a_finished_run_dir_is_refused_and_changes_no_byte(finished_run, overrides):
     run_dir, _ = finished_run
     before = snapshot(run_dir)
-    out = run_train(*SMOKE, f"hydra.run.dir={run_dir}", *(o.format(run_dir=run_dir) for o in overrides), check=False)
+    out = train_py(*SMOKE, f"hydra.run.dir={run_dir}", *(o.format(run_dir=run_dir) for o in overrides), check=False)
     assert out.returncode != 0
     error = out.stderr.strip().splitlines()[-1]
     assert error.startswith(f"error: {run_dir} holds a finished run") and "hydra.run.dir" in error
@@ -72,7 +70,7 @@ def test_results_redirected_into_a_finished_run_are_refused_and_change_no_byte(f
     run_dir, _ = finished_run
     before = snapshot(run_dir)
     redirect = (f"{key}={run_dir}", f"callbacks.checkpoint.dirpath={tmp_path / 'checkpoints'}")
-    out = run_train(*SMOKE, f"hydra.run.dir={tmp_path / 'new'}", *redirect, "optimizer.lr=0.05", check=False)
+    out = train_py(*SMOKE, f"hydra.run.dir={tmp_path / 'new'}", *redirect, "optimizer.lr=0.05", check=False)
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines()[-1].startswith(f"error: {run_dir} holds a finished run")
     assert f"choose another {key}" in out.stderr
@@ -87,7 +85,7 @@ def train_while_locked(folder, *overrides: str) -> subprocess.CompletedProcess:
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
-        return run_train(*SMOKE, *overrides, check=False)
+        return train_py(*SMOKE, *overrides, check=False)
     finally:
         holder.kill()
         holder.wait()
@@ -115,11 +113,11 @@ def test_a_checkpoint_folder_another_run_is_writing_into_is_refused(tmp_path):
 def test_ckpt_path_auto_on_a_finished_run_says_so_and_changes_no_byte(finished_run):
     run_dir, _ = finished_run
     before = snapshot(run_dir)
-    out = run_train(*FINISHED_RUN, f"hydra.run.dir={run_dir}", "ckpt_path=auto")
+    out = train_py(*FINISHED_RUN, f"hydra.run.dir={run_dir}", "ckpt_path=auto")
     assert "finished already" in out.stdout + out.stderr
     assert snapshot(run_dir) == before
     # Other settings (a resumed sweep's job with new values) never get the old run's summary as theirs.
-    out = run_train(*FINISHED_RUN, f"hydra.run.dir={run_dir}", "ckpt_path=auto", "optimizer.lr=0.5", check=False)
+    out = train_py(*FINISHED_RUN, f"hydra.run.dir={run_dir}", "ckpt_path=auto", "optimizer.lr=0.5", check=False)
     assert out.returncode != 0 and "holds a finished run of other settings (optimizer.lr: " in out.stderr
     assert snapshot(run_dir) == before
 
@@ -138,18 +136,22 @@ def test_no_file_of_the_run_holds_its_secrets_and_none_is_printed(finished_run):
 
 def test_a_sweep_keeps_no_secret_and_a_second_sweep_into_its_dir_is_refused(tmp_path):
     sweep = tmp_path / "sweep"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    command = [sys.executable, "train.py", "-m", *SMOKE, "trainer.max_steps=1", "seed=1,2", f"hydra.sweep.dir={sweep}"]
-    command.append(f"+data.hub_token={KEY_SECRET}")
-    first = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert first.returncode == 0, first.stderr[-3000:]
+    command = [
+        "-m",
+        *SMOKE,
+        "trainer.max_steps=1",
+        "seed=1,2",
+        f"hydra.sweep.dir={sweep}",
+        f"+data.hub_token={KEY_SECRET}",
+    ]
+    first = train_py(*command)
     assert (sweep / "0" / "summary.json").is_file() and (sweep / "1" / "summary.json").is_file()
     # Hydra's sweeper writes multirun.yaml and logs each job's overrides: neither keeps the secret.
     assert "+data.hub_token=<redacted>" in (sweep / "multirun.yaml").read_text()
     assert KEY_SECRET not in first.stdout + first.stderr
     assert not [p for p in sweep.rglob("*") if p.is_file() and KEY_SECRET.encode() in p.read_bytes()]
     before = snapshot(sweep)
-    again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    again = train_py(*command, check=False)
     assert again.returncode != 0
     assert again.stderr.strip().splitlines()[-1].startswith(f"error: {sweep} already holds a sweep")
     assert snapshot(sweep) == before
@@ -158,12 +160,12 @@ def test_a_sweep_keeps_no_secret_and_a_second_sweep_into_its_dir_is_refused(tmp_
 def test_a_run_that_stopped_before_training_leaves_its_dir_free_for_the_corrected_command(tmp_path):
     """A typo or a bad row stops the run before it trains: the same command, corrected, runs in the same dir."""
     run_dir = tmp_path / "run"
-    out = run_train(
+    out = train_py(
         *SMOKE, f"hydra.run.dir={run_dir}", "data=local", f"data.path={tmp_path / 'missing.jsonl'}", check=False
     )
     assert out.returncode != 0 and "missing.jsonl" in out.stderr
     assert RunDir(run_dir).traces() == [".hydra"]  # the failed command's config, nothing trained
-    run_train(*SMOKE, f"hydra.run.dir={run_dir}")
+    train_py(*SMOKE, f"hydra.run.dir={run_dir}")
     assert (run_dir / "summary.json").is_file()
     assert "missing.jsonl" not in (run_dir / ".hydra" / "config.yaml").read_text()  # the run's own config
     assert not (run_dir / ".hydra" / "resume-1").exists()

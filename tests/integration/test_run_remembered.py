@@ -11,10 +11,7 @@ block, instruction, literal encoding) or parses answers leaves the adapter near 
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,7 +20,7 @@ import torch
 from medllm.runs.record import RECORD_FILE
 from medllm.tasks.items import BenchmarkItem
 from medllm.training.resume import RECORD_KEY
-from tests.helpers.configs import ROOT
+from tests.helpers.cli import eval_py, train_py
 
 pytestmark = pytest.mark.slow
 
@@ -42,15 +39,6 @@ TRAIN = (
     "trainer.val_check_interval=50",
     "callbacks.checkpoint.every_n_train_steps=0",
 )
-
-
-def run(script: str, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONIOENCODING": "utf-8"}
-    out = subprocess.run(
-        [sys.executable, script, *overrides], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert not check or out.returncode == 0, out.stderr[-3000:]
-    return out
 
 
 def questions(n: int, seed: int) -> list[BenchmarkItem]:
@@ -91,15 +79,14 @@ def trained(tmp_path_factory) -> tuple[Path, Path, Path]:
     ]
     benchmark = write_jsonl(tmp / "questions.jsonl", asked)
     run_dir = tmp / "run"
-    run("train.py", *TRAIN, f"data.path={rows}", f"hydra.run.dir={run_dir}")
+    train_py(*TRAIN, f"data.path={rows}", f"hydra.run.dir={run_dir}")
     return run_dir, rows, benchmark
 
 
 def test_the_loop_learns(trained, tmp_path):
     run_dir, _, benchmark = trained
     adapter = run_dir / "adapter"
-    run(
-        "eval.py",
+    eval_py(
         "benchmark=mcq",
         f"benchmark.path={benchmark}",
         f"adapter_path={adapter}",
@@ -116,7 +103,7 @@ def test_the_loop_learns(trained, tmp_path):
 
 def test_held_out_loss_is_measured_on_the_runs_own_rows(trained, tmp_path):
     run_dir, _, _ = trained
-    out = run("eval.py", "benchmark=medical_o1_val", f"adapter_path={run_dir / 'adapter'}", f"hydra.run.dir={tmp_path}")
+    out = eval_py("benchmark=medical_o1_val", f"adapter_path={run_dir / 'adapter'}", f"hydra.run.dir={tmp_path}")
     record = json.loads((run_dir / "adapter" / RECORD_FILE).read_text())
     held_out = record["data_split"]["val"]
     assert f"validation rows: the {held_out['rows']} rows the run of" in out.stdout and held_out["digest"] in out.stdout
@@ -134,7 +121,7 @@ def test_a_contradicting_override_is_refused_in_one_line(trained, tmp_path):
         ("model.tiny.hidden_size=64", "model.tiny.hidden_size: the run's 48, given 64"),
     ]:
         given = ("benchmark=mcq", f"benchmark.path={benchmark}", f"adapter_path={adapter}", override)
-        out = run("eval.py", *given, f"hydra.run.dir={tmp_path}", check=False)
+        out = eval_py(*given, f"hydra.run.dir={tmp_path}", check=False)
         assert out.returncode != 0
         last = out.stderr.strip().splitlines()[-1]
         assert last.startswith(f"error: the command line contradicts the run that trained {adapter}") and said in last
@@ -148,7 +135,7 @@ def test_rows_changed_since_training_are_not_scored_as_held_out(trained, tmp_pat
     try:
         write_jsonl(rows, changed)
         given = ("benchmark=medical_o1_val", f"adapter_path={run_dir / 'adapter'}")
-        out = run("eval.py", *given, f"hydra.run.dir={tmp_path}", check=False)
+        out = eval_py(*given, f"hydra.run.dir={tmp_path}", check=False)
     finally:
         rows.write_text(original, encoding="utf-8")
     assert out.returncode != 0

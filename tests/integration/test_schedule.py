@@ -8,7 +8,7 @@ import itertools
 
 import pytest
 
-from tests.helpers.cli import run_train
+from tests.helpers.cli import train_py
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +23,7 @@ def learning_rates(run_dir) -> dict[int, float]:
 
 def test_in_epochs_with_accumulation_the_cosine_falls_once_over_every_step(tmp_path):
     """3 epochs of 5 micro-batches, 4 a step: each epoch's window ends with it, so 2 steps an epoch, 6 in all."""
-    run_train(
+    train_py(
         *SMOKE,
         "trainer.max_steps=-1",
         "trainer.max_epochs=3",
@@ -39,7 +39,7 @@ def test_in_epochs_with_accumulation_the_cosine_falls_once_over_every_step(tmp_p
 
 
 def test_more_micro_batches_a_step_than_an_epoch_holds_is_refused(tmp_path):
-    out = run_train(
+    out = train_py(
         *SMOKE, "trainer.max_steps=2", "trainer.accumulate_grad_batches=10", f"hydra.run.dir={tmp_path}", check=False
     )
     assert out.returncode != 0 and "Traceback" not in out.stderr
@@ -51,14 +51,14 @@ def test_more_micro_batches_a_step_than_an_epoch_holds_is_refused(tmp_path):
 
 def test_trained_further_from_a_checkpoint_the_steps_take_the_longer_runs_rates(tmp_path):
     """3 steps, then on to 6 from the 3-step run's checkpoint: steps 4-6 at the rates of a 6-step run's."""
-    run_train(*SMOKE, "trainer.max_steps=3", f"hydra.run.dir={tmp_path / 'three'}")
-    run_train(
+    train_py(*SMOKE, "trainer.max_steps=3", f"hydra.run.dir={tmp_path / 'three'}")
+    train_py(
         *SMOKE,
         "trainer.max_steps=6",
         f"ckpt_path={tmp_path / 'three' / 'checkpoints' / 'last.ckpt'}",
         f"hydra.run.dir={tmp_path / 'further'}",
     )
-    run_train(*SMOKE, "trainer.max_steps=6", f"hydra.run.dir={tmp_path / 'six'}")
+    train_py(*SMOKE, "trainer.max_steps=6", f"hydra.run.dir={tmp_path / 'six'}")
     further, six = learning_rates(tmp_path / "further"), learning_rates(tmp_path / "six")
     assert sorted(further) == [4, 5, 6]
     assert [further[s] for s in (4, 5, 6)] == pytest.approx([six[s] for s in (4, 5, 6)], rel=1e-6)

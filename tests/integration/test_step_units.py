@@ -10,7 +10,7 @@ import csv
 
 import pytest
 
-from tests.helpers.cli import run_train
+from tests.helpers.cli import train_py
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +20,7 @@ LR = 1e-2  # experiment=smoke's optimizer.lr
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("steps")
-    run_train(
+    train_py(
         "experiment=smoke",
         "trainer.max_steps=4",
         "trainer.accumulate_grad_batches=2",

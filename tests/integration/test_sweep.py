@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from tests.helpers.configs import ROOT
+from tests.helpers.cli import train_py
 
 pytestmark = pytest.mark.slow
 
@@ -22,17 +19,11 @@ RATIO = 2
 @pytest.fixture(scope="module")
 def sweep_dir(tmp_path_factory):
     sweep = tmp_path_factory.mktemp("sweep")
-    cache = tmp_path_factory.getbasetemp() / "medllm-cache"  # the conftest's cache: set before its fixture runs
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "MEDLLM_CACHE_DIR": str(cache)}
-    out = subprocess.run(
-        [
-            sys.executable, "train.py", "-m", "experiment=smoke", "hparams_search=lr_rank_grid",
-            f"optimizer.lr={','.join(LRS)}", f"model.lora.r={','.join(map(str, RANKS))}",  # replace the file's grid
-            f"lora_alpha_ratio={RATIO}", "trainer.max_steps=6", f"hydra.sweep.dir={sweep}",
-        ],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+    train_py(
+        "-m", "experiment=smoke", "hparams_search=lr_rank_grid",
+        f"optimizer.lr={','.join(LRS)}", f"model.lora.r={','.join(map(str, RANKS))}",  # replace the file's grid
+        f"lora_alpha_ratio={RATIO}", "trainer.max_steps=6", f"hydra.sweep.dir={sweep}",
     )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-4000:]
     return sweep
 
 
@@ -76,9 +67,9 @@ def test_best_json_names_the_lowest_val_loss(sweep_dir):
 
 def test_a_plain_multirun_gets_the_summary_too(tmp_path):
     """-m over any key, without hparams_search: summary.csv with a column for the swept key, and best.json."""
-    from tests.helpers.cli import run_train
+    from tests.helpers.cli import train_py
 
-    run_train("-m", "experiment=smoke", "trainer.max_steps=1", "data.batch_size=2,4", f"hydra.sweep.dir={tmp_path}")
+    train_py("-m", "experiment=smoke", "trainer.max_steps=1", "data.batch_size=2,4", f"hydra.sweep.dir={tmp_path}")
     with (tmp_path / "summary.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [(row["job"], row["status"], row["data.batch_size"]) for row in rows] == [("0", "ok", "2"), ("1", "ok", "4")]

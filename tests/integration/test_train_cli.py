@@ -10,7 +10,7 @@ from peft import PeftModel, get_peft_model
 
 from medllm.models.lora import LoraSpec
 from medllm.models.tiny import tiny_llama, tiny_tokenizer
-from tests.helpers.cli import run_train
+from tests.helpers.cli import train_py
 from tests.helpers.configs import SHARED_DATA
 
 pytestmark = pytest.mark.slow
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("smoke")
-    run_train("experiment=smoke", f"hydra.run.dir={run_dir}")
+    train_py("experiment=smoke", f"hydra.run.dir={run_dir}")
     return run_dir
 
 
@@ -67,7 +67,7 @@ def test_bad_row_stops_before_any_model_is_loaded(tmp_path):
     del rows[6]["Response"]
     path = tmp_path / "rows.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
-    out = run_train("experiment=smoke", "data=local", f"data.path={path}", f"hydra.run.dir={tmp_path}/run", check=False)
+    out = train_py("experiment=smoke", "data=local", f"data.path={path}", f"hydra.run.dir={tmp_path}/run", check=False)
     assert out.returncode != 0
     assert "row 7" in out.stderr and "'Response'" in out.stderr and str(path) in out.stderr
     assert "Traceback" not in out.stderr
@@ -77,7 +77,7 @@ def test_bad_row_stops_before_any_model_is_loaded(tmp_path):
 
 @pytest.mark.skipif(not (SHARED_DATA / "medical_o1_demo.json").is_file(), reason="real medical-o1 rows not present")
 def test_real_medical_o1_rows_train_through_data_local(tmp_path):
-    run_train(
+    train_py(
         "experiment=smoke",
         "data=local",
         f"data.path={SHARED_DATA / 'medical_o1_demo.json'}",

@@ -1,7 +1,7 @@
 """W&B: offline without an API key, the logged keys, the samples table, secrets kept out of the run's files.
 
-One train.py subprocess with no W&B environment and HOME in a temporary dir (no netrc, no key): the logger
-must pick offline mode by itself. Its run is read back from the ``.wandb`` file, a LevelDB-style log of
+train.py runs with no W&B environment and HOME in a temporary dir (no netrc, no key): the logger must pick
+offline mode by itself. Its run is read back from the ``.wandb`` file, a LevelDB-style log of
 protobuf records (wandb 0.31 has no public reader for it). Fast tests of redaction, mode choice and the
 sample rows follow.
 """
@@ -12,8 +12,6 @@ import csv
 import json
 import os
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -28,6 +26,7 @@ from medllm.models.lora import LoraSpec
 from medllm.models.tiny import tiny_llama
 from medllm.training import wandb_logging
 from medllm.training.wandb_logging import resolve_mode, sample_rows
+from tests.helpers.cli import train_py
 from tests.helpers.configs import ROOT
 
 SECRET = "sk-SECRET123"
@@ -69,18 +68,13 @@ def _key(item) -> str:
 def train_without_api_key(tmp_path_factory, run_dir: Path, *overrides: str) -> str:
     """train.py with no W&B API key anywhere and no network to reach; its output."""
     home = tmp_path_factory.mktemp("home")  # no ~/.netrc and no W&B settings: no API key anywhere
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") and k != "NETRC"}
-    env.update(
-        HOME=str(home),
-        HF_HUB_OFFLINE="1",
-        MPLCONFIGDIR=os.environ.get("MPLCONFIGDIR", str(Path.home() / ".config" / "matplotlib")),  # font cache
-        WANDB_BASE_URL="http://127.0.0.1:9",  # should anything try to go online, it never reaches wandb.ai
-    )
-    out = subprocess.run(
-        [sys.executable, "train.py", *overrides, f"hydra.run.dir={run_dir}"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-4000:]
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [k for k in os.environ if k.startswith("WANDB_")] + ["NETRC"]:
+            patch.delenv(name, raising=False)
+        patch.setenv("MPLCONFIGDIR", os.environ.get("MPLCONFIGDIR", str(Path.home() / ".config" / "matplotlib")))
+        patch.setenv("HOME", str(home))
+        patch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # should anything try to go online, it never gets out
+        out = train_py(*overrides, f"hydra.run.dir={run_dir}")
     return out.stdout + out.stderr
 
 

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 from omegaconf import OmegaConf
 
 from medllm.config.schema import EvalConfig, TrainConfig
 from medllm.config.schema_check import validate
-from tests.helpers.configs import CONF, ROOT, compose_train
+from tests.helpers.cli import train_py
+from tests.helpers.configs import CONF, compose_train
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
@@ -82,14 +80,7 @@ def test_hparams_search_composes(tmp_path):
 
 
 def test_cfg_job_prints_qlora_config_without_loading_anything():
-    out = subprocess.run(
-        [sys.executable, "train.py", "experiment=qlora_r16", "--cfg", "job"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
+    out = train_py("experiment=qlora_r16", "--cfg", "job")
     cfg = OmegaConf.create(out.stdout)
     assert cfg.model.name_or_path == "unsloth/DeepSeek-R1-Distill-Llama-8B"
     assert "Traceback" not in out.stderr

@@ -6,8 +6,6 @@ import functools
 import json
 import math
 import re
-import subprocess
-import sys
 import time
 
 import lightning as L
@@ -23,8 +21,8 @@ from medllm.models.backends.hf import check_target_modules
 from medllm.models.lora import LoraSpec
 from medllm.models.tiny import tiny_llama
 from medllm.training.module import NonFiniteLossError, ReasoningSFTModule
-from tests.helpers.cli import run_train
-from tests.helpers.configs import ROOT, compose_train
+from tests.helpers.cli import train_py
+from tests.helpers.configs import compose_train
 
 
 def check(tmp_path, *overrides):
@@ -110,13 +108,7 @@ def test_unknown_lora_target_lists_the_modules_there_are(tokenizer):
 
 def run_cli(*overrides):
     start = time.monotonic()
-    out = subprocess.run(
-        [sys.executable, "train.py", "experiment=smoke", *overrides],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = train_py("experiment=smoke", *overrides, check=False)
     return out, time.monotonic() - start
 
 
@@ -368,7 +360,7 @@ def test_model_settings_the_model_would_not_honour_are_refused(tmp_path, overrid
 
 def test_a_run_dir_that_is_a_file_is_named_in_one_line(tmp_path):
     (tmp_path / "taken").write_text("not a folder")
-    out = run_train("experiment=smoke", f"hydra.run.dir={tmp_path / 'taken'}", check=False)
+    out = train_py("experiment=smoke", f"hydra.run.dir={tmp_path / 'taken'}", check=False)
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines()[-1] == f"error: hydra.run.dir={tmp_path / 'taken'} is a file; give a " + (
         "folder (new, or one to resume in)."

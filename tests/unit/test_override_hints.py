@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from medllm.config.hints import hint
-from tests.helpers.cli import run_train
+from tests.helpers.cli import train_py
 from tests.helpers.configs import CONF
 
 
@@ -29,13 +29,13 @@ def test_a_refused_key_is_matched_against_its_neighbours(config, argv, expected)
 
 
 def test_train_py_prints_the_hint_after_hydras_error():
-    out = run_train("experiment=smoke", "optimizer.lrr=1e-4", check=False)
+    out = train_py("experiment=smoke", "optimizer.lrr=1e-4", check=False)
     assert out.returncode == 1
     assert "Could not override 'optimizer.lrr'" in out.stderr
     assert out.stderr.strip().splitlines()[-1] == "did you mean optimizer.lr?"
 
 
 def test_an_override_hydra_cannot_parse_ends_with_hydras_message_alone():
-    out = run_train("experiment=smoke", "optimizer.lr=[", check=False)
+    out = train_py("experiment=smoke", "optimizer.lr=[", check=False)
     assert out.returncode == 1
     assert "no viable alternative at input '['" in out.stderr and "Traceback" not in out.stderr

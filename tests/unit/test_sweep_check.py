@@ -6,7 +6,7 @@ import pytest
 
 from medllm.config.checks import check_train_config
 from medllm.config.sweep_check import shared_settings_error
-from tests.helpers.cli import run_train
+from tests.helpers.cli import train_py
 from tests.helpers.configs import CONF
 
 
@@ -19,7 +19,7 @@ def resolvers():
 
 def test_a_mistake_every_job_shares_ends_the_sweep_before_any_job(tmp_path):
     sweep_dir = tmp_path / "sweep"
-    out = run_train(
+    out = train_py(
         "-m", "experiment=smoke", "hparams_search=lr_rank_grid", "model.lora.dropout=1.5",
         f"hydra.sweep.dir={sweep_dir}", check=False,
     )  # fmt: skip

@@ -1,4 +1,5 @@
-"""A "did you mean" for an override Hydra refuses before medllm's own checks run.
+"""The entry points' command line: a sweep's shared settings checked once, and a "did you mean" for an override
+Hydra refuses before medllm's own checks run.
 
 ``optimizer.lrr=1e-4`` (no ``+``) fails inside Hydra's composition, which says "Could not override
 'optimizer.lrr'. To append to your config use +optimizer.lrr=1e-4": advice that adds the typo. When an
@@ -17,6 +18,9 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
+
+from medllm.config.secrets import redact_text
+from medllm.config.sweep_check import shared_settings_error
 
 REFUSED = re.compile(r"Could not override '([^']+)'")
 
@@ -48,8 +52,18 @@ def hint(conf_dir: Path, config_name: str, argv: Sequence[str]) -> str | None:
     return f"did you mean {parent + '.' if parent else ''}{close[0]}?" if close else None
 
 
-def run(main: Callable[[], object], conf_dir: Path, config_name: str) -> None:
-    """Runs a ``@hydra.main`` entry point; after Hydra's own error exit, prints the hint, if any."""
+def run(
+    main: Callable[[], object],
+    conf_dir: Path,
+    config_name: str,
+    check_sweep: Callable[[DictConfig], None] | None = None,
+) -> None:
+    """Runs a ``@hydra.main`` entry point as its command line: for a sweep (``-m``), ``check_sweep`` on the settings
+    every job shares first, once (``medllm.config.sweep_check``); after Hydra's own error exit, the hint, if any."""
+    if check_sweep is not None:
+        shared = shared_settings_error(conf_dir, config_name, sys.argv[1:], check_sweep)
+        if shared:
+            sys.exit(f"error: {redact_text(shared)}\n(a setting every job of the sweep shares: no job was launched)")
     try:
         main()
     except SystemExit as stop:
