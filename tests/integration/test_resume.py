@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
@@ -20,29 +21,53 @@ from tests.helpers.runs import RESUMABLE, train_steps
 pytestmark = pytest.mark.slow
 
 
-def kill_after_first_checkpoint(overrides: list[str], checkpoints) -> None:
-    """``train.py <overrides>`` killed (SIGKILL) as soon as its first step checkpoint is in ``checkpoints``."""
-    process = subprocess.Popen(
-        [sys.executable, "train.py", *overrides],
-        cwd=ROOT,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def kill_after_first_checkpoint(runs: dict[str, tuple[list[str], Path]]) -> None:
+    """``train.py <overrides>`` of each run, started together, each killed (SIGKILL) as soon as its first step
+    checkpoint is in its checkpoint folder."""
+    processes = {
+        name: subprocess.Popen(
+            [sys.executable, "train.py", *overrides],
+            cwd=ROOT,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for name, (overrides, _) in runs.items()
+    }
     deadline = time.monotonic() + 300
-    while not list(checkpoints.glob("step*.ckpt")) and time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail("the run ended before its first checkpoint")
+    while processes and time.monotonic() < deadline:
+        for name, process in list(processes.items()):
+            if list(runs[name][1].glob("step*.ckpt")):
+                process.send_signal(signal.SIGKILL)
+                assert process.wait() == -signal.SIGKILL
+                del processes[name]
+            elif process.poll() is not None:
+                pytest.fail(f"the run {name} ended before its first checkpoint")
         time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL
+    assert not processes, "no checkpoint in time"
 
 
-def test_killed_run_resumed_with_ckpt_path_auto_equals_an_uninterrupted_run(tmp_path):
-    whole, broken = tmp_path / "whole", tmp_path / "broken"
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory) -> dict[str, Path]:
+    """Two runs killed after their first checkpoint: one keeping its checkpoints in its run dir, one in a
+    folder of its own (callbacks.checkpoint.dirpath); the processes start together."""
+    base = tmp_path_factory.mktemp("killed")
+    elsewhere = base / "scratch" / "ckpts"
+    kill_after_first_checkpoint(
+        {
+            "broken": ([*RESUMABLE, f"hydra.run.dir={base / 'broken'}"], base / "broken" / "checkpoints"),
+            "run": (
+                [*RESUMABLE, f"callbacks.checkpoint.dirpath={elsewhere}", f"hydra.run.dir={base / 'run'}"],
+                elsewhere,
+            ),
+        }
+    )
+    return {"broken": base / "broken", "run": base / "run", "elsewhere": elsewhere}
+
+
+def test_killed_run_resumed_with_ckpt_path_auto_equals_an_uninterrupted_run(killed, tmp_path):
+    whole, broken = tmp_path / "whole", killed["broken"]
     train_py(*RESUMABLE, f"hydra.run.dir={whole}")
-
-    kill_after_first_checkpoint([*RESUMABLE, f"hydra.run.dir={broken}"], broken / "checkpoints")
     assert not (broken / "summary.json").exists()  # it really was stopped before the end
 
     # A new run into the killed run's dir is refused and touches nothing; a resume is what it takes.
@@ -140,10 +165,9 @@ def test_an_unreadable_or_foreign_checkpoint_is_named_in_one_line(short_run, tmp
     assert "Traceback" not in out.stderr
 
 
-def test_checkpoints_kept_outside_the_run_dir_are_resumed_from_and_never_written_over(tmp_path):
-    run, elsewhere = tmp_path / "run", tmp_path / "scratch" / "ckpts"
+def test_checkpoints_kept_outside_the_run_dir_are_resumed_from_and_never_written_over(killed, tmp_path):
+    run, elsewhere = killed["run"], killed["elsewhere"]
     overrides = [*RESUMABLE, f"callbacks.checkpoint.dirpath={elsewhere}"]
-    kill_after_first_checkpoint([*overrides, f"hydra.run.dir={run}"], elsewhere)
 
     # Another run given the same checkpoint folder would write over the killed run's checkpoints: refused.
     kept = snapshot(elsewhere)

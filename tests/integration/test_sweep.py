@@ -22,7 +22,7 @@ def sweep_dir(tmp_path_factory):
     train_py(
         "-m", "experiment=smoke", "hparams_search=lr_rank_grid",
         f"optimizer.lr={','.join(LRS)}", f"model.lora.r={','.join(map(str, RANKS))}",  # replace the file's grid
-        f"lora_alpha_ratio={RATIO}", "trainer.max_steps=6", f"hydra.sweep.dir={sweep}",
+        f"lora_alpha_ratio={RATIO}", "trainer.max_steps=3", f"hydra.sweep.dir={sweep}",
     )  # fmt: skip
     return sweep
 
