@@ -56,3 +56,44 @@ def test_an_optuna_sweep_maximizes_the_score_each_trial_returns(tmp_path):
         assert {int(r["job"]): float(r["eval_macro_f1"]) for r in csv.DictReader(f)} == pytest.approx(scores)
     best = json.loads((sweep / "best.json").read_text())
     assert best["eval_macro_f1"] == max(scores.values())
+
+
+def test_train_called_from_python_composes_the_evaluation_from_the_packages_conf(tmp_path):
+    """No Hydra app runs: the evaluation's eval.yaml comes from the conf/ the package carries."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from medllm.config.compose import CONF
+    from medllm.workflows.train_eval import train_and_evaluate
+
+    overrides = ["experiment=smoke", "trainer.max_steps=2", after(write_questions(tmp_path / "q.jsonl"))]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[*overrides, f"paths.output_dir={tmp_path}"])
+    assert not GlobalHydra.instance().is_initialized()
+    summary = train_and_evaluate(cfg)
+    assert summary["eval_benchmark"] == "mcq" and (tmp_path / "eval" / "report.json").is_file()
+
+
+def test_the_package_carries_conf(tmp_path):
+    """An installed wheel composes configs with no checkout beside it: every file of conf/ is inside it."""
+    import subprocess
+    import sys
+    import zipfile
+
+    from tests.helpers.configs import CONF, ROOT
+
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        str(ROOT),
+        "--no-deps",
+        "--no-build-isolation",
+        "-w",
+        str(tmp_path),
+    ]
+    subprocess.run(command, check=True, capture_output=True, timeout=300)
+    (wheel,) = tmp_path.glob("medllm-*.whl")
+    carried = {name.removeprefix("medllm/conf/") for name in zipfile.ZipFile(wheel).namelist() if "/conf/" in name}
+    assert carried == {str(p.relative_to(CONF)) for p in CONF.rglob("*.yaml")}
