@@ -8,6 +8,7 @@ import json
 import pytest
 
 from tests.helpers.cli import train_py
+from tests.helpers.extras import needs_optuna
 
 pytestmark = pytest.mark.slow
 
@@ -38,6 +39,7 @@ def test_a_run_scores_its_adapter_into_its_dir_and_summary(tmp_path):
     assert {p["model"] for p in predictions} == {f"adapter:{run / 'adapter'}"}
 
 
+@needs_optuna
 def test_an_optuna_sweep_maximizes_the_score_each_trial_returns(tmp_path):
     sweep = tmp_path / "sweep"
     train_py(

@@ -11,9 +11,9 @@ import pytest
 from medllm.config.schema import SUMMARY_METRICS
 from tests.helpers.cli import train_py
 from tests.helpers.configs import compose_train
+from tests.helpers.extras import needs_optuna
 
-pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, needs_optuna]
 
 TRIALS = 3
 METRIC = "train_loss_last"  # not the default: shows that the named summary entry is what Optuna gets

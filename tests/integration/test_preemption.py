@@ -146,9 +146,6 @@ def test_slurm_time_limit_signal_saves_requeues_and_the_requeued_job_resumes_by_
 
 
 def test_a_slurm_job_writes_to_a_run_dir_named_by_its_job_id_and_resumes_once_requeued(monkeypatch):
-    from medllm.config.resolvers import register
-
-    register()  # train.py does this before composing
     for name in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_RESTART_COUNT"):
         monkeypatch.delenv(name, raising=False)
     cfg = compose_train("experiment=smoke")

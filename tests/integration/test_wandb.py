@@ -28,6 +28,7 @@ from medllm.training import wandb_logging
 from medllm.training.wandb_logging import resolve_mode, sample_rows
 from tests.helpers.cli import train_py
 from tests.helpers.configs import ROOT
+from tests.helpers.extras import needs_wandb
 
 SECRET = "sk-SECRET123"
 LOGGED_KEYS = (
@@ -80,7 +81,6 @@ def train_without_api_key(tmp_path_factory, run_dir: Path, *overrides: str) -> s
 
 @pytest.fixture(scope="module")
 def wandb_run(tmp_path_factory):
-    pytest.importorskip("wandb")
     run_dir = tmp_path_factory.mktemp("wandb_run")
     output = train_without_api_key(
         tmp_path_factory, run_dir, "experiment=smoke", "logger=wandb", "trainer.max_steps=10",
@@ -90,6 +90,7 @@ def wandb_run(tmp_path_factory):
 
 
 @pytest.mark.slow
+@needs_wandb
 def test_no_api_key_means_an_offline_run_in_the_run_dir(wandb_run):
     run_dir, output = wandb_run
     assert "W&B: offline mode (no API key" in output
@@ -98,6 +99,7 @@ def test_no_api_key_means_an_offline_run_in_the_run_dir(wandb_run):
 
 
 @pytest.mark.slow
+@needs_wandb
 def test_offline_run_holds_metrics_by_optimizer_step_config_and_samples(wandb_run):
     run_dir, _ = wandb_run
     (offline,) = (run_dir / "wandb").glob("offline-run-*")
@@ -127,6 +129,7 @@ def test_offline_run_holds_metrics_by_optimizer_step_config_and_samples(wandb_ru
 
 
 @pytest.mark.slow
+@needs_wandb
 def test_secret_is_nowhere_in_the_runs_files(wandb_run):
     run_dir, _ = wandb_run
     files = [p for p in (run_dir / "wandb").rglob("*") if p.is_file()]
@@ -207,8 +210,8 @@ def test_sample_rows_decode_prompts_and_leave_the_model_training(tokenizer, tmp_
 
 
 @pytest.mark.slow
+@needs_wandb
 def test_many_loggers_csv_and_wandb_both_get_every_row(tmp_path_factory):
-    pytest.importorskip("wandb")
     run_dir = tmp_path_factory.mktemp("many_loggers")
     train_without_api_key(
         tmp_path_factory, run_dir, "experiment=smoke", "logger=many", "trainer.max_steps=10",

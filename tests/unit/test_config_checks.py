@@ -23,6 +23,7 @@ from medllm.models.tiny import tiny_llama
 from medllm.training.module import NonFiniteLossError, ReasoningSFTModule
 from tests.helpers.cli import train_py
 from tests.helpers.configs import compose_train
+from tests.helpers.extras import needs_optuna
 
 
 def check(tmp_path, *overrides):
@@ -298,11 +299,13 @@ def test_logger_many_as_composed_passes(tmp_path):
     check(tmp_path, "logger=many")
 
 
+@needs_optuna
 def test_a_sweep_on_validation_loss_without_validation_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="optimized_metric=val_loss needs validation"):
         check(tmp_path, "hparams_search=optuna", "trainer.limit_val_batches=0")
 
 
+@needs_optuna
 def test_an_eval_metric_to_optimize_needs_an_evaluation_after_training(tmp_path):
     with pytest.raises(ConfigError, match="optimized_metric=eval_accuracy is a score of an evaluation after training"):
         check(tmp_path, "hparams_search=optuna", "optimized_metric=eval_accuracy", "hydra.sweeper.direction=maximize")
@@ -315,6 +318,7 @@ def test_a_mistake_in_the_evaluation_after_training_fails_before_training(tmp_pa
         check(tmp_path, 'eval_after_training=["benchmark=mcq"]')
 
 
+@needs_optuna
 def test_a_sweep_must_maximize_a_score_and_minimize_a_loss(tmp_path):
     questions = tmp_path / "q.jsonl"
     questions.write_text(json.dumps({"question": "Yes?", "options": ["yes", "no"], "answer": "A"}) + "\n")
@@ -377,11 +381,11 @@ def test_strategies_that_start_processes_which_return_nothing_are_refused(tmp_pa
 def test_a_ddp_run_without_a_launcher_says_it_trains_in_one_process(tmp_path, monkeypatch, caplog):
     for name in ("WORLD_SIZE", "LOCAL_WORLD_SIZE", "SLURM_NTASKS", "SLURM_NNODES", "SLURM_NTASKS_PER_NODE"):
         monkeypatch.delenv(name, raising=False)
-    with caplog.at_level("WARNING", logger="medllm.config_checks"):
+    with caplog.at_level("WARNING", logger="medllm.config.checks"):
         check(tmp_path, "hardware=ddp_cpu")
     assert "a DDP run with no torchrun or srun to start its processes trains in one" in caplog.text
     caplog.clear()
-    with caplog.at_level("WARNING", logger="medllm.config_checks"):
+    with caplog.at_level("WARNING", logger="medllm.config.checks"):
         check(tmp_path)  # no DDP: nothing to say
         monkeypatch.setenv("WORLD_SIZE", "2")
         monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")

@@ -22,9 +22,6 @@ from tests.helpers.configs import CONF
     ],
 )
 def test_a_refused_key_is_matched_against_its_neighbours(config, argv, expected):
-    from medllm.config.resolvers import register
-
-    register()  # as the entry points do before composing
     assert hint(CONF, config, argv) == expected
 
 

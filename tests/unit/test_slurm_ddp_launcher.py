@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from medllm.config import resolvers
 from tests.helpers.configs import compose_train
+from tests.helpers.extras import needs_slurm
 
-pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[slurm]'")
+pytestmark = needs_slurm
 
 
 @pytest.mark.parametrize(("nodes", "gpus"), [(1, 8), (2, 4), (3, 2)])
 def test_the_trainer_runs_on_the_nodes_and_gpus_the_launcher_asks_for(monkeypatch, nodes, gpus):
-    resolvers.register()
     overrides = (
         "experiment=qlora_r16", "hardware=ddp", "hydra/launcher=slurm_ddp", f"hydra.launcher.nodes={nodes}",
         f"hydra.launcher.gpus_per_node={gpus}",

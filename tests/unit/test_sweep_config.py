@@ -18,6 +18,7 @@ from medllm.runs.jobs import ERROR_NAME
 from medllm.sweeps import summary
 from medllm.sweeps.callback import SweepSummary
 from tests.helpers.configs import CONF, compose_train
+from tests.helpers.extras import needs_slurm
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -52,7 +53,6 @@ def test_lr_rank_grid_keeps_its_header():
 
 @pytest.mark.parametrize(("experiment", "ratio", "r"), [("smoke", None, 8), ("qlora_r16", "2", 32)])
 def test_alpha_follows_the_rank_by_the_ratio(experiment, ratio, r, tmp_path):
-    resolvers.register()  # train.py does this before composing
     overrides = [f"experiment={experiment}", "hparams_search=lr_rank_grid", f"model.lora.r={r}"]
     overrides += [f"lora_alpha_ratio={ratio}"] if ratio else []
     cfg = compose_train(*overrides, f"paths.output_dir={tmp_path}")
@@ -62,8 +62,8 @@ def test_alpha_follows_the_rank_by_the_ratio(experiment, ratio, r, tmp_path):
     assert isinstance(cfg.model.lora.alpha, int)
 
 
+@needs_slurm
 def test_slurm_launcher_composes():
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[slurm]'")
     target = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     cfg = compose_train(
         "experiment=qlora_r16", "hparams_search=lr_rank_grid", "hydra/launcher=submitit_slurm",
