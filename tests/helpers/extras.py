@@ -7,9 +7,15 @@ import importlib.util
 import pytest
 
 
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # its parent package is missing (no Hydra plugin at all)
+        return False
+
+
 def _needs(module: str, extra: str) -> pytest.MarkDecorator:
-    missing = importlib.util.find_spec(module) is None
-    return pytest.mark.skipif(missing, reason=f"the {extra} extra: pip install -e '.[{extra}]'")
+    return pytest.mark.skipif(not _installed(module), reason=f"the {extra} extra: pip install -e '.[{extra}]'")
 
 
 needs_optuna = _needs("hydra_plugins.hydra_optuna_sweeper", "optuna")
