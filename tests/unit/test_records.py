@@ -98,7 +98,7 @@ def test_malformed_json_lines_name_the_line(tmp_path):
 
 
 def test_missing_and_unsupported_files(tmp_path):
-    with pytest.raises(DataError, match="no such file"):
+    with pytest.raises(ConfigError, match="no such file"):
         read_local(tmp_path / "absent.jsonl")
     (tmp_path / "rows.txt").write_text("x")
     with pytest.raises(DataError, match="unsupported file type"):
@@ -149,7 +149,7 @@ def test_a_parquet_file_edited_in_place_is_read_as_it_is_now(tmp_path):
 
 def test_test_path_errors_name_data_test_path(tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", good_rows())
-    with pytest.raises(DataError, match=r"^data.test_path='.*absent.jsonl': no such file. Point data.test_path"):
+    with pytest.raises(ConfigError, match=r"^data.test_path=.*absent.jsonl: no such file. Point data.test_path"):
         check_data({"source": "local", "path": str(train), "test_path": str(tmp_path / "absent.jsonl")})
     with pytest.raises(ConfigError, match=r"^data.test_path=.* is data.path: the test rows would be the rows trained"):
         check_data({"source": "local", "path": str(train), "test_path": str(tmp_path / "." / "train.jsonl")})

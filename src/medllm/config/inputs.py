@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from medllm.errors import ConfigError
 
 INPUT_RULES = {
-    "data.path, data.test_path": "a file; data=local needs one; the two differ (data_files, here)",
+    "data.path, data.test_path": "a file (rows_file, here); data=local needs one; the two differ (data_files, here)",
     "data.path rows": "readable UTF-8 rows, each field present and text (medllm.data.rows.check_data)",
     "ckpt_path": "a .ckpt file or auto (checkpoint_file, here); its record fits the config "
     "(medllm.training.resume.check_resumable)",
@@ -42,12 +42,13 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")  # what PEFT saves
 
 
-def _file(key: str, value: Any) -> Path:
+def rows_file(key: str, value: Any) -> Path:
+    """The file of rows that ``key`` names (``data.path``, ``data.test_path``)."""
     file = Path(str(value)).expanduser()
     if file.is_dir():
         raise ConfigError(f"{key}={value} is a folder; {key} takes one file of rows.")
     if not file.is_file():
-        raise ConfigError(f"{key}={value}: no such file.")
+        raise ConfigError(f"{key}={value}: no such file. Point {key} at a .json, .jsonl, .parquet or .csv file.")
     return file
 
 
@@ -59,7 +60,7 @@ def data_files(data: Mapping[str, Any], needed: str = LOCAL_NEEDS_PATH) -> None:
     if local:
         if not path:
             raise ConfigError(needed)
-        _file("data.path", path)
+        rows_file("data.path", path)
     if local and test_path and _resolved(test_path) == _resolved(path):
         raise ConfigError(
             f"data.test_path={test_path} is data.path: the test rows would be the rows trained on. Give a file of "

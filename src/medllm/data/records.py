@@ -18,6 +18,7 @@ from pathlib import Path
 import datasets
 import pyarrow.parquet
 
+from medllm.config.inputs import rows_file
 from medllm.config.schema import ON_BAD_ROW
 from medllm.data.jsonrows import read_csv_rows, read_json_rows
 from medllm.errors import MedllmError
@@ -78,11 +79,9 @@ def _read_json(path: Path) -> list[dict]:
 
 
 def read_local(path: str | Path, key: str = "data.path") -> list[dict]:
-    """The rows of a .json / .jsonl / .parquet / .csv file, or a DataError naming the file (and ``key``, the
+    """The rows of a .json / .jsonl / .parquet / .csv file, or an error naming the file (and ``key``, the
     setting that named it)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise DataError(f"{key}={str(path)!r}: no such file. Point {key} at a .json, .jsonl, .parquet or .csv file.")
+    path = rows_file(key, path)
     suffix = path.suffix.lower()
     if suffix not in LOCAL_FORMATS:
         raise DataError(f"{path}: unsupported file type {suffix!r}; use one of {sorted(LOCAL_FORMATS)}.")
