@@ -3,6 +3,8 @@ written or printed. Real train.py runs into real dirs, compared byte by byte."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 
@@ -10,6 +12,7 @@ import pytest
 
 from medllm.runs.layout import RunDir
 from tests.helpers.cli import snapshot, train_py
+from tests.helpers.configs import ROOT
 from tests.helpers.runs import HOLD_LOCK
 
 pytestmark = pytest.mark.slow
@@ -120,6 +123,19 @@ def test_ckpt_path_auto_on_a_finished_run_says_so_and_changes_no_byte(finished_r
     out = train_py(*FINISHED_RUN, f"hydra.run.dir={run_dir}", "ckpt_path=auto", "optimizer.lr=0.5", check=False)
     assert out.returncode != 0 and "holds a finished run of other settings (optimizer.lr: " in out.stderr
     assert snapshot(run_dir) == before
+
+
+def test_ckpt_path_auto_on_a_finished_run_of_a_relative_data_path_says_so(tmp_path):
+    """The record names the file absolute (as the folder the run started in resolves it), and so does the
+    command run again with ckpt_path=auto before it is compared: the same run, finished."""
+    from medllm.data.records import sample_rows
+
+    rows = tmp_path / "rows.json"
+    rows.write_text(json.dumps(sample_rows()))
+    local = ("data=local", f"data.path={os.path.relpath(rows, ROOT)}")  # train_py runs from the repository root
+    train_py(*SMOKE, *local, f"hydra.run.dir={tmp_path / 'run'}")
+    out = train_py(*SMOKE, *local, f"hydra.run.dir={tmp_path / 'run'}", "ckpt_path=auto")
+    assert "finished already" in out.stdout + out.stderr
 
 
 def test_no_file_of_the_run_holds_its_secrets_and_none_is_printed(finished_run):

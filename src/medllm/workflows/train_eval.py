@@ -24,7 +24,7 @@ from medllm.config.schema import EVAL_METRICS
 from medllm.evaluation.evaluate import evaluate
 from medllm.evaluation.run_settings import take_run_settings
 from medllm.runs.layout import RunDir
-from medllm.training.fit import finished_summary, train
+from medllm.training.fit import absolute_local_paths, finished_summary, train
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 def train_and_evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Train (or, for a finished run with ``ckpt_path=auto``, read its summary), then score the adapter where
     ``eval_after_training`` asks; the run's summary."""
+    absolute_local_paths(cfg)  # as train() does first: the finished run's record names its files so
     out_dir = Path(cfg.paths.output_dir)
     finished = finished_summary(cfg, out_dir)
     if finished is not None:
