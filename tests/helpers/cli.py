@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import io
 import logging
+import os
 import runpy
 import signal
 import socket
@@ -26,6 +27,17 @@ from medllm.runs.locks import release_locks
 from tests.helpers.configs import ROOT
 
 
+@contextlib.contextmanager
+def _working_directory(path: Path):
+    """``contextlib.chdir`` of Python 3.11, for 3.10."""
+    before = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
 def _command_line(name: str, args: tuple[str, ...], check: bool) -> subprocess.CompletedProcess:
     """``python <name>.py <args>`` in this process: its exit status, what it printed and logged."""
     out, err = io.StringIO(), io.StringIO()
@@ -37,7 +49,7 @@ def _command_line(name: str, args: tuple[str, ...], check: bool) -> subprocess.C
         mock.patch.object(sys, "argv", [f"{name}.py", *args]),
         contextlib.redirect_stdout(out),
         contextlib.redirect_stderr(err),
-        contextlib.chdir(ROOT),
+        _working_directory(ROOT),
     ):
         try:
             runpy.run_path(str(ROOT / f"{name}.py"), run_name="__main__")  # as `python <name>.py` runs it
