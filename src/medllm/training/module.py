@@ -1,6 +1,10 @@
-"""The LightningModule: LoRA fine-tuning of a causal LM with a token-weighted loss.
+"""The LightningModules that train a LoRA adapter: what every stage shares, and SFT's token-weighted loss.
 
-Lightning's own gradient accumulation averages the loss per micro-batch, which weights the tokens of
+``AdapterModule`` holds what every training stage does the same way: the optimizer and schedule, the model
+in train mode, logger rows keyed by the optimizer step, non-finite losses skipped or stopped at, and
+checkpoints that keep only the trainable weights. A stage (SFT here, GRPO in ``medllm.rl``) adds its step.
+
+SFT: Lightning's own gradient accumulation averages the loss per micro-batch, which weights the tokens of
 short rows more than those of long ones. Here each micro-batch contributes the *sum* of its token
 losses, and the gradients of a window of ``accumulate_grad_batches`` micro-batches are divided by the
 number of trained tokens in the whole window (across all processes): the update equals one big batch
@@ -93,7 +97,161 @@ class NonFiniteLossError(MedllmError):
     """The loss became nan or inf."""
 
 
-class ReasoningSFTModule(L.LightningModule):
+class AdapterModule(L.LightningModule):
+    """A LoRA-wrapped model trained under manual optimization; subclasses write ``training_step`` and say how
+    many optimizer steps an epoch of ``n`` batches takes (``steps_per_epoch``)."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+        gradient_clip_val: float | None = Trainer.gradient_clip_val,
+        skip_nonfinite_steps: int = TrainConfig.skip_nonfinite_steps,
+    ):
+        super().__init__()
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.gradient_clip_val = gradient_clip_val
+        self.skip_nonfinite_steps = skip_nonfinite_steps
+        self.nonfinite_steps_skipped = 0
+        self.automatic_optimization = False
+        self.strict_loading = False  # checkpoints hold only the trainable weights
+        self.first_train_loss: float | None = None  # of the run's first step (a checkpoint carries it)
+        self.last_train_loss: float | None = None
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def on_fit_start(self) -> None:
+        # Unsloth (and from_pretrained) return models in eval mode, and Lightning keeps modules' modes:
+        # without this, LoRA dropout and Unsloth's gradient checkpointing would stay off. Set before the
+        # fit loop starts, which warns about modules left in eval mode.
+        self.model.train()
+
+    def on_train_start(self) -> None:
+        self._schedule_from_here()
+
+    def _schedule_from_here(self) -> None:
+        """A resumed run's learning rate from its own schedule. The checkpoint's optimizer holds the rate the
+        old schedule set for this step; a run trained further (a higher trainer.max_steps) lays the schedule
+        out anew, and its first step would otherwise take the old one's rate."""
+        scheduler = self.lr_schedulers()
+        if self.global_step == 0 or not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+            return
+        rates = [base * f(scheduler.last_epoch) for base, f in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+        groups = scheduler.optimizer.param_groups
+        if any(not math.isclose(group["lr"], rate, rel_tol=1e-9, abs_tol=1e-15) for group, rate in zip(groups, rates)):
+            log.info(
+                "step %d: learning rate %.3g from this run's schedule of %d steps (the checkpoint's was %.3g)",
+                self.global_step,
+                rates[0],
+                self.optimizer_steps(),
+                groups[0]["lr"],
+            )
+            for group, rate in zip(groups, rates):
+                group["lr"] = rate
+
+    def clip_and_step(self, params: list[torch.nn.Parameter]) -> tuple[torch.Tensor, float]:
+        """Clip the gradients' global norm, take the optimizer and scheduler step; (the norm, the step's rate)."""
+        optimizer = self.optimizers()
+        max_norm = self.gradient_clip_val if self.gradient_clip_val else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        lr = optimizer.param_groups[0]["lr"]  # the rate of this step, before the scheduler moves it
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
+        return grad_norm, lr
+
+    def _write_row(self, metrics: dict[str, torch.Tensor | float]) -> None:
+        """One logger row keyed by the optimizer step (``global_step``, 1 after the first update).
+
+        Written here rather than by ``self.log``: under manual optimization Lightning keys its rows by
+        micro-batch and repeats on_step values on every micro-batch of the next window.
+        """
+        if not self.loggers or not self.trainer.is_global_zero:
+            return
+        row = {name: float(value) for name, value in metrics.items()}
+        for logger in self.loggers:
+            logger.log_metrics(row, step=self.global_step)
+            logger.save()
+
+    def _record_loss(self, loss: float, step: int) -> bool:
+        """Note a step's loss; False if it was not finite (the step then updates nothing)."""
+        if not math.isfinite(loss):
+            self._on_nonfinite_loss(step)
+            return False
+        if self.first_train_loss is None:
+            self.first_train_loss = loss
+        self.last_train_loss = loss
+        return True
+
+    def _on_nonfinite_loss(self, step: int) -> None:
+        """Skip the update (up to ``skip_nonfinite_steps`` times), then stop; checkpoints stay as they were."""
+        if self.nonfinite_steps_skipped < self.skip_nonfinite_steps:
+            self.nonfinite_steps_skipped += 1
+            log.warning(
+                "non-finite loss at step %d: update skipped (%d of %d allowed)",
+                step,
+                self.nonfinite_steps_skipped,
+                self.skip_nonfinite_steps,
+            )
+            return
+        raise NonFiniteLossError(
+            f"the loss became non-finite (nan/inf) at step {step}; training stopped and the last good checkpoint "
+            f"was kept (resume with ckpt_path=auto). Try a lower optimizer.lr, gradient clipping "
+            f"(trainer.gradient_clip_val), or skip_nonfinite_steps=N to step over a few bad batches."
+        )
+
+    # ---- optimisation ------------------------------------------------------------------------
+    def steps_per_epoch(self, batches: int) -> int:
+        """Optimizer steps an epoch of ``batches`` training batches (each process's) takes."""
+        raise NotImplementedError
+
+    def optimizer_steps(self) -> int:
+        """Optimizer steps of the whole run (Lightning counts batches, not steps, under manual optimization)."""
+        self.trainer.estimated_stepping_batches  # noqa: B018 (sets up the training data)
+        per_epoch, epochs = self.trainer.num_training_batches, self.trainer.max_epochs or -1
+        bounds = [self.trainer.max_steps] if self.trainer.max_steps > 0 else []
+        if epochs > 0 and math.isfinite(per_epoch):  # (an iterable without a length: only max_steps bounds it)
+            bounds.append(epochs * self.steps_per_epoch(per_epoch))
+        if not bounds:
+            raise MedllmError("the run has no end: set trainer.max_steps, or trainer.max_epochs with sized data")
+        return min(bounds)
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.trainable_parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer, num_training_steps=self.optimizer_steps())
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---- checkpoints: trainable weights only, never the frozen (possibly 4-bit) base ---------------
+    def final_losses(self) -> tuple[float | None, float | None]:
+        """The run's first and latest training loss, as a checkpoint taken now should carry them."""
+        return self.first_train_loss, self.last_train_loss
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        checkpoint["rng_states"] = _collect_rng_states()  # dropout masks continue as if never stopped
+        # The run's first and latest loss: a resumed run's summary describes the whole run, not its last leg.
+        first, last = self.final_losses()
+        checkpoint[LOSSES_KEY] = {"first": first, "last": last}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "rng_states" in checkpoint:
+            _set_rng_states(checkpoint["rng_states"])
+        losses = checkpoint.get(LOSSES_KEY, {})
+        self.first_train_loss, self.last_train_loss = losses.get("first"), losses.get("last")
+
+
+class ReasoningSFTModule(AdapterModule):
+    """SFT: next-token loss on the trained tokens, weighted by tokens across accumulation and processes."""
+
     def __init__(
         self,
         model: torch.nn.Module,
@@ -103,40 +261,21 @@ class ReasoningSFTModule(L.LightningModule):
         gradient_clip_val: float | None = Trainer.gradient_clip_val,
         skip_nonfinite_steps: int = TrainConfig.skip_nonfinite_steps,
     ):
-        super().__init__()
-        self.model = model
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
+        super().__init__(model, optimizer, scheduler, gradient_clip_val, skip_nonfinite_steps)
         self.accumulate_grad_batches = int(accumulate_grad_batches)
-        self.gradient_clip_val = gradient_clip_val
-        self.skip_nonfinite_steps = skip_nonfinite_steps
-        self.nonfinite_steps_skipped = 0
-        self.automatic_optimization = False
-        self.strict_loading = False  # checkpoints hold only the trainable weights
         self.held_out = HeldOutMetrics()
-        self.first_train_loss: float | None = None  # of the run's first step (a checkpoint carries it)
-        self.last_train_loss: float | None = None
         self._window_loss = torch.zeros(())
         self._window_tokens = 0  # trained tokens of this process in the current window
         self._window_batches = 0
         self._pending: LossReadback | None = None  # a step whose loss is not checked yet
 
-    def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
-
     def forward(self, batch: dict[str, torch.Tensor]):
         return causal_lm_forward(self.model, batch)
 
     # ---- training ----------------------------------------------------------------------------
-    def on_fit_start(self) -> None:
-        # Unsloth (and from_pretrained) return models in eval mode, and Lightning keeps modules' modes:
-        # without this, LoRA dropout and Unsloth's gradient checkpointing would stay off. Set before the
-        # fit loop starts, which warns about modules left in eval mode.
-        self.model.train()
-
     def on_train_start(self) -> None:
         self._check_accumulation()
-        self._schedule_from_here()
+        super().on_train_start()
 
     def _check_accumulation(self) -> None:
         """A window ends with its epoch: more micro-batches per step than an epoch holds would make every step
@@ -158,26 +297,6 @@ class ReasoningSFTModule(L.LightningModule):
                 accumulation,
                 per_epoch % accumulation,
             )
-
-    def _schedule_from_here(self) -> None:
-        """A resumed run's learning rate from its own schedule. The checkpoint's optimizer holds the rate the
-        old schedule set for this step; a run trained further (a higher trainer.max_steps) lays the schedule
-        out anew, and its first step would otherwise take the old one's rate."""
-        scheduler = self.lr_schedulers()
-        if self.global_step == 0 or not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
-            return
-        rates = [base * f(scheduler.last_epoch) for base, f in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
-        groups = scheduler.optimizer.param_groups
-        if any(not math.isclose(group["lr"], rate, rel_tol=1e-9, abs_tol=1e-15) for group, rate in zip(groups, rates)):
-            log.info(
-                "step %d: learning rate %.3g from this run's schedule of %d steps (the checkpoint's was %.3g)",
-                self.global_step,
-                rates[0],
-                self.optimizer_steps(),
-                groups[0]["lr"],
-            )
-            for group, rate in zip(groups, rates):
-                group["lr"] = rate
 
     def _sync_context(self, last_in_window: bool):
         if last_in_window or not hasattr(self.trainer.strategy, "block_backward_sync"):
@@ -227,23 +346,15 @@ class ReasoningSFTModule(L.LightningModule):
             # DDP averages gradients over processes; undo that, then divide by the window's trained tokens.
             grads = [p.grad for p in params if p.grad is not None]
             torch._foreach_mul_(grads, self.trainer.world_size / stats[1].clamp(min=1))
-            max_norm = self.gradient_clip_val if self.gradient_clip_val else math.inf
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         else:
             optimizer.zero_grad(set_to_none=True)  # no gradients: the step below updates nothing
-            grad_norm = torch.full((), math.nan)
-        lr = optimizer.param_groups[0]["lr"]  # the rate of this step, before the scheduler moves it
         if skips_on_gpu:
             raw.found_inf = (~torch.isfinite(stats[0])).float()
         try:
-            optimizer.step()
+            grad_norm, lr = self.clip_and_step(params)
         finally:
             if skips_on_gpu:
                 del raw.found_inf
-        optimizer.zero_grad(set_to_none=True)
-        scheduler = self.lr_schedulers()
-        if scheduler is not None:
-            scheduler.step()
         if is_logging_step(self.trainer):
             self._settle()  # this step's loss: a wait for the GPU, on logging steps only
             loss, tokens = readback.values()
@@ -253,7 +364,7 @@ class ReasoningSFTModule(L.LightningModule):
                 {
                     "train/loss": loss,
                     "train/ppl": math.exp(min(loss, 20.0)),
-                    "train/grad_norm": grad_norm,
+                    "train/grad_norm": grad_norm if finite else math.nan,
                     "train/lr": lr,
                     "train/tokens_trained": tokens,
                     "epoch": self.trainer.current_epoch,
@@ -268,47 +379,10 @@ class ReasoningSFTModule(L.LightningModule):
 
     def _record(self, readback: LossReadback) -> bool:
         """Note a step's loss; False if it was not finite (the step then updates nothing)."""
-        loss, _ = readback.values()
-        if not math.isfinite(loss):
-            self._on_nonfinite_loss(readback.step)
-            return False
-        if self.first_train_loss is None:
-            self.first_train_loss = loss
-        self.last_train_loss = loss
-        return True
+        return self._record_loss(readback.values()[0], readback.step)
 
     def on_train_end(self) -> None:
         self._settle()
-
-    def _write_row(self, metrics: dict[str, torch.Tensor | float]) -> None:
-        """One logger row keyed by the optimizer step (``global_step``, 1 after the first update).
-
-        Written here rather than by ``self.log``: under manual optimization Lightning keys its rows by
-        micro-batch and repeats on_step values on every micro-batch of the next window.
-        """
-        if not self.loggers or not self.trainer.is_global_zero:
-            return
-        row = {name: float(value) for name, value in metrics.items()}
-        for logger in self.loggers:
-            logger.log_metrics(row, step=self.global_step)
-            logger.save()
-
-    def _on_nonfinite_loss(self, step: int) -> None:
-        """Skip the update (up to ``skip_nonfinite_steps`` times), then stop; checkpoints stay as they were."""
-        if self.nonfinite_steps_skipped < self.skip_nonfinite_steps:
-            self.nonfinite_steps_skipped += 1
-            log.warning(
-                "non-finite loss at step %d: update skipped (%d of %d allowed)",
-                step,
-                self.nonfinite_steps_skipped,
-                self.skip_nonfinite_steps,
-            )
-            return
-        raise NonFiniteLossError(
-            f"the loss became non-finite (nan/inf) at step {step}; training stopped and the last good checkpoint "
-            f"was kept (resume with ckpt_path=auto). Try a lower optimizer.lr, gradient clipping "
-            f"(trainer.gradient_clip_val), or skip_nonfinite_steps=N to step over a few bad batches."
-        )
 
     # ---- validation --------------------------------------------------------------------------
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -323,40 +397,14 @@ class ReasoningSFTModule(L.LightningModule):
         self.held_out.reset()
 
     # ---- optimisation ------------------------------------------------------------------------
-    def optimizer_steps(self) -> int:
-        """Optimizer steps of the whole run (Lightning counts micro-batches under manual optimization).
+    def steps_per_epoch(self, batches: int) -> int:
+        """An accumulation window ends at the last micro-batch of each epoch: ``ceil(n / accumulation)`` steps."""
+        return math.ceil(batches / self.accumulate_grad_batches)
 
-        An accumulation window ends at the last micro-batch of each epoch, so an epoch of ``n`` micro-batches
-        takes ``ceil(n / accumulation)`` steps."""
-        micro_batches = self.trainer.estimated_stepping_batches  # sets up the training data too
-        per_epoch, epochs = self.trainer.num_training_batches, self.trainer.max_epochs or -1
-        bounds = [self.trainer.max_steps] if self.trainer.max_steps > 0 else []
-        if epochs > 0 and math.isfinite(per_epoch):  # (an iterable without a length: only max_steps bounds it)
-            bounds.append(epochs * math.ceil(per_epoch / self.accumulate_grad_batches))
-        return min(bounds) if bounds else math.ceil(micro_batches / self.accumulate_grad_batches)
-
-    def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.trainable_parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer, num_training_steps=self.optimizer_steps())
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    # ---- checkpoints: trainable weights only, never the frozen (possibly 4-bit) base ---------------
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
-        checkpoint["rng_states"] = _collect_rng_states()  # dropout masks continue as if never stopped
-        # The run's first and latest loss: a resumed run's summary describes the whole run, not its last leg.
+    def final_losses(self) -> tuple[float | None, float | None]:
         first, last = self.first_train_loss, self.last_train_loss
         if self._pending is not None:  # the last step's loss, read but not judged: that is the next step's work
             loss, _ = self._pending.values()
             if math.isfinite(loss):
                 first, last = (loss if first is None else first), loss
-        checkpoint[LOSSES_KEY] = {"first": first, "last": last}
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if "rng_states" in checkpoint:
-            _set_rng_states(checkpoint["rng_states"])
-        losses = checkpoint.get(LOSSES_KEY, {})
-        self.first_train_loss, self.last_train_loss = losses.get("first"), losses.get("last")
+        return first, last
