@@ -123,7 +123,7 @@ def test_medqa_jsonl(tmp_path: Path) -> None:
     [
         ({"answer_idx": None}, r"row 2: field 'answer_idx' is missing"),
         ({"question": "  "}, r"row 2: field 'question' is empty"),
-        ({"answer_idx": "F"}, r"row 2: field 'answer_idx' = 'F' is neither"),
+        ({"answer_idx": "F"}, r"row 2: field 'answer_idx' = 'F' is not an option letter"),
         ({"answer": "Insulin"}, r"row 2: field 'answer' = 'Insulin' is not the text of option B"),
         ({"options": {"A": "Insulin"}}, r"row 2: field 'options'"),
     ],

@@ -29,7 +29,7 @@ MEDMCQA_OPTION_FIELDS = ("opa", "opb", "opc", "opd")
 # ---------------------------------------------------------------------------------------------- reading
 
 
-def _read_json_rows(path: str | Path) -> tuple[str, list[Any]]:
+def read_rows_file(path: str | Path) -> tuple[str, list[Any]]:
     """The rows of a .json (array) or JSON-lines file; returns the file's name for messages too."""
     path = Path(path).expanduser()
     if not path.is_file():
@@ -201,14 +201,19 @@ def load_pubmedqa(path: str | None = None) -> list[BenchmarkItem]:
     return items
 
 
-def _mcq_items(rows: Iterable[Any], source: str, answer_field: str) -> list[BenchmarkItem]:
-    """Rows with ``question``, ``options`` and an answer (letter or option text) in ``answer_field``."""
+def _mcq_items(rows: Iterable[Any], source: str, answer_field: str, letter_only: bool = False) -> list[BenchmarkItem]:
+    """Rows with ``question``, ``options`` and an answer in ``answer_field``: a letter or an option's text, or
+    (``letter_only``, as MedQA's ``answer_idx``) a letter, even where an option's text is a letter too."""
     items = []
     for number, row in enumerate(rows, start=1):
         question = _field(row, "question", source, number)
         options = _options(_field(row, "options", source, number, (dict, list)), source, number)
         answer = _field(row, answer_field, source, number)
-        gold = _answer_letter(answer, options, source, number, answer_field)
+        if letter_only and answer.strip() not in options:
+            raise BenchmarkError(
+                f"{source}: row {number}: field {answer_field!r} = {answer!r} is not an option letter {tuple(options)}"
+            )
+        gold = answer.strip() if letter_only else _answer_letter(answer, options, source, number, answer_field)
         item_id = _item_id(row, source, number)
         items.append(BenchmarkItem(item_id, question.strip(), tuple(options), gold, options=options))
     return items
@@ -224,8 +229,8 @@ def load_medqa(path: str | None = None) -> list[BenchmarkItem]:
         name, split = "GBaker/MedQA-USMLE-4-options", "test"
         source, rows = _hub_source(name, split), _load_hub(name, None, split)
     else:
-        source, rows = _read_json_rows(path)
-    items = _mcq_items(rows, source, "answer_idx")
+        source, rows = read_rows_file(path)
+    items = _mcq_items(rows, source, "answer_idx", letter_only=True)
     for number, (row, item) in enumerate(zip(rows, items, strict=True), start=1):
         answer = row.get("answer")
         if isinstance(answer, str) and answer.strip().casefold() != item.options[item.gold].casefold():
@@ -243,7 +248,7 @@ def load_mcq(path: str | None = None) -> list[BenchmarkItem]:
     """
     if path is None:
         raise BenchmarkError("benchmark 'mcq' reads local files only; pass benchmark.path=<file.json|jsonl>")
-    source, rows = _read_json_rows(path)
+    source, rows = read_rows_file(path)
     return _mcq_items(rows, source, "answer")
 
 
@@ -278,7 +283,7 @@ def load_medmcqa(path: str | None = None, cop_base: int | None = None) -> list[B
         name, split = "openlifescienceai/medmcqa", "validation"
         source, rows, cop_base = _hub_source(name, split), list(_load_hub(name, None, split)), 0
     else:
-        source, rows = _read_json_rows(path)
+        source, rows = read_rows_file(path)
     if cop_base is None:
         cop_base = _medmcqa_cop_base(rows, source)
     if cop_base not in (0, 1):

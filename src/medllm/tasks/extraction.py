@@ -50,7 +50,7 @@ _LINE_MARKUP = re.compile(r"^[ \t]*(?:#+|>|[-•+]|\d+\.)[ \t]+", re.MULTILINE)
 _APOSTROPHES = re.compile(r"['’‘]")
 
 
-def _answer_section(output: str) -> str | None:
+def answer_section(output: str) -> str | None:
     """The text after the last ``</think>``, unmarked; None when the think block never closes."""
     if THINK_CLOSE not in output:
         return None
@@ -158,7 +158,7 @@ def _line_labels(text: str, item: BenchmarkItem) -> set[str]:
 
 def extract_answer(output: str, item: BenchmarkItem) -> str | None:
     """The label (option letter or yes/no/maybe) the completion answers, or None if it gives none or several."""
-    text = _answer_section(output)
+    text = answer_section(output)
     if not text:
         return None
     tiers = [_statements, _line_labels]
