@@ -148,6 +148,39 @@ class Data:
     seed: int = setting(42, SEED)
 
 
+# What a problem file may be laid out as (medllm.tasks.problems.PROBLEM_FORMATS reads each); auto: told by its
+# fields.
+PROBLEM_FORMATS = ("auto", "mcq", "medqa", "medmcqa", "pubmedqa", "open_ended")
+
+
+@dataclass
+class ProblemData:
+    """Problems with checkable answers, for reinforcement learning (``stage=grpo``)."""
+
+    _target_: str = "medllm.rl.data.ProblemDataModule"
+    # Neither path nor hub_name: the packaged sample.
+    path: Optional[str] = None
+    hub_name: Optional[str] = None
+    subset: Optional[str] = None
+    split: str = "train"
+    revision: Optional[str] = None
+    hub_token: Optional[str] = None
+    format: str = setting("auto", one_of(*PROBLEM_FORMATS))
+    instruction: Optional[str] = None
+    val_size: Union[int, float] = setting(0.1, fraction_or_count(min_count=1, whole_fraction=False))
+    batch_size: int = setting(4, POSITIVE)  # prompts per optimizer step, each process
+    eval_batch_size: Optional[int] = setting(None, POSITIVE)
+    on_bad_row: str = setting("error", ON_BAD_ROW)
+    max_seq_length: int = setting(1024, POSITIVE)
+    seed: int = setting(42, SEED)
+
+
+DATA_MODULES = {
+    "medllm.data.datamodule.ReasoningDataModule": Data,
+    "medllm.rl.data.ProblemDataModule": ProblemData,
+}
+
+
 # ---------------------------------------------------------------------------------------------- optimizer
 @dataclass
 class AdamW8bit:  # bitsandbytes
@@ -299,6 +332,63 @@ class Trainer(Hardware):
     enable_model_summary: Optional[bool] = None
 
 
+# ---------------------------------------------------------------------------------------------- stage
+@dataclass
+class SFTStage:
+    """Supervised fine-tuning on reasoning rows: the loss of the trained tokens."""
+
+    _target_: str = "medllm.training.stage.SFT"
+
+
+# GRPO's policy losses (TRL's loss_type names): how token losses are averaged into the step's loss.
+LOSS_TYPES = one_of("grpo", "dapo", "dr_grpo")
+# How a completion's reward minus its group's mean is scaled (TRL's scale_rewards): by the group's standard
+# deviation, the whole batch's, or not at all (Dr. GRPO).
+SCALE_REWARDS = one_of("group", "batch", "none")
+
+
+@dataclass
+class Reward:
+    """One reward function of ``stage.rewards``: a callable taking TRL's reward signature, and its weight."""
+
+    fn: Any = setting(rule=Rule("a group of settings with _target_", lambda v: isinstance(v, dict) and "_target_" in v))
+    weight: float = 1.0
+
+
+def _default_rewards() -> dict[str, Reward]:
+    return {
+        "correctness": Reward({"_target_": "medllm.rl.rewards.Correctness"}, 1.0),
+        "format": Reward({"_target_": "medllm.rl.rewards.ThinkFormat"}, 0.2),
+    }
+
+
+@dataclass
+class GRPOStage:
+    """Group-relative policy optimisation on problems with checkable answers; knobs keep TRL's GRPOConfig names."""
+
+    _target_: str = "medllm.rl.stage.GRPO"
+    num_generations: int = setting(8, at_least(2))
+    max_completion_length: int = setting(1024, POSITIVE)
+    temperature: float = setting(1.0, above(0))
+    top_p: float = setting(1.0, between(0, 1, low_open=True))
+    beta: float = setting(0.0, at_least(0))
+    epsilon: float = setting(0.2, between(0, 1, low_open=True, high_open=True))
+    epsilon_high: Optional[float] = setting(0.28, above(0))
+    loss_type: str = setting("dapo", LOSS_TYPES)
+    scale_rewards: str = setting("group", SCALE_REWARDS)
+    num_iterations: int = setting(1, at_least(1))
+    mask_truncated_completions: bool = False
+    rewards: dict[str, Reward] = setting(factory=_default_rewards)
+    micro_batch_size: int = setting(8, POSITIVE)  # completions per forward and backward pass
+    rollout_batch_size: Union[int, str] = setting("auto", at_least(1, {"auto": "every completion of a step"}))
+    decode_attention: str = setting("auto", DECODE_ATTENTION)
+    log_completions_every: int = setting(10, COUNT)  # optimizer steps; 0: never
+    contamination: str = setting("warn", one_of("warn", "error", "off"))
+
+
+STAGES = {"medllm.training.stage.SFT": SFTStage, "medllm.rl.stage.GRPO": GRPOStage}
+
+
 # ---------------------------------------------------------------------------------------------- train.yaml
 # The numbers of an evaluation's report that eval_after_training adds to a run's summary as eval_<name>, and
 # whether higher is better.
@@ -337,8 +427,10 @@ class TrainConfig:
     lora_alpha_ratio: Optional[float] = setting(None, POSITIVE)  # hparams_search=lr_rank_grid
     optimized_metric: Optional[str] = setting(None, one_of(None, *SUMMARY_METRICS))  # what train.py returns
     eval_after_training: Optional[list[str]] = None  # eval.py overrides, e.g. [benchmark=pubmedqa, limit=200]
+    init_adapter: Optional[str] = None  # an adapter folder to train on from (an SFT run's, for GRPO)
+    stage: Any = dispatch("_target_", STAGES, strict=True)
     model: Model = setting(factory=Model)
-    data: Data = setting(factory=Data)
+    data: Any = dispatch("_target_", DATA_MODULES, strict=True)
     optimizer: Any = dispatch("_target_", OPTIMIZERS)
     scheduler: Any = dispatch("_target_", SCHEDULERS)
     trainer: Trainer = setting(factory=Trainer)
@@ -411,7 +503,7 @@ class EvalConfig:
     top_p: float = setting(0.95, between(0, 1, low_open=True))
     num_samples: int = setting(1, POSITIVE)
     model: Model = setting(factory=Model)
-    data: Data = setting(factory=Data)
+    data: Any = dispatch("_target_", DATA_MODULES, strict=True)
     trainer: Hardware = setting(factory=Hardware)
     benchmark: Any = dispatch("name", BENCHMARKS, strict=True)
     paths: Paths = setting(factory=Paths)

@@ -18,6 +18,7 @@ from medllm.config.schema_check import typed
 from medllm.data import prepare, records, rows
 from medllm.data.chat_format import R1ChatFormat
 from medllm.data.collate import PackCollator, PackedDataset, PadCollator, pack
+from medllm.data.fingerprint import splits_fingerprint
 from medllm.data.sampler import ResumableBatchSampler
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,10 @@ class ReasoningDataModule(L.LightningDataModule):
         self._check_enough_for_every_process(n_val)
         for line in self.summary.lines():
             log.info(line)
+
+    def fingerprint(self) -> dict[str, dict]:
+        """What the run record keeps of the rows trained on and held out (``medllm.data.fingerprint``)."""
+        return splits_fingerprint(self.splits)
 
     def _check_enough_for_every_process(self, n_val: int) -> None:
         """Under DDP each process validates on its share of the rows and trains on its own rows of each

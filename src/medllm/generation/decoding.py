@@ -63,6 +63,12 @@ class Sampling:
         scores = TopPLogitsWarper(self.top_p)(None, logits.float() / self.temperature)
         return torch.multinomial(scores.softmax(-1), 1).squeeze(-1)
 
+    def logprob(self, logits: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+        """Each row's log-probability of ``token`` under the policy sampled from: the logits at the sampling
+        temperature (1 for greedy), before top-p, as a training forward computes it."""
+        temperature = self.temperature if self.do_sample else 1.0
+        return torch.log_softmax(logits.float() / temperature, -1).gather(-1, token[:, None]).squeeze(-1)
+
 
 def grouped_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     """SDPA that decodes one token a row without copying keys and values for every query head.
@@ -308,11 +314,13 @@ class Decoder:
         seed: int = 0,
         row_budgets: Sequence[int] | None = None,
         progress: bool = True,
-    ) -> list[list[int]]:
+        with_logprobs: bool = False,
+    ) -> list[list[int]] | tuple[list[list[int]], list[list[float]]]:
         """The new token ids of each prompt (token ids, BOS included), cut before its first EOS.
 
         ``row_budgets`` caps each row's new tokens below ``max_new_tokens`` (the generation benchmark
-        draws R1-like lengths with it; evaluation passes none).
+        draws R1-like lengths with it; evaluation passes none). ``with_logprobs``: also each new token's
+        log-probability under the sampling policy (``Sampling.logprob``), as ``(ids, logprobs)``.
         """
         limit = self.max_new_tokens
         budgets = [min(b, limit) for b in row_budgets] if row_budgets is not None else [limit] * len(prompts)
@@ -322,14 +330,18 @@ class Decoder:
         state = _Slots.empty(self.batch_size, limit, self.model.config.vocab_size, pad_id, self.model.device)
         held: list[int | None] = [None] * self.batch_size  # the prompt each slot decodes
         results: list[list[int]] = [[] for _ in prompts]
+        logprobs: list[list[float]] = [[] for _ in prompts]
         torch.manual_seed(seed)
         bar = tqdm(total=len(prompts), desc="generate", unit="completion", disable=not progress)
         started, new_tokens = time.perf_counter(), 0
         while True:  # the host looks at the slots only here, every SYNC_EVERY steps
             done, lengths = state.finished.tolist(), state.count.tolist()
             ended = [slot for slot, item in enumerate(held) if item is not None and done[slot]]
-            for slot, row in zip(ended, state.out[ended].tolist()):
+            rows_logprobs = state.logprobs[ended].tolist() if with_logprobs else [None] * len(ended)
+            for slot, row, row_logprobs in zip(ended, state.out[ended].tolist(), rows_logprobs):
                 results[held[slot]] = row[: lengths[slot]]
+                if with_logprobs:
+                    logprobs[held[slot]] = row_logprobs[: lengths[slot]]
                 new_tokens += lengths[slot]
                 held[slot] = None
             if ended:
@@ -350,13 +362,15 @@ class Decoder:
                 state.finished |= (token == eos_id) | (state.count >= state.budget)
                 token = torch.where(state.finished, pad_id, token)
                 state.out.scatter_(1, state.count[:, None], token[:, None])  # a finished row: a pad past its end
+                if with_logprobs:
+                    state.logprobs.scatter_(1, state.count[:, None], sampling.logprob(state.logits, token)[:, None])
                 self.columns.copy_((state.start + state.count).clamp(max=self.cache_len - 1))
                 state.count += ~state.finished
                 logits = self.step(token[:, None])
                 # A CUDA graph's output is overwritten by its next replay.
                 state.logits = logits.clone() if logits.device.type == "cuda" else logits
         bar.close()
-        return results
+        return (results, logprobs) if with_logprobs else results
 
 
 @dataclass
@@ -365,6 +379,7 @@ class _Slots:
     prompt's length, whether it ended (an empty slot counts as ended) and the logits of its next token."""
 
     out: torch.Tensor  # [slots, max_new_tokens + 1]: one more column for the pads of ended rows
+    logprobs: torch.Tensor  # [slots, max_new_tokens + 1]: each new token's log-probability (with_logprobs)
     count: torch.Tensor
     budget: torch.Tensor
     start: torch.Tensor
@@ -377,8 +392,9 @@ class _Slots:
             return torch.zeros(slots, dtype=dtype, device=device)
 
         out = torch.full((slots, max_new_tokens + 1), pad_id, dtype=torch.long, device=device)
+        logprobs = torch.zeros(out.shape, device=device)
         finished = torch.ones(slots, dtype=torch.bool, device=device)
-        return cls(out, zeros(), zeros(), zeros(), finished, torch.zeros((slots, vocab), device=device))
+        return cls(out, logprobs, zeros(), zeros(), zeros(), finished, torch.zeros((slots, vocab), device=device))
 
     def start_rows(self, slots: list[int], logits: torch.Tensor, budgets: list[int], prompt_lengths: list[int]) -> None:
         into = torch.as_tensor(slots, device=self.count.device)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import warnings
 from pathlib import Path
 
@@ -14,19 +13,13 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from medllm.config.schema import TrainConfig, Trainer
-from medllm.config.schema_check import typed
 from medllm.config.secrets import redact_secrets
-from medllm.data.fingerprint import splits_fingerprint
 from medllm.errors import MedllmError
 from medllm.models.backends import get_backend
 from medllm.models.export import run_exports
-from medllm.models.memory import checkpointing_summary
 from medllm.runs.layout import LAST_CHECKPOINT, RunDir, checkpoint_dir
 from medllm.runs.record import RunRecord
-from medllm.training.callbacks import ThroughputMonitor
 from medllm.training.checkpoint_io import AtomicCheckpointIO
-from medllm.training.module import ReasoningSFTModule
 from medllm.training.resume import (
     RecordInCheckpoints,
     check_resumable,
@@ -35,7 +28,8 @@ from medllm.training.resume import (
     find_checkpoint,
     record_differences,
 )
-from medllm.training.wandb_logging import build_logger, finishing_wandb_run, sample_callbacks
+from medllm.training.stage import SFT, Stage, trainer_settings
+from medllm.training.wandb_logging import build_logger, finishing_wandb_run
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +39,6 @@ warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual opt
 
 # Trainer knobs that medllm applies itself (token-weighted accumulation, clipping after rescaling).
 MODULE_TRAINER_KEYS = ("accumulate_grad_batches", "gradient_clip_val")
-
-
-def _finite_or_none(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
-
-
-def trainer_settings(cfg: DictConfig) -> Trainer:
-    """``cfg.trainer``, with the schema's defaults for the keys it leaves out."""
-    return typed(cfg.trainer, Trainer, "trainer.")
 
 
 def build_trainer(cfg: DictConfig, callbacks: list[L.Callback]) -> L.Trainer:
@@ -116,6 +101,11 @@ def absolute_local_paths(cfg: DictConfig) -> None:
             OmegaConf.update(cfg, key, str(path.resolve()))
 
 
+def stage_of(cfg: DictConfig) -> Stage:
+    """The training stage ``cfg.stage`` names (``stage=sft | grpo``); SFT for a config without one."""
+    return instantiate(cfg.stage, _recursive_=False) if cfg.get("stage") is not None else SFT()
+
+
 @finishing_wandb_run()  # each Hydra multirun job its own W&B run, even when one fails
 def train(cfg: DictConfig) -> dict:
     """Prepare the data (failing fast on bad rows), load the model, fit, save adapter and summary.
@@ -134,32 +124,19 @@ def train(cfg: DictConfig) -> dict:
     start_step = checkpoint.global_step if checkpoint else 0
     L.seed_everything(cfg.seed, workers=True)
 
-    backend = get_backend(cfg.model.backend)
-    tokenizer = backend.load_tokenizer(cfg.model)
-    datamodule = instantiate(cfg.data, tokenizer=tokenizer)
+    stage = stage_of(cfg)
+    tokenizer = get_backend(cfg.model.backend).load_tokenizer(cfg.model)
+    datamodule = stage.datamodule(cfg, tokenizer)
     datamodule.setup("fit")  # validates and tokenizes before any model weight is loaded
     # What checkpoints and the adapter folder carry: eval.py rebuilds the model, data split and prompt from it.
-    record = RunRecord.of_config(cfg).with_data(datamodule.chat_format.record(), splits_fingerprint(datamodule.splits))
+    record = RunRecord.of_config(cfg).with_data(datamodule.chat_format.record(), datamodule.fingerprint())
     if checkpoint is not None:
         check_same_rows(checkpoint, record)  # an edited data file: refused before any model loads
 
-    settings = trainer_settings(cfg)
-    tokens_per_batch = cfg.data.batch_size * cfg.max_seq_length
-    model = backend.load_model(cfg.model, tokenizer, seed=cfg.seed, tokens_per_batch=tokens_per_batch)
-    module = ReasoningSFTModule(
-        model,
-        optimizer=instantiate(cfg.optimizer),
-        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        accumulate_grad_batches=settings.accumulate_grad_batches,
-        gradient_clip_val=settings.gradient_clip_val,
-        skip_nonfinite_steps=cfg.get("skip_nonfinite_steps", TrainConfig.skip_nonfinite_steps),
-    )
-    # Warm-up counted from where this process starts: a resumed run is timed too.
-    warmup = cfg.get("throughput_warmup_steps", TrainConfig.throughput_warmup_steps)
-    throughput = ThroughputMonitor(warmup_steps=start_step + warmup)
+    model = stage.load_model(cfg, tokenizer)
+    module = stage.module(cfg, model, datamodule, tokenizer)
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
-    callbacks += [throughput, RecordInCheckpoints(record)]
-    callbacks += sample_callbacks(cfg.get("logger"))  # W&B table of generations at each validation
+    callbacks += [*stage.callbacks(cfg, start_step), RecordInCheckpoints(record)]
     trainer = build_trainer(cfg, callbacks)
     for logger in trainer.loggers:  # every one of them with logger=many
         if checkpoint is not None and trainer.is_global_zero:
@@ -181,21 +158,13 @@ def train(cfg: DictConfig) -> dict:
     trainer.validate(module, datamodule=datamodule, verbose=False)
     # Lightning's teardown leaves the module on the CPU: exports (merging, GGUF) run where training ran.
     module.to(trainer.strategy.root_device)
-    val = {name: float(value) for name, value in trainer.callback_metrics.items() if name.startswith("val/")}
 
     summary = {
         "train_loss_first": module.first_train_loss,
         "train_loss_last": module.last_train_loss,
-        "val_loss": val.get("val/loss"),
-        "val_ppl": val.get("val/ppl"),
         "steps": trainer.global_step,
         "world_size": trainer.world_size,
-        "timed_tokens": throughput.timed_tokens,
-        "tokens_per_s": _finite_or_none(throughput.tokens_per_s),
-        "trained_tokens_per_s": _finite_or_none(throughput.trained_tokens_per_s),
-        "peak_mem_gib": throughput.peak_gib,
-        # The estimate behind gradient_checkpointing=auto beside the measured peak (logged too).
-        "gradient_checkpointing": checkpointing_summary(model.checkpointing_plan, throughput.gpu_peak_gib),
+        **stage.summary(module, trainer),
         "data": datamodule.summary.metrics(),
     }
     if trainer.is_global_zero:
