@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 
 import datasets
-import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
@@ -19,14 +18,14 @@ from medllm.data import prepare, records, rows
 from medllm.data.chat_format import R1ChatFormat
 from medllm.data.collate import PackCollator, PackedDataset, PadCollator, pack
 from medllm.data.fingerprint import splits_fingerprint
-from medllm.data.sampler import ResumableBatchSampler
+from medllm.data.sampler import ResumableBatchSampler, ResumableDataModule
 
 log = logging.getLogger(__name__)
 
 CACHE_WAIT_S = 3600.0
 
 
-class ReasoningDataModule(L.LightningDataModule):
+class ReasoningDataModule(ResumableDataModule):
     """Loads, validates, formats (R1 chat format), tokenizes, masks, splits and batches reasoning rows.
 
     Every run reads and validates the rows and applies the PHI policy (``rows.load_valid_rows``,
@@ -61,8 +60,6 @@ class ReasoningDataModule(L.LightningDataModule):
         self.seed = data.seed
         self.splits: dict[str, datasets.Dataset] = {}
         self.summary: prepare.DataSummary | None = None
-        self.train_sampler: ResumableBatchSampler | None = None
-        self._sampler_state: dict | None = None
 
     # ---- preparation -------------------------------------------------------------------------
     def _cache_dir(self, clean_rows: datasets.Dataset) -> Path:
@@ -202,11 +199,7 @@ class ReasoningDataModule(L.LightningDataModule):
         else:
             dataset, collate = self._row_dataset("train"), None
             lengths = self.splits["train"]["length"] if self.group_by_length else None
-        self.train_sampler = ResumableBatchSampler(len(dataset), self.batch_size, True, self.seed, lengths)
-        if self._sampler_state is not None:
-            self.train_sampler.load_state_dict(self._sampler_state)
-            self._sampler_state = None
-        return self._loader(dataset, self.train_sampler, collate)
+        return self._loader(dataset, self.resumable_sampler(len(dataset), self.batch_size, self.seed, lengths), collate)
 
     def _eval_loader(self, split: str) -> DataLoader:
         dataset = self._row_dataset(split)
@@ -217,15 +210,3 @@ class ReasoningDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader("test" if "test" in self.splits else "val")
-
-    # ---- resuming: the checkpoint records how far into which epoch training got ------------------
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        if self.trainer is not None and self.trainer.training and self.train_sampler is not None:
-            self.train_sampler.mark_trained()
-        return batch
-
-    def state_dict(self) -> dict:
-        return {"train_sampler": self.train_sampler.state_dict()} if self.train_sampler is not None else {}
-
-    def load_state_dict(self, state: dict) -> None:
-        self._sampler_state = state.get("train_sampler")

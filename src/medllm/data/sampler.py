@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator, Sequence
 
+import lightning as L
 import torch
 import torch.distributed as dist
 from transformers.trainer_pt_utils import get_length_grouped_indices
@@ -101,3 +102,30 @@ class ResumableBatchSampler(torch.utils.data.Sampler[list[int]]):
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch = state["epoch"]
         self._skip = state["consumed"]
+
+
+class ResumableDataModule(L.LightningDataModule):
+    """A data module whose training batches come from a ``ResumableBatchSampler`` that the checkpoint records:
+    a resumed run trains on the batches an uninterrupted run would have trained on next."""
+
+    train_sampler: ResumableBatchSampler | None = None
+    _sampler_state: dict | None = None
+
+    def resumable_sampler(self, num_items: int, batch_size: int, seed: int, lengths=None) -> ResumableBatchSampler:
+        """The training batches' sampler, at the checkpoint's position where the run was resumed."""
+        self.train_sampler = ResumableBatchSampler(num_items, batch_size, True, seed, lengths)
+        if self._sampler_state is not None:
+            self.train_sampler.load_state_dict(self._sampler_state)
+            self._sampler_state = None
+        return self.train_sampler
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if self.trainer is not None and self.trainer.training and self.train_sampler is not None:
+            self.train_sampler.mark_trained()
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"train_sampler": self.train_sampler.state_dict()} if self.train_sampler is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._sampler_state = state.get("train_sampler")
