@@ -31,9 +31,10 @@ def main(cfg: DictConfig) -> float | None:
         from medllm.workflows.inputs import check_inputs  # rows and files: no model library yet
 
         check_inputs(cfg)  # a bad row, or a bad file of the evaluation after training
+        from medllm.config.schema import training_backend
         from medllm.models.backends import prepare_backend
 
-        prepare_backend(cfg.model.backend)
+        prepare_backend(training_backend(cfg))
         from medllm.workflows.train_eval import train_and_evaluate
 
         # What a sweeper optimizes (hparams_search=optuna): a number from the run's summary.

@@ -27,7 +27,10 @@ from medllm.config.schema import (
     GGUF_BACKENDS,
     SUMMARY_METRICS,
     EvalConfig,
+    GRPOStage,
+    ProblemData,
     TrainConfig,
+    is_grpo,
     scores_held_out,
 )
 from medllm.config.schema_check import validate
@@ -49,7 +52,7 @@ def check_train_config(cfg: DictConfig, overrides: Sequence[str] | None = None) 
             f"trainer.max_steps=-1 (run max_epochs) needs trainer.max_epochs >= 1, not "
             f"{trainer.get('max_epochs')}: the run would not end; set one of them."
         )
-    inputs.data_files(cfg.data)
+    _check_stage(cfg)
     _check_hardware(cfg)
     _check_launcher(cfg)
     inputs.writable_dir(Path(cfg.paths.output_dir))
@@ -59,6 +62,43 @@ def check_train_config(cfg: DictConfig, overrides: Sequence[str] | None = None) 
     if gguf:
         check_gguf(gguf, cfg.model.backend, cfg.export.llama_cpp_dir)
     inputs.checkpoint_file(cfg.get("ckpt_path"))
+
+
+def _check_stage(cfg: DictConfig) -> None:
+    """The stage and its data agree (SFT trains on reasoning rows, GRPO on problems), and GRPO's settings fit
+    the run: a completion limit inside max_seq_length, reward functions that import."""
+    grpo, problems = is_grpo(cfg), cfg.data.get("_target_") == ProblemData._target_
+    if grpo and not problems:
+        raise ConfigError(
+            "stage=grpo trains on problems with checkable answers: use data=problems (data.path=<your .jsonl>); "
+            f"data._target_={cfg.data.get('_target_')} holds SFT rows."
+        )
+    if problems and not grpo:
+        raise ConfigError(
+            "data=problems holds problems for reinforcement learning (stage=grpo); stage=sft trains on reasoning "
+            "rows: data=sample | medical_o1 | local."
+        )
+    if cfg.get("init_adapter") and not grpo:
+        raise ConfigError(
+            f"init_adapter={cfg.init_adapter} starts stage=grpo from an adapter; stage=sft trains a new one "
+            "(to train a run further, resume it: hydra.run.dir=<run> ckpt_path=auto trainer.max_steps=<more>)."
+        )
+    if not grpo:
+        inputs.data_files(cfg.data)
+        return
+    if cfg.data.get("path"):
+        inputs.problems_path(cfg.data.path)
+    stage = cfg.stage
+    limit, context = stage.get("max_completion_length", GRPOStage.max_completion_length), cfg.data.max_seq_length
+    if limit >= context:
+        raise ConfigError(
+            f"stage.max_completion_length={limit} leaves no room for a prompt within max_seq_length={context}: "
+            "raise max_seq_length (prompt + completion) or lower stage.max_completion_length."
+        )
+    for name, reward in (stage.get("rewards") or {}).items():
+        inputs.importable(f"stage.rewards.{name}.fn._target_", reward.fn.get("_target_"))
+    if stage.get("decode_attention") == "flex":
+        _check_flex_gpu(str(cfg.trainer.get("accelerator", "auto")))
 
 
 def check_eval_config(cfg: DictConfig, overrides: Sequence[str] | None = None, model_settled: bool = True) -> None:

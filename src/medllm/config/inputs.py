@@ -10,6 +10,7 @@ every rule on an input and where it lives, so that a reader finds each in one pl
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -34,6 +35,11 @@ INPUT_RULES = {
     "adapter_path, adapters, sweep_dir": "adapter folders whose config and weights open (find_adapters, here)",
     "export.llama_cpp_dir": "llama.cpp built with llama-quantize, with export.gguf (find_llama_cpp, here)",
     "MEDLLM_MEMORY_CAP_GIB": "a positive number of GiB (memory_cap_gib, here)",
+    "data.path (stage=grpo)": "a file or PubMedQA's folder (problems_path, here); each row a problem with a checkable "
+    "answer (medllm.tasks.problems)",
+    "init_adapter": "an adapter folder (find_adapters, here) of this base and LoRA shape "
+    "(medllm.workflows.inputs.check_init_adapter)",
+    "stage.rewards.*.fn._target_": "an importable callable (importable, here)",
 }
 
 LOCAL_NEEDS_PATH = "data=local needs data.path=<a .json, .jsonl, .parquet or .csv file>."
@@ -87,6 +93,28 @@ def checkpoint_file(ckpt_path: Any) -> None:
 def benchmark_path(path: Any) -> None:
     if path is not None and not Path(str(path)).expanduser().exists():
         raise ConfigError(f"benchmark.path={path}: no such file or folder.")
+
+
+def problems_path(path: Any) -> None:
+    """``data.path`` of problems: a file, or a folder (PubMedQA's)."""
+    if not Path(str(path)).expanduser().exists():
+        raise ConfigError(f"data.path={path}: no such file or folder.")
+
+
+def importable(key: str, target: Any) -> None:
+    """A ``_target_`` that names something Python can import, said before any model loads. (Not Hydra's
+    ``get_object``, which also logs its own error message.)"""
+    if not isinstance(target, str) or not target:
+        raise ConfigError(f"{key}={target} must name a callable, e.g. my_rewards.length_reward")
+    module, _, name = target.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module), name) if module else None
+    except AttributeError:
+        raise ConfigError(f"{key}={target}: module {module} has no {name!r}") from None
+    except Exception as err:  # ImportError, or whatever the module raises as it is imported
+        raise ConfigError(f"{key}={target} can't be imported ({type(err).__name__}: {err})") from None
+    if not callable(found):
+        raise ConfigError(f"{key}={target} is not a callable module.name (a function or a class)")
 
 
 def writable_dir(out_dir: Path) -> None:

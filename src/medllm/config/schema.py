@@ -509,6 +509,18 @@ class EvalConfig:
     paths: Paths = setting(factory=Paths)
 
 
+def is_grpo(cfg: Any) -> bool:
+    """Whether a training config runs the GRPO stage."""
+    stage = cfg.get("stage")
+    return stage is not None and stage.get("_target_") == GRPOStage._target_
+
+
+def training_backend(cfg: Any) -> str | None:
+    """The backend a training run prepares first: the configured one, except for GRPO, whose policy is the base
+    in 16-bit through transformers (``medllm.rl.policy``): Unsloth is not imported at all."""
+    return None if is_grpo(cfg) else cfg.model.backend
+
+
 def scores_held_out(cfg: Any) -> bool:
     """Whether an eval config scores held-out rows (a loss) rather than generated answers."""
     return cfg.mode == "benchmark" and BENCHMARKS.get(cfg.benchmark.name, Benchmark).held_out

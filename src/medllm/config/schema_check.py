@@ -109,8 +109,12 @@ class _Checker:
             value = typed[field.name]
             if value is None:
                 continue
+            named = _dataclass_values(hints[field.name])
             nested = _dataclass_in(hints[field.name])
-            if nested is not None:
+            if named is not None:  # a group of such groups by name (stage.rewards)
+                for name in value:
+                    self.rules(value[name], named, f"{key}.{name}.")
+            elif nested is not None:
                 self.rules(value, nested, key + ".")
             elif "dispatch" in field.metadata:
                 self.dispatch(OmegaConf.to_container(value), field.metadata["dispatch"], key)
@@ -170,6 +174,14 @@ def _words(hint: Any) -> str:
     if dataclasses.is_dataclass(hint):
         return "a group of settings"
     return WORDS.get(hint, "a value of another type")
+
+
+def _dataclass_values(hint: Any) -> type | None:
+    """The schema of each group in a group of groups by name: ``Reward`` in ``dict[str, Reward]``."""
+    if typing.get_origin(hint) is dict:
+        value = typing.get_args(hint)[1]
+        return value if dataclasses.is_dataclass(value) else None
+    return None
 
 
 def _dataclass_in(hint: Any) -> type | None:

@@ -320,7 +320,8 @@ class Decoder:
 
         ``row_budgets`` caps each row's new tokens below ``max_new_tokens`` (the generation benchmark
         draws R1-like lengths with it; evaluation passes none). ``with_logprobs``: also each new token's
-        log-probability under the sampling policy (``Sampling.logprob``), as ``(ids, logprobs)``.
+        log-probability under the sampling policy (``Sampling.logprob``), as ``(ids, logprobs)``; a row that
+        ended at EOS has one more, the EOS's (which ``ids`` leaves out).
         """
         limit = self.max_new_tokens
         budgets = [min(b, limit) for b in row_budgets] if row_budgets is not None else [limit] * len(prompts)
@@ -340,8 +341,9 @@ class Decoder:
             rows_logprobs = state.logprobs[ended].tolist() if with_logprobs else [None] * len(ended)
             for slot, row, row_logprobs in zip(ended, state.out[ended].tolist(), rows_logprobs):
                 results[held[slot]] = row[: lengths[slot]]
-                if with_logprobs:
-                    logprobs[held[slot]] = row_logprobs[: lengths[slot]]
+                if with_logprobs:  # a row ended by EOS before its budget: the EOS's log-probability too
+                    ended_by_eos = lengths[slot] < budgets[held[slot]]
+                    logprobs[held[slot]] = row_logprobs[: lengths[slot] + ended_by_eos]
                 new_tokens += lengths[slot]
                 held[slot] = None
             if ended:
@@ -359,11 +361,11 @@ class Decoder:
                 break
             for _ in range(SYNC_EVERY):
                 token = sampling.choose(state.logits)
+                if with_logprobs:  # an EOS's too, at the column past the row's last token
+                    state.logprobs.scatter_(1, state.count[:, None], sampling.logprob(state.logits, token)[:, None])
                 state.finished |= (token == eos_id) | (state.count >= state.budget)
                 token = torch.where(state.finished, pad_id, token)
                 state.out.scatter_(1, state.count[:, None], token[:, None])  # a finished row: a pad past its end
-                if with_logprobs:
-                    state.logprobs.scatter_(1, state.count[:, None], sampling.logprob(state.logits, token)[:, None])
                 self.columns.copy_((state.start + state.count).clamp(max=self.cache_len - 1))
                 state.count += ~state.finished
                 logits = self.step(token[:, None])

@@ -18,6 +18,7 @@ import re
 import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ from medllm.tasks.benchmarks import load_mcq, load_medmcqa, load_medqa, load_pub
 from medllm.tasks.extraction import answer_section, extract_answer
 from medllm.tasks.items import BenchmarkError, BenchmarkItem
 
+# The synthetic multiple-choice problems shipped with the package (data=problems without a path).
+SAMPLE_PROBLEMS = Path(str(resources.files("medllm.data").joinpath("sample/medical_problems_sample.jsonl")))
 OPEN_QUESTION = "Open-ended Verifiable Question"
 OPEN_ANSWER = "Ground-True Answer"
 
@@ -80,8 +83,39 @@ PROBLEM_FORMATS: dict[str, tuple[Callable[[str], list[Problem]], str]] = {
 }
 
 
-def load_problems(path: str | Path, layout: str) -> list[Problem]:
-    """The problems of a file (or PubMedQA's folder) in ``layout`` (a key of ``PROBLEM_FORMATS``)."""
+# The fields that tell a layout (format=auto), in the order tried: MedQA's answer_idx wins over the open-ended
+# fields where a row has both (medical-o1's demo rows): its answer is a letter, checked exactly.
+TELLING_FIELDS = (
+    ("medqa", ("question", "options", "answer_idx")),
+    ("medmcqa", ("question", "opa", "cop")),
+    ("mcq", ("question", "options", "answer")),
+    ("open_ended", (OPEN_QUESTION, OPEN_ANSWER)),
+)
+
+
+def detect_format(path: str | Path) -> str:
+    """The layout of a problem file, told by its first row's fields (a folder: PubMedQA's)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        return "pubmedqa"
+    source, rows = read_rows_file(path)
+    if not rows:
+        raise BenchmarkError(f"{source}: no rows")
+    first = rows[0] if isinstance(rows[0], Mapping) else {}
+    for layout, fields in TELLING_FIELDS:
+        if all(name in first for name in fields):
+            return layout
+    known = "; ".join(f"{layout}: {', '.join(fields)}" for layout, fields in TELLING_FIELDS)
+    raise BenchmarkError(
+        f"{source}: row 1 has the fields {sorted(first)}, which match no problem format ({known}); "
+        "rename the fields, or set data.format"
+    )
+
+
+def load_problems(path: str | Path, layout: str = "auto") -> list[Problem]:
+    """The problems of a file (or PubMedQA's folder) in ``layout`` (a key of ``PROBLEM_FORMATS``, or auto)."""
+    if layout == "auto":
+        layout = detect_format(path)
     if layout not in PROBLEM_FORMATS:
         raise BenchmarkError(f"unknown problem format {layout!r}; choose one of {sorted(PROBLEM_FORMATS)}")
     loader, fields = PROBLEM_FORMATS[layout]
@@ -89,6 +123,21 @@ def load_problems(path: str | Path, layout: str) -> list[Problem]:
         return loader(str(path))
     except BenchmarkError as err:
         raise BenchmarkError(f"{err} (format={layout}: {fields})") from None
+
+
+def read_problems(
+    path: str | None, layout: str = "auto", hub_name: str | None = None
+) -> tuple[list[Problem], str, str]:
+    """The problems a data config names (``data.path``, or the packaged sample without one), their source and
+    layout; a bad row raises, naming the file, the row and the field."""
+    if hub_name:
+        raise BenchmarkError(
+            f"data.hub_name={hub_name}: problems are read from local files; download the split once "
+            "(datasets.load_dataset(...).to_json('problems.jsonl')) and pass data.path=problems.jsonl"
+        )
+    source = Path(path).expanduser() if path else SAMPLE_PROBLEMS
+    layout = detect_format(source) if layout == "auto" else layout
+    return load_problems(source, layout), str(source), layout
 
 
 # ---------------------------------------------------------------------------------------------- verifiers
