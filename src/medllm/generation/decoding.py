@@ -361,8 +361,11 @@ class Decoder:
                 break
             for _ in range(SYNC_EVERY):
                 token = sampling.choose(state.logits)
-                if with_logprobs:  # an EOS's too, at the column past the row's last token
-                    state.logprobs.scatter_(1, state.count[:, None], sampling.logprob(state.logits, token)[:, None])
+                if with_logprobs:  # an EOS's too, at the column past the row's last token, which ended rows keep
+                    column = state.count[:, None]
+                    kept = state.logprobs.gather(1, column).squeeze(1)
+                    logprob = torch.where(state.finished, kept, sampling.logprob(state.logits, token))
+                    state.logprobs.scatter_(1, column, logprob[:, None])
                 state.finished |= (token == eos_id) | (state.count >= state.budget)
                 token = torch.where(state.finished, pad_id, token)
                 state.out.scatter_(1, state.count[:, None], token[:, None])  # a finished row: a pad past its end

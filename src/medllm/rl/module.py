@@ -203,18 +203,22 @@ class GRPOModule(AdapterModule):
         else:
             self.optimizers().zero_grad(set_to_none=True)
         grad_norm, lr = self.clip_and_step(params)
-        tokens = max(sums[0].item(), 1.0)
-        return {
-            "train/loss": loss,
-            "train/grad_norm": float(grad_norm),
-            "train/lr": lr,
-            "train/clip_ratio/low_mean": sums[1].item() / tokens,
-            "train/clip_ratio/high_mean": sums[2].item() / tokens,
-            "train/clip_ratio/region_mean": (sums[1].item() + sums[2].item()) / tokens,
-            **({"train/kl": sums[3].item() / tokens} if s.beta > 0 else {}),
-            "train/entropy": sums[4].item() / tokens,
-            **({"train/sampler_mismatch": sums[5].item() / tokens} if decoder_logps is not None else {}),
+        stats = {"train/loss": loss, "train/grad_norm": float(grad_norm), "train/lr": lr}
+        tokens = sums[0].item()
+        if tokens == 0:  # no completion went through the forward pass (every group's rewards equal)
+            return stats
+        low, high, kl, entropy, mismatch = (value / tokens for value in sums[1:].tolist())
+        stats |= {
+            "train/clip_ratio/low_mean": low,
+            "train/clip_ratio/high_mean": high,
+            "train/clip_ratio/region_mean": low + high,
+            "train/entropy": entropy,
         }
+        if s.beta > 0:
+            stats["train/kl"] = kl
+        if decoder_logps is not None:
+            stats["train/sampler_mismatch"] = mismatch
+        return stats
 
     def _sync_context(self, last: bool):
         if last or not hasattr(self.trainer.strategy, "block_backward_sync"):
