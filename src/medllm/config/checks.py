@@ -122,7 +122,10 @@ def check_eval_config(cfg: DictConfig, overrides: Sequence[str] | None = None, m
         raise ConfigError(
             f"num_samples={cfg.num_samples} needs do_sample=true: greedy decoding gives the same completion each time."
         )
-    if cfg.mode == "benchmark":
+    _check_generated_answers(cfg)
+    if cfg.mode == "benchmark" and cfg.get("suite") is not None:
+        inputs.suite_data_dir(cfg.suite.get("data_dir"))
+    elif cfg.mode == "benchmark":
         bench = cfg.benchmark
         if scores_held_out(cfg):
             inputs.data_files(cfg.data, f"benchmark={bench.name} with data=local needs data.path=<file>.")
@@ -134,6 +137,29 @@ def check_eval_config(cfg: DictConfig, overrides: Sequence[str] | None = None, m
     if cfg.decode_attention == "flex" and cfg.engine != "peft":
         _check_flex_gpu(str(cfg.trainer.get("accelerator", "auto")))
     inputs.writable_dir(Path(cfg.paths.output_dir))
+
+
+def _check_generated_answers(cfg: DictConfig) -> None:
+    """Budgets within the completions generated (and on the engine that can cut them), a protocol only where answers
+    are generated."""
+    budgets = list(cfg.get("budgets") or [])
+    past = [b for b in budgets if b > cfg.max_new_tokens]
+    if past:
+        raise ConfigError(
+            f"budgets={budgets}: {past} past max_new_tokens={cfg.max_new_tokens}; the budgets cut one generation of "
+            f"max_new_tokens, so raise it to {max(budgets)} or leave those budgets out."
+        )
+    if budgets and cfg.engine == "peft":
+        raise ConfigError(
+            f"budgets={budgets} cut each completion's tokens and decode an answer from there, which the merged engine "
+            "does: use engine=merged (or auto), or leave budgets out."
+        )
+    protocol = cfg.get("protocol", {}).get("name", "strict")
+    if protocol != "strict" and scores_held_out(cfg):
+        raise ConfigError(
+            f"protocol={protocol} asks questions and reads answers; benchmark={cfg.benchmark.name} scores the loss of "
+            "held-out rows: leave protocol out, or choose a benchmark (or suite) of questions."
+        )
 
 
 def check_model_config(model_cfg: DictConfig) -> None:

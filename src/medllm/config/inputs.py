@@ -32,6 +32,8 @@ INPUT_RULES = {
     "hydra.run.dir, paths.output_dir": "writable (writable_dir, here); holds no other run or evaluation, is in "
     "use by no other command (medllm.runs.guards)",
     "benchmark.path": "exists (benchmark_path, here); its items are well formed (medllm.tasks.benchmarks)",
+    "suite.data_dir": "a folder (suite_data_dir, here); each copy in it well formed (medllm.tasks.suites)",
+    "resume=true, hydra.run.dir": "an evaluation of the same settings (medllm.evaluation.predictions.check_resume)",
     "adapter_path, adapters, sweep_dir": "adapter folders whose config and weights open (find_adapters, here)",
     "export.llama_cpp_dir": "llama.cpp built with llama-quantize, with export.gguf (find_llama_cpp, here)",
     "MEDLLM_MEMORY_CAP_GIB": "a positive number of GiB (memory_cap_gib, here)",
@@ -93,6 +95,12 @@ def checkpoint_file(ckpt_path: Any) -> None:
 def benchmark_path(path: Any) -> None:
     if path is not None and not Path(str(path)).expanduser().exists():
         raise ConfigError(f"benchmark.path={path}: no such file or folder.")
+
+
+def suite_data_dir(path: Any) -> None:
+    """``suite.data_dir``: null, or a folder (a benchmark missing from it comes from the hub)."""
+    if path is not None and not Path(str(path)).expanduser().is_dir():
+        raise ConfigError(f"suite.data_dir={path}: no such folder; give the one holding medqa/, medmcqa/, mmlu/, ...")
 
 
 def problems_path(path: Any) -> None:

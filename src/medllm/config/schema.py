@@ -482,6 +482,33 @@ BENCHMARKS = {
 }
 
 
+# The benchmarks a suite may hold (medllm.tasks.suites.SUITE_BENCHMARKS reads each), and the evaluation protocols
+# (medllm.tasks.protocols): how questions are asked and answers read.
+SUITE_BENCHMARK_NAMES = ("medqa", "medmcqa", "pubmedqa", "mmlu_medical", "mmlu_pro_medical", "gpqa_medical")
+PROTOCOLS = one_of("strict", "huatuogpt_o1")
+
+
+@dataclass
+class Suite:
+    """Several benchmarks scored in one evaluation into one report (``suite=medical``)."""
+
+    name: str = "medical"
+    benchmarks: list[str] = setting(
+        factory=lambda: list(SUITE_BENCHMARK_NAMES),
+        rule=Rule(
+            f"a non-empty list of distinct names among {SUITE_BENCHMARK_NAMES}",
+            lambda v: bool(v) and len(set(v)) == len(v) and set(v) <= set(SUITE_BENCHMARK_NAMES),
+        ),
+    )
+    data_dir: Optional[str] = None
+    instruction: Optional[str] = None
+
+
+@dataclass
+class Protocol:
+    name: str = setting("strict", PROTOCOLS)
+
+
 @dataclass
 class EvalConfig:
     mode: str = setting("benchmark", one_of("benchmark", "generate"))
@@ -502,10 +529,18 @@ class EvalConfig:
     temperature: float = setting(0.6, at_least(0))
     top_p: float = setting(0.95, between(0, 1, low_open=True))
     num_samples: int = setting(1, POSITIVE)
+    force_answers: bool = True
+    budgets: list[int] = setting(
+        factory=list, rule=Rule("a list of whole numbers > 0 (tokens)", lambda v: all(POSITIVE.ok(b) for b in v))
+    )
+    resume: bool = False
     model: Model = setting(factory=Model)
     data: Any = dispatch("_target_", DATA_MODULES, strict=True)
     trainer: Hardware = setting(factory=Hardware)
     benchmark: Any = dispatch("name", BENCHMARKS, strict=True)
+    suite: Optional[Suite] = None
+    protocol: Protocol = setting(factory=Protocol)
+    logger: Any = dispatch("_target_", LOGGERS, many=None, optional=True)
     paths: Paths = setting(factory=Paths)
 
 
@@ -522,7 +557,9 @@ def training_backend(cfg: Any) -> str | None:
 
 
 def scores_held_out(cfg: Any) -> bool:
-    """Whether an eval config scores held-out rows (a loss) rather than generated answers."""
+    """Whether an eval config scores held-out rows (a loss) rather than generated answers (a suite always does)."""
+    if cfg.get("suite") is not None:
+        return False
     return cfg.mode == "benchmark" and BENCHMARKS.get(cfg.benchmark.name, Benchmark).held_out
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -315,17 +315,20 @@ class Decoder:
         row_budgets: Sequence[int] | None = None,
         progress: bool = True,
         with_logprobs: bool = False,
+        on_finish: Callable[[int, list[int]], None] | None = None,
     ) -> list[list[int]] | tuple[list[list[int]], list[list[float]]]:
         """The new token ids of each prompt (token ids, BOS included), cut before its first EOS.
 
         ``row_budgets`` caps each row's new tokens below ``max_new_tokens`` (the generation benchmark
-        draws R1-like lengths with it; evaluation passes none). ``with_logprobs``: also each new token's
-        log-probability under the sampling policy (``Sampling.logprob``), as ``(ids, logprobs)``; a row that
-        ended at EOS has one more, the EOS's (which ``ids`` leaves out).
+        draws R1-like lengths with it; evaluation caps the first pass so that a second one fits a longer prompt
+        in the same cache). ``with_logprobs``: also each new token's log-probability under the sampling policy
+        (``Sampling.logprob``), as ``(ids, logprobs)``; a row that ended at EOS has one more, the EOS's (which
+        ``ids`` leaves out). ``on_finish(index, ids)`` is called as each row ends, so a caller can keep its
+        result before the others end.
         """
         limit = self.max_new_tokens
         budgets = [min(b, limit) for b in row_budgets] if row_budgets is not None else [limit] * len(prompts)
-        if any(len(p) + limit > self.cache_len for p in prompts):
+        if any(len(p) + b > self.cache_len for p, b in zip(prompts, budgets, strict=True)):
             raise ValueError(f"a prompt of {max(map(len, prompts))} tokens does not fit a cache of {self.cache_len}")
         queue = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # pop() takes the longest
         state = _Slots.empty(self.batch_size, limit, self.model.config.vocab_size, pad_id, self.model.device)
@@ -345,6 +348,8 @@ class Decoder:
                     ended_by_eos = lengths[slot] < budgets[held[slot]]
                     logprobs[held[slot]] = row_logprobs[: lengths[slot] + ended_by_eos]
                 new_tokens += lengths[slot]
+                if on_finish is not None:
+                    on_finish(held[slot], results[held[slot]])
                 held[slot] = None
             if ended:
                 bar.update(len(ended))

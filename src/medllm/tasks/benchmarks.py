@@ -116,12 +116,16 @@ def _answer_letter(answer: str, options: dict[str, str], source: str, number: in
     return matches[0]
 
 
+class HubUnavailable(BenchmarkError):
+    """A hub dataset that is neither cached nor reachable (offline): a suite skips its benchmark."""
+
+
 def _load_hub(name: str, config: str | None, split: str) -> datasets.Dataset:
-    """A hub split; offline or not cached, a BenchmarkError that says how to use local files."""
+    """A hub split; offline or not cached, a HubUnavailable error that says how to use local files."""
     try:
         return datasets.load_dataset(name, config, split=split)
     except (ConnectionError, OSError) as err:
-        raise BenchmarkError(
+        raise HubUnavailable(
             f"Could not load the hub dataset {name!r} (config {config}, split {split!r}): {err}\n"
             "It is not cached and the hub can't be reached. Pass benchmark.path=<local file or folder> "
             "pointing at the benchmark's public files instead."
@@ -277,13 +281,16 @@ def load_medmcqa(path: str | None = None, cop_base: int | None = None) -> list[B
 
     ``cop`` is 0-based (0..3) on the hub's ``openlifescienceai/medmcqa`` and 1-based (1..4) in the
     original JSON-lines release; for local files the base is read from the values unless ``cop_base``
-    says it. Hub fallback: the validation split (the test split's answers are not public).
+    says it. Hub fallback: the validation split (the test split's answers are not public). A file in the reduced
+    layout (``question``, ``choices`` "A. ..", ``answer`` 0-3) is read as it is.
     """
     if path is None:
         name, split = "openlifescienceai/medmcqa", "validation"
         source, rows, cop_base = _hub_source(name, split), list(_load_hub(name, None, split)), 0
     else:
         source, rows = read_rows_file(path)
+    if rows and isinstance(rows[0], Mapping) and "choices" in rows[0] and "opa" not in rows[0]:
+        return _medmcqa_reduced_items(rows, source)
     if cop_base is None:
         cop_base = _medmcqa_cop_base(rows, source)
     if cop_base not in (0, 1):
@@ -306,6 +313,32 @@ def load_medmcqa(path: str | None = None, cop_base: int | None = None) -> list[B
     return items
 
 
+def _medmcqa_reduced_items(rows: list[Any], source: str) -> list[BenchmarkItem]:
+    """MedMCQA in the reduced layout some copies of the dev split use: ``question``, ``choices`` (four texts, each
+    led by its letter, "A. ...") and ``answer`` (0-3)."""
+    items = []
+    for number, row in enumerate(rows, start=1):
+        question = _field(row, "question", source, number)
+        choices = _field(row, "choices", source, number, list)
+        texts = []
+        for letter, choice in zip(LETTERS, choices, strict=False):
+            lead = f"{letter}. "
+            if not isinstance(choice, str) or not choice.startswith(lead):
+                raise BenchmarkError(
+                    f"{source}: row {number}: field 'choices': choice {letter} = {choice!r} does not start with "
+                    f"{lead!r}"
+                )
+            texts.append(choice[len(lead) :])
+        options = _options(texts, source, number)
+        answer = _field(row, "answer", source, number, int)
+        if not 0 <= answer < len(options):
+            raise BenchmarkError(f"{source}: row {number}: field 'answer' = {answer} is outside 0..{len(options) - 1}")
+        items.append(
+            BenchmarkItem(_item_id(row, source, number), question.strip(), tuple(options), LETTERS[answer], options)
+        )
+    return items
+
+
 LOADERS: dict[str, Callable[..., list[BenchmarkItem]]] = {
     "pubmedqa": load_pubmedqa,
     "medqa": load_medqa,
@@ -315,12 +348,18 @@ LOADERS: dict[str, Callable[..., list[BenchmarkItem]]] = {
 
 
 def load_benchmark(
-    name: str, path: str | None = None, limit: int | None = None, seed: int = 0, **loader_args: Any
+    name: str,
+    path: str | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    loader: Callable[..., list[BenchmarkItem]] | None = None,
+    **loader_args: Any,
 ) -> list[BenchmarkItem]:
-    """A benchmark by name; with ``limit``, a seeded subsample kept in file order (same seed, same items)."""
-    if name not in LOADERS:
+    """A benchmark by name (read by ``loader``, else the one ``LOADERS`` names); with ``limit``, a seeded subsample
+    kept in file order (same seed, same items)."""
+    if loader is None and name not in LOADERS:
         raise BenchmarkError(f"unknown benchmark {name!r}; choose one of {sorted(LOADERS)}")
-    items = LOADERS[name](path, **loader_args)
+    items = (loader or LOADERS[name])(path, **loader_args)
     if not items:  # said now, before any model loads
         raise BenchmarkError(f"benchmark={name}: {path or 'the hub copy'} holds no items")
     first: dict[str, int] = {}
