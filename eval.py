@@ -52,8 +52,8 @@ def main(cfg: DictConfig) -> None:
         sys.exit(f"error: {redact_text(str(err))}")
     except KeyboardInterrupt:
         sys.exit(
-            f"error: interrupted before the report was written; nothing was saved in {cfg.paths.output_dir}: "
-            "run the same command again (into the same hydra.run.dir if you like)."
+            f"error: interrupted before the report was written; the items finished are kept in "
+            f"{cfg.paths.output_dir}/predictions.jsonl: run the same command with resume=true to continue there."
         )
 
 

@@ -140,19 +140,13 @@ def check_eval_config(cfg: DictConfig, overrides: Sequence[str] | None = None, m
 
 
 def _check_generated_answers(cfg: DictConfig) -> None:
-    """Budgets within the completions generated (and on the engine that can cut them), a protocol only where answers
-    are generated."""
+    """Budgets within the completions generated, a protocol only where answers are generated."""
     budgets = list(cfg.get("budgets") or [])
     past = [b for b in budgets if b > cfg.max_new_tokens]
     if past:
         raise ConfigError(
             f"budgets={budgets}: {past} past max_new_tokens={cfg.max_new_tokens}; the budgets cut one generation of "
             f"max_new_tokens, so raise it to {max(budgets)} or leave those budgets out."
-        )
-    if budgets and cfg.engine == "peft":
-        raise ConfigError(
-            f"budgets={budgets} cut each completion's tokens and decode an answer from there, which the merged engine "
-            "does: use engine=merged (or auto), or leave budgets out."
         )
     protocol = cfg.get("protocol", {}).get("name", "strict")
     if protocol != "strict" and scores_held_out(cfg):

@@ -22,26 +22,21 @@ from medllm.config.inputs import ADAPTER_CONFIG, find_adapters
 from medllm.config.schema import scores_held_out
 from medllm.data.chat_format import R1ChatFormat
 from medllm.errors import ConfigError
+from medllm.evaluation.benchmark_run import run_benchmarks
 from medllm.evaluation.held_out import held_out_metrics, val_datamodule
 from medllm.evaluation.report import write_report
 from medllm.evaluation.results import BASE, EvalResult, TrainingRun, adapter_label
 from medllm.evaluation.run_settings import check_prompt, run_records
-from medllm.generation.decoding import Decoder, Sampling
 from medllm.generation.engines import (
-    decode_completions,
     each_peft_model,
     peft_model_cfg,
-    resolve_engine,
     to_accelerator,
 )
-from medllm.generation.hf_generate import generate, stream_answer
-from medllm.generation.merged import each_merged_model
+from medllm.generation.hf_generate import stream_answer
 from medllm.models.backends import get_backend
 from medllm.runs.jobs import read_job
 from medllm.runs.layout import ANSWERS, RunDir, check_eval_dir
 from medllm.runs.record import RunRecord
-from medllm.tasks.benchmarks import load_items
-from medllm.tasks.scoring import score_completions
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +100,7 @@ def _label(adapter: str | None) -> str:
 def evaluate(cfg: DictConfig) -> list[EvalResult]:
     """Score every model on ``cfg.benchmark``, write the report into ``cfg.paths.output_dir``; returns the results."""
     check_eval_config(cfg)
-    check_eval_dir(Path(cfg.paths.output_dir))
+    check_eval_dir(Path(cfg.paths.output_dir), resume=bool(cfg.get("resume")))
     L.seed_everything(cfg.seed, verbose=False)
     adapters = find_adapters(cfg.get("adapter_path"), cfg.get("adapters"), cfg.get("sweep_dir"))
     for path in adapters:
@@ -115,54 +110,17 @@ def evaluate(cfg: DictConfig) -> list[EvalResult]:
     if cfg.mode == "generate":
         answer_question(cfg, tokenizer, adapters)
         return []
-    name, held_out = cfg.benchmark.name, scores_held_out(cfg)
-    if held_out:  # data and items come first: a bad file stops the run before any model loads
-        datamodule = val_datamodule(cfg, tokenizer, records)
-    else:
-        items = load_items(cfg)
-        fmt = R1ChatFormat(instruction=cfg.benchmark.get("instruction"))
-        check_prompt(fmt, records)
-        prompts = [fmt.generation_prompt(item.prompt_text()) for item in items]
-        prompt_ids = fmt.encode_generation_prompts(tokenizer, [item.prompt_text() for item in items])
-    engine = resolve_engine(cfg)
-    log.info("engine: %s", engine)
-    if engine == "merged":
-        models = each_merged_model(cfg.model, tokenizer, adapters, cfg.include_base, cfg.trainer.accelerator)
-    else:
-        model_cfg = peft_model_cfg(cfg.model)
-        models = each_peft_model(model_cfg, tokenizer, adapters, cfg.include_base, cfg.seed)
-    results, decoder = [], None
-    sampling = Sampling(cfg.do_sample, cfg.temperature, cfg.top_p)
-    for adapter, model in models:
+    if not scores_held_out(cfg):
+        runs = {path: training_run(path) for path in adapters}
+        return run_benchmarks(cfg, tokenizer, adapters, records, runs)
+    name = cfg.benchmark.name
+    datamodule = val_datamodule(cfg, tokenizer, records)  # a bad file stops the run before any model loads
+    model_cfg = peft_model_cfg(cfg.model)
+    results = []
+    for adapter, model in each_peft_model(model_cfg, tokenizer, adapters, cfg.include_base, cfg.seed):
         label, run = _label(adapter), training_run(adapter) if adapter else None
         log.info("%s: %s", name, label)
-        if held_out:
-            results.append(EvalResult(name, label, held_out_metrics(model, datamodule, cfg), run=run))
-            continue
-        if engine == "merged":
-            rows = len(prompt_ids) * cfg.num_samples
-            batch_size = None if cfg.batch_size == "auto" else min(cfg.batch_size, rows)  # no slot left idle
-            decoder = decoder or Decoder(
-                model, max(map(len, prompt_ids)), cfg.max_new_tokens, batch_size, rows, attention=cfg.decode_attention
-            )
-            completions = decode_completions(decoder, tokenizer, prompt_ids, sampling, cfg.num_samples, cfg.seed)
-        else:
-            model = to_accelerator(model, cfg.trainer.accelerator)
-            get_backend(model_cfg.backend).for_inference(model)
-            completions = generate(
-                model,
-                tokenizer,
-                prompt_ids,
-                max_new_tokens=cfg.max_new_tokens,
-                batch_size=8 if cfg.batch_size == "auto" else cfg.batch_size,
-                do_sample=cfg.do_sample,
-                temperature=cfg.temperature,
-                top_p=cfg.top_p,
-                num_samples=cfg.num_samples,
-                seed=cfg.seed,
-            )
-        metrics, predictions = score_completions(items, prompts, completions, tokenizer)
-        results.append(EvalResult(name, label, metrics, predictions, run))
+        results.append(EvalResult(name, label, held_out_metrics(model, datamodule, cfg), run=run))
     paths = write_report(cfg.paths.output_dir, results)
     log.info("\n%s", paths["report.md"].read_text("utf-8"))
     log.info("report: %s", ", ".join(str(p) for p in paths.values()))

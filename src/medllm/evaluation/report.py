@@ -21,6 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from medllm.evaluation.results import BASE, EvalResult
+from medllm.runs.atomic import write_atomically
 from medllm.runs.layout import REPORT_FILES
 
 COLUMNS = (
@@ -33,6 +34,11 @@ COLUMNS = (
     "format_rate",
     "mean_reasoning_chars",
     "mean_reasoning_tokens",
+    "cut_off_rate",
+    "accuracy_finished",
+    "accuracy_forced",
+    "accuracy_strict",
+    "fallback_answers",
     "loss",
     "perplexity",
     "token_accuracy",
@@ -113,28 +119,149 @@ def _ranked(models: dict[str, EvalResult]) -> list[tuple[str, EvalResult]]:
     return sorted(runs, key=lambda mr: (-mr[1].metrics["accuracy"], loss(mr[1])))
 
 
-def _ranking(models: dict[str, EvalResult]) -> list[str]:
+def _versus_best(model: str, best: str, compared: dict[str, dict[str, Any]]) -> str:
+    """The ranking's mark: whether the data tell this adapter apart from the best one (McNemar, p < 0.05)."""
+    if model == best:
+        return "best"
+    pair = compared.get(f"{model} vs {best}")
+    if pair is None:
+        return ""
+    verdict = "worse" if pair["distinguishable"] else "≈ best"
+    return f"{verdict} (Δ {pair['difference']:+.3f}, p={pair['p_mcnemar']:.3g})"
+
+
+def _ranking(models: dict[str, EvalResult], compared: dict[str, dict[str, Any]]) -> list[str]:
+    ranked = _ranked(models)
     lines = [
         "### Adapters ranked by accuracy",
         "",
-        "| rank | model | accuracy | macro f1 | val loss | lr | r | alpha |",
-        "|---|---|---|---|---|---|---|---|",
+        "| rank | model | accuracy | macro f1 | val loss | lr | r | alpha | vs best |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for rank, (model, result) in enumerate(_ranked(models), start=1):
+    for rank, (model, result) in enumerate(ranked, start=1):
         metrics, run = result.metrics, result.run
         cells = [metrics.get("accuracy"), metrics.get("macro_f1"), run.val_loss, run.lr]
-        cells = [_fmt(v) for v in cells] + [_fmt(run.r), _fmt(run.alpha)]
+        cells = [_fmt(v) for v in cells] + [_fmt(run.r), _fmt(run.alpha), _versus_best(model, ranked[0][0], compared)]
         lines.append("| " + " | ".join([str(rank), model.replace("|", "\\|"), *cells]) + " |")
     return lines
 
 
-def _markdown(grouped: dict[str, dict[str, EvalResult]]) -> str:
+def _cell(model: str) -> str:
+    return model.replace("|", "\\|")
+
+
+def _suite_lines(grouped: dict[str, dict[str, EvalResult]], extras: dict[str, Any]) -> list[str]:
+    """The suite's table (a row per model: each benchmark's accuracy, the macro and micro averages) and what was
+    skipped."""
+    averages, lines = extras.get("averages"), []
+    if averages:
+        benches = list(grouped)
+        lines += ["## Suite: accuracy per benchmark", "", "| model | " + " | ".join(benches) + " | macro | micro | n |"]
+        lines.append("|" + "---|" * (len(benches) + 4))
+        for model, avg in averages.items():
+            cells = [_fmt(grouped[b][model].metrics.get("accuracy")) if model in grouped[b] else "" for b in benches]
+            cells += [_fmt(avg["macro_accuracy"]), _fmt(avg["micro_accuracy"]), str(avg["n"])]
+            lines.append(f"| {_cell(model)} | " + " | ".join(cells) + " |")
+        lines.append("")
+    for name, why in (extras.get("skipped") or {}).items():
+        lines.append(f"- skipped **{name}**: {why}")
+    return [*lines, ""] if extras.get("skipped") else lines
+
+
+def _comparison_lines(comparisons: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    if not comparisons:
+        return []
+    lines = [
+        "## Differences in accuracy, paired over items",
+        "",
+        "Δ is the first model's accuracy minus the second's on the items both answered; the interval is a 95% paired "
+        "bootstrap over items; p is McNemar's exact test on the items they disagree on. An interval holding 0 (p >= "
+        "0.05): the data can't tell the two apart.",
+        "",
+        "| benchmark | model | vs | n | Δ accuracy | 95% interval | p (McNemar) | only model right | only vs right |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for scope, pairs in comparisons.items():
+        for pair in pairs.values():
+            interval = f"[{pair['ci_low']:+.3f}, {pair['ci_high']:+.3f}]"
+            cells = [
+                scope, _cell(pair["a"]), _cell(pair["b"]), str(pair["n"]), f"{pair['difference']:+.3f}", interval,
+                f"{pair['p_mcnemar']:.3g}", str(pair["only_first_right"]), str(pair["only_second_right"]),
+            ]  # fmt: skip
+            lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def _budget_lines(curve: dict[str, Any]) -> list[str]:
+    if not curve:
+        return []
+    budgets = next(iter(next(iter(curve.values())).values())).keys()
+    lines = [
+        "## Accuracy against the thinking budget",
+        "",
+        "Each completion cut at the budget (where its reasoning ran past it) and made to answer; one that closed its "
+        "reasoning within the budget keeps its answer.",
+        "",
+        "| benchmark | model | " + " | ".join(budgets) + " |",
+        "|" + "---|" * (len(budgets) + 2),
+    ]
+    for bench, models in curve.items():
+        for model, points in models.items():
+            lines.append(f"| {bench} | {_cell(model)} | " + " | ".join(_fmt(v) for v in points.values()) + " |")
+    return [*lines, ""]
+
+
+SPEED_COLUMNS = ("seconds", "rows", "new_tokens", "new_tokens_per_s", "rows_per_s", "batch_size", "bandwidth_share")
+
+
+def _speed_lines(speed: list[dict[str, Any]]) -> list[str]:
+    if not speed:
+        return []
+    lines = [
+        "## Speed (this process's generation passes)",
+        "",
+        "bandwidth share: the time reading the weights and each row's KV cache once per step would take at the card's "
+        "memory bandwidth, over the time taken (n/a: the CPU, or a card whose bandwidth is not listed).",
+        "",
+        "| model | pass | card | " + " | ".join(c.replace("_", " ") for c in SPEED_COLUMNS) + " |",
+        "|" + "---|" * (len(SPEED_COLUMNS) + 3),
+    ]
+    for row in speed:
+        cells = [_fmt(row.get(c)) if row.get(c) is not None else "n/a" for c in SPEED_COLUMNS]
+        lines.append(f"| {_cell(row['model'])} | {row['pass']} | {row.get('card', '')} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def _markdown(grouped: dict[str, dict[str, EvalResult]], extras: dict[str, Any]) -> str:
     lines = ["# Evaluation report", ""]
+    if extras.get("protocol"):
+        lines += [f"Protocol: **{extras['protocol']}**", ""]
+    lines += _suite_lines(grouped, extras)
+    comparisons = extras.get("comparisons") or {}
     for bench, models in grouped.items():
         lines += [f"## {bench}", "", *_table(models), ""]
         if _ranked(models):
-            lines += [*_ranking(models), ""]
+            lines += [*_ranking(models, comparisons.get(bench, {})), ""]
+    lines += _comparison_lines(comparisons) + _budget_lines(extras.get("budgets") or {})
+    lines += _speed_lines(extras.get("speed") or [])
     return "\n".join(lines)
+
+
+def _budget_chart(curve: dict[str, Any], path: Path) -> None:
+    """Accuracy against the thinking budget: a panel per benchmark, a line per model."""
+    fig = Figure(figsize=(4.5 * len(curve), 3.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    for ax, (bench, models) in zip(fig.subplots(1, len(curve), squeeze=False)[0], curve.items(), strict=True):
+        for model, points in models.items():
+            xs = [int(b) for b in points]
+            ax.plot(xs, [v if v is not None else float("nan") for v in points.values()], marker="o", label=model[-28:])
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("thinking budget (tokens)")
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(0, 1.05)
+        ax.set_title(bench)
+        ax.legend(fontsize=7)
+    fig.savefig(path, dpi=120)
 
 
 def _accuracy_vs_val_loss(grouped: dict[str, dict[str, EvalResult]], path: Path) -> bool:
@@ -191,24 +318,41 @@ def _chart(grouped: dict[str, dict[str, EvalResult]], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def write_report(out_dir: str | Path, results: Sequence[EvalResult]) -> dict[str, Path]:
-    """Write the four report files into ``out_dir`` (created if needed), and ``accuracy_vs_val_loss.png``
-    where adapters carry their training run; returns their paths."""
+def write_report(
+    out_dir: str | Path, results: Sequence[EvalResult], extras: dict[str, Any] | None = None
+) -> dict[str, Path]:
+    """Write the four report files into ``out_dir`` (created if needed), ``accuracy_vs_val_loss.png`` where adapters
+    carry their training run, and ``budgets.png`` with a budget curve; returns their paths.
+
+    ``extras``: what an evaluation adds beside the per-benchmark tables: ``protocol``, the suite's ``averages`` and
+    ``skipped`` benchmarks, ``comparisons`` (paired differences), the ``budgets`` curve and ``speed`` rows. Each file
+    is written whole or not at all: predictions.jsonl, which holds the finished items, is replaced only by a
+    complete copy of them.
+    """
+    extras = extras or {}
     grouped = _group(results)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / name for name in REPORT_FILES}
     summary = {bench: {model: dict(r.metrics) for model, r in models.items()} for bench, models in grouped.items()}
     runs = {r.model: dataclasses.asdict(r.run) for r in results if r.run}
-    paths["report.json"].write_text(json.dumps({"benchmarks": summary, "runs": runs}, indent=2) + "\n", "utf-8")
-    paths["report.md"].write_text(_markdown(grouped), "utf-8")
-    with paths["predictions.jsonl"].open("w", encoding="utf-8") as f:
-        for result in results:
-            for item in result.predictions or []:
-                line = {"benchmark": result.benchmark, "model": result.model, **item}
-                line.setdefault("correct", item["parsed"] == item["gold"])
-                f.write(json.dumps(line, ensure_ascii=False) + "\n")
+    report = {"benchmarks": summary, "runs": runs, **extras}
+    write_atomically(paths["report.json"], json.dumps(report, indent=2) + "\n")
+    write_atomically(paths["report.md"], _markdown(grouped, extras))
+
+    def predictions(tmp: Path) -> None:
+        with tmp.open("w", encoding="utf-8") as f:
+            for result in results:
+                for item in result.predictions or []:
+                    line = {"benchmark": result.benchmark, "model": result.model, **item}
+                    line.setdefault("correct", item["parsed"] == item["gold"])
+                    f.write(json.dumps(line, ensure_ascii=False) + "\n")
+
+    write_atomically(paths["predictions.jsonl"], predictions)
     _chart(grouped, paths["report.png"])
+    if extras.get("budgets"):
+        paths["budgets.png"] = out / "budgets.png"
+        _budget_chart(extras["budgets"], paths["budgets.png"])
     scatter = out / "accuracy_vs_val_loss.png"
     if _accuracy_vs_val_loss(grouped, scatter):
         paths[scatter.name] = scatter

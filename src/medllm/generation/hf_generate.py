@@ -47,11 +47,16 @@ def special_ids(tokenizer: Any) -> tuple[int, int]:
     return eos, eos if pad is None else pad
 
 
-def _decode(tokenizer: Any, ids: list[int], eos: int, pad: int) -> str:
-    """New tokens up to the first EOS, pad tokens dropped, special tokens such as ``</think>`` kept."""
+def _trim(ids: list[int], eos: int, pad: int) -> list[int]:
+    """New tokens up to the first EOS, pad tokens dropped."""
     if eos in ids:
         ids = ids[: ids.index(eos)]
-    return tokenizer.decode([i for i in ids if i != pad], skip_special_tokens=False)
+    return [i for i in ids if i != pad]
+
+
+def _decode(tokenizer: Any, ids: list[int], eos: int, pad: int) -> str:
+    """New tokens up to the first EOS, pad tokens dropped, special tokens such as ``</think>`` kept."""
+    return tokenizer.decode(_trim(ids, eos, pad), skip_special_tokens=False)
 
 
 def _sampling_args(do_sample: bool, temperature: float, top_p: float) -> dict[str, Any]:
@@ -73,8 +78,10 @@ def generate(
     num_samples: int = 1,
     seed: int = 0,
     progress: bool = True,
-) -> list[list[str]]:
-    """``num_samples`` completions per prompt (token ids of rendered prompts, BOS included).
+    with_ids: bool = False,
+) -> list[list[str]] | tuple[list[list[str]], list[list[list[int]]]]:
+    """``num_samples`` completions per prompt (token ids of rendered prompts, BOS included); ``with_ids``: also
+    their new token ids (up to the first EOS), as ``(texts, ids)``.
 
     Prompts are batched longest first, so rows of a batch need little padding, and returned in the
     caller's order. Sampling is seeded once, so a run is repeatable on the same hardware.
@@ -86,6 +93,7 @@ def generate(
     eos, pad = special_ids(tokenizer)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
     results: list[list[str]] = [[] for _ in prompts]
+    result_ids: list[list[list[int]]] = [[] for _ in prompts]
     torch.manual_seed(seed)
     batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
     with _left_padding(tokenizer), _eval_mode(model):
@@ -102,8 +110,10 @@ def generate(
             )
             new_tokens = out[:, encoded["input_ids"].shape[1] :].tolist()
             for row, ids in enumerate(new_tokens):  # rows come grouped: a prompt's samples are adjacent
-                results[batch[row // num_samples]].append(_decode(tokenizer, ids, eos, pad))
-    return results
+                kept = _trim(ids, eos, pad)
+                results[batch[row // num_samples]].append(tokenizer.decode(kept, skip_special_tokens=False))
+                result_ids[batch[row // num_samples]].append(kept)
+    return (results, result_ids) if with_ids else results
 
 
 def stream_answer(model: Any, tokenizer: Any, prompt: list[int], max_new_tokens: int = 512) -> str:

@@ -37,7 +37,7 @@ from omegaconf import DictConfig
 
 from medllm.config.resolvers import launched_processes, process_rank
 from medllm.runs.hydra_files import guard_secrets, hydra_files_dir, redact_file, write_hydra_files
-from medllm.runs.layout import FINISHED, HYDRA_DIR, SUMMARY, RunDir, check_eval_dir, result_dirs
+from medllm.runs.layout import FINISHED, FRESH, RESUME, SUMMARY, RunDir, check_eval_dir, result_dirs
 from medllm.runs.locks import claim, detach_file_logs, lock, release_locks
 
 
@@ -113,8 +113,9 @@ class EvalDirGuard(Callback):
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         guard_secrets(config)
         run_dir = Path(str(config.hydra.runtime.output_dir))
-        claim(run_dir, lambda: check_eval_dir(run_dir))
-        write_hydra_files(config, run_dir / HYDRA_DIR)
+        resume = bool(config.get("resume"))
+        claim(run_dir, lambda: check_eval_dir(run_dir, resume))
+        write_hydra_files(config, hydra_files_dir(run_dir, RESUME if resume else FRESH))
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         release_locks()

@@ -99,11 +99,17 @@ class RunDir:
         write_atomically(self.summary_file, json.dumps(summary, indent=2))
 
 
-def check_eval_dir(out_dir: Path) -> None:
-    """RunDirError where an evaluation into ``out_dir`` would write over another's results or a training run."""
+def check_eval_dir(out_dir: Path, resume: bool = False) -> None:
+    """RunDirError where an evaluation into ``out_dir`` would write over another's results or a training run.
+    ``resume``: an evaluation's own folder is continued (its settings are checked once its items are known)."""
     held = [name for name in (*REPORT_FILES, ANSWERS) if (out_dir / name).exists()]
+    if resume and ANSWERS not in held:
+        held = []
     if held:
-        raise RunDirError(f"{out_dir} holds an evaluation already ({', '.join(held)}); choose another hydra.run.dir.")
+        raise RunDirError(
+            f"{out_dir} holds an evaluation already ({', '.join(held)}); choose another hydra.run.dir (or, to continue "
+            "that evaluation with the same command, add resume=true)."
+        )
     training = RunDir(out_dir).trained_traces()
     if training:
         raise RunDirError(
