@@ -61,7 +61,8 @@ def test_models_that_answer_alike_are_indistinguishable():
     assert (result["difference"], result["ci_low"], result["ci_high"], result["p_mcnemar"]) == (0, 0, 0, 1)
     assert not result["distinguishable"]
     # 100 items, 2 points apart: 6 won by the first, 4 by the second
-    close = paired_difference([True] * 6 + [False] * 4 + [True] * 45, [False] * 6 + [True] * 4 + [True] * 45)
+    both = [True] * 45 + [False] * 45
+    close = paired_difference([True] * 6 + [False] * 4 + both, [False] * 6 + [True] * 4 + both)
     assert close["difference"] == pytest.approx(0.02) and close["p_mcnemar"] == pytest.approx(0.75390625)
     assert close["ci_low"] < 0 < close["ci_high"] and not close["distinguishable"]
 
