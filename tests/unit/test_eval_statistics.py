@@ -42,7 +42,7 @@ def test_the_interval_is_scipys_paired_bootstrap():
         vectorized=True,
         n_resamples=RESAMPLES,
         method="percentile",
-        random_state=np.random.default_rng(3),
+        rng=np.random.default_rng(3),
     ).confidence_interval
     assert (result["ci_low"], result["ci_high"]) == pytest.approx((expected.low, expected.high))
     assert result["ci_low"] < result["difference"] < result["ci_high"]
