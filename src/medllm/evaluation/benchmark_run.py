@@ -39,7 +39,7 @@ from medllm.models.backends import get_backend
 from medllm.runs.record import RunRecord
 from medllm.tasks.benchmarks import load_items
 from medllm.tasks.items import BenchmarkItem
-from medllm.tasks.protocols import STRICT, prompt_text
+from medllm.tasks.protocols import STRICT, as_protocol_item, prompt_text
 from medllm.tasks.suites import load_suite
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,7 @@ def run_benchmarks(
     """Score the base (unless left out) and each adapter; ``runs`` maps adapter paths to their TrainingRun (or None).
     Writes the report into ``cfg.paths.output_dir`` and returns a result per (benchmark, model)."""
     benchmarks, skipped = load_benchmarks(cfg)
+    benchmarks = {name: [as_protocol_item(i, cfg.protocol.name) for i in items] for name, items in benchmarks.items()}
     questions = _questions(cfg, tokenizer, benchmarks, records)
     labels = {None: BASE} | {path: f"adapter:{path}" for path in adapters}
     if adapters and not cfg.include_base:
