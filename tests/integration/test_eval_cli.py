@@ -231,7 +231,11 @@ def test_an_evaluation_stopped_by_sigterm_says_so_and_its_folder_takes_the_rerun
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 1 and "Traceback" not in stderr
-    assert stderr.strip().splitlines()[-1].startswith("error: interrupted before the report was written")
-    assert not any((tmp_path / "eval" / name).exists() for name in REPORT_FILES)
-    eval_py(*settings, "limit=2", "max_new_tokens=4")  # the same folder takes the rerun
-    assert (tmp_path / "eval" / "report.json").is_file()
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("error: interrupted before the report was written") and "resume=true" in last
+    assert not (tmp_path / "eval" / "report.json").exists()
+    kept = tmp_path / "eval" / "predictions.jsonl"
+    kept = kept.read_text().splitlines() if kept.is_file() else []
+    eval_py(*settings, "max_new_tokens=64", "resume=true")  # the same command continues in the same folder
+    predictions = (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()
+    assert len(predictions) == 80 and set(kept) <= set(predictions)  # what the stopped run finished is kept
