@@ -124,7 +124,7 @@ def test_a_sweep_report_ranks_adapters_beside_their_training_run(sweep_eval, smo
     assert runs[trained_label]["val_loss"] == pytest.approx(summary["val_loss"])
     assert (runs[trained_label]["lr"], runs[trained_label]["r"]) == (trained_cfg.optimizer.lr, trained_cfg.model.lora.r)
     markdown = (out / "0" / "report.md").read_text()
-    ranking = markdown.split("### Adapters ranked by accuracy")[1].splitlines()
+    ranking = markdown.split("### Adapters ranked by accuracy")[1].split("\n## ")[0].splitlines()
     assert [line.split(" | ")[1] for line in ranking if line.startswith("| 1 ")] == [trained_label]
     assert zeroed_label not in "".join(ranking)
     assert (out / "0" / "accuracy_vs_val_loss.png").read_bytes().startswith(b"\x89PNG")

@@ -72,7 +72,7 @@ def test_a_resume_with_other_settings_or_a_rerun_without_resume_is_refused(input
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     with pytest.raises(ConfigError, match=r"resume=true: .* other settings \(max_new_tokens: 12 -> 10\)"):
         run(inputs, out, "limit=2", "force_answers=false", "budgets=[]", "resume=true", "max_new_tokens=10")
-    with pytest.raises(RunDirError, match=r"holds an evaluation already .* add resume=true"):
+    with pytest.raises(RunDirError, match=r"holds an evaluation already .*the same command with resume=true"):
         run(inputs, out, "limit=2", "force_answers=false", "budgets=[]")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 

@@ -106,10 +106,9 @@ def check_eval_dir(out_dir: Path, resume: bool = False) -> None:
     if resume and ANSWERS not in held:
         held = []
     if held:
-        raise RunDirError(
-            f"{out_dir} holds an evaluation already ({', '.join(held)}); choose another hydra.run.dir (or, to continue "
-            "that evaluation with the same command, add resume=true)."
-        )
+        hint = "" if ANSWERS in held else " (to continue it: the same command with resume=true)"
+        held_text = ", ".join(held)
+        raise RunDirError(f"{out_dir} holds an evaluation already ({held_text}){hint}; choose another hydra.run.dir.")
     training = RunDir(out_dir).trained_traces()
     if training:
         raise RunDirError(
