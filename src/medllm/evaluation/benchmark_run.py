@@ -32,6 +32,7 @@ from medllm.evaluation.scores import (
     item_correct,
 )
 from medllm.evaluation.speed import bandwidth_share
+from medllm.evaluation.wandb_report import log_report
 from medllm.generation.decoding import Decoder
 from medllm.generation.engines import each_peft_model, peft_model_cfg, resolve_engine, to_accelerator
 from medllm.generation.merged import each_merged_model
@@ -162,7 +163,9 @@ def _report(cfg, tokenizer, benchmarks, skipped, labels, rows, runs, speed, forc
         "budgets": budget_curve(rows_by, sorted(cfg.budgets)) if cfg.budgets else {},
         "speed": speed,
     }
-    paths = write_report(cfg.paths.output_dir, results, {k: v for k, v in extras.items() if v is not None})
+    extras = {k: v for k, v in extras.items() if v is not None}
+    paths = write_report(cfg.paths.output_dir, results, extras)
     log.info("\n%s", paths["report.md"].read_text("utf-8"))
     log.info("report: %s", ", ".join(str(p) for p in paths.values()))
+    log_report(cfg, results, extras, Path(cfg.paths.output_dir))
     return results

@@ -20,13 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import netrc
-import os
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import lightning as L
 import torch
@@ -35,62 +31,23 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from medllm.config.schema import WANDB_MODE
 from medllm.config.schema import WandbLogger as WandbSettings
 from medllm.config.schema_check import typed
-from medllm.config.secrets import redact_argv
 from medllm.data.chat_format import ASSISTANT, EOS, IGNORE_INDEX, THINK_OPEN
 from medllm.generation.hf_generate import generate
+from medllm.runs.wandb_mode import redacted_argv, resolve_mode
 
 log = logging.getLogger(__name__)
 
 WANDB_TARGET = "lightning.pytorch.loggers.WandbLogger"
 # medllm's knobs inside the W&B logger config: read here, removed before WandbLogger is instantiated.
 SAMPLE_KNOBS = ("log_samples", "num_samples", "sample_max_new_tokens")
-DEFAULT_HOST = "https://api.wandb.ai"
-
-
-@contextlib.contextmanager
-def _redacted_argv() -> Iterator[None]:
-    """W&B records ``sys.argv`` with the run (wandb-metadata): hide secrets while the run starts."""
-    saved = sys.argv
-    sys.argv = redact_argv(saved)
-    try:
-        yield
-    finally:
-        sys.argv = saved
 
 
 # ---- the logger ----------------------------------------------------------------------------------
-def has_api_key() -> bool:
-    """A W&B API key in ``WANDB_API_KEY`` or in the netrc file (``$NETRC`` or ``~/.netrc``) for the W&B host."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    host = urlsplit(os.environ.get("WANDB_BASE_URL") or DEFAULT_HOST).hostname
-    path = os.environ.get("NETRC") or Path("~/.netrc").expanduser()
-    try:
-        creds = netrc.netrc(path).authenticators(host) if host else None
-    except (OSError, netrc.NetrcParseError):
-        return False
-    return bool(creds and creds[2])
-
-
-def resolve_mode(mode: str | None) -> tuple[str, str]:
-    """The W&B mode (``logger.mode``, checked by the schema, else decided here) and why it was chosen."""
-    if mode is not None:
-        WANDB_MODE.check("logger.mode", mode)
-        return mode, "logger.mode"
-    env_mode = os.environ.get("WANDB_MODE")
-    if env_mode:
-        return {"dryrun": "offline", "offline": "offline", "disabled": "disabled"}.get(env_mode, "online"), "WANDB_MODE"
-    if has_api_key():
-        return "online", "an API key is configured"
-    return "offline", "no API key: neither WANDB_API_KEY nor a netrc entry from `wandb login`"
-
-
 def _start(kwargs: dict[str, Any], mode: str) -> WandbLogger:
     logger = instantiate({**kwargs, "mode": mode})
-    with _redacted_argv():
+    with redacted_argv():
         _ = logger.experiment  # starts the run now (rank 0), while the command line is redacted
     return logger
 
