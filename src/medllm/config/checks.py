@@ -242,6 +242,11 @@ def _check_eval_after_training(cfg: DictConfig) -> None:
         check_eval_config(eval_cfg, overrides)
     except ConfigError as err:
         raise ConfigError(f"eval_after_training: {err}") from None
+    if eval_cfg.get("suite") is not None:
+        raise ConfigError(
+            f"eval_after_training: suite={eval_cfg.suite.name} scores several benchmarks; a run's summary takes the "
+            "scores of one benchmark: give one (benchmark=...), and score the suite with eval.py afterwards."
+        )
 
 
 def _one_line(message: str) -> str:
