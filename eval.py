@@ -4,6 +4,7 @@
     python eval.py benchmark=medical_o1_val adapter_path=outputs/.../adapter   # held-out loss, perplexity
     python eval.py sweep_dir=multirun/2025-01-01/12-00-00 benchmark=medqa limit=200
     python eval.py mode=generate question="..." adapter_path=outputs/.../adapter
+    python eval.py suite=medical suite.data_dir=data/benchmarks adapter_path=outputs/.../adapter   # the standard table
 
 An adapter saved by train.py carries its run's record (<run>/adapter/medllm_run.json): the model, data,
 max_seq_length and seed not given on the command line are taken from it, and a given one that contradicts it is
