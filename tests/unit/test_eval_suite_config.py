@@ -24,8 +24,17 @@ def check(tmp_path, *overrides: str):
         (("suite=medical", "suite.benchmarks=[medqa,usmle]"), r"suite\.benchmarks=.* must be a non-empty list"),
         (("suite=medical", "suite.benchmarks=[]"), r"suite\.benchmarks=\[\] must be a non-empty list"),
         (("protocol=huatuogpt_o1", "benchmark=medical_o1_val"), r"protocol=huatuogpt_o1 asks questions"),
+        (("suite=medical", "benchmark=medqa"), r"benchmark=medqa with suite=medical: a suite scores its own"),
     ],
-    ids=["budget-past-limit", "zero-budget", "missing-data-dir", "unknown-benchmark", "no-benchmark", "held-out"],
+    ids=[
+        "budget-past-limit",
+        "zero-budget",
+        "missing-data-dir",
+        "unknown-benchmark",
+        "no-benchmark",
+        "held-out",
+        "benchmark-and-suite",
+    ],
 )
 def test_a_mistake_is_one_line_naming_the_key(tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -45,3 +54,20 @@ def test_a_suite_in_eval_after_training_is_refused_before_training(tmp_path):
     cfg = compose_train("experiment=smoke", f"paths.output_dir={tmp_path}", '+eval_after_training=["suite=medical"]')
     with pytest.raises(ConfigError, match=r"eval_after_training: suite=medical .* one benchmark"):
         check_train_config(cfg)
+
+
+def test_the_suite_schema_defaults_to_its_yaml(tmp_path):
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    from medllm.config.schema import Suite
+
+    composed = OmegaConf.to_container(check(tmp_path, "suite=medical").suite, resolve=False)
+    defaults = {
+        f.name: f.default_factory() if callable(f.default_factory) else f.default for f in dataclasses.fields(Suite)
+    }
+    assert {k: v for k, v in composed.items() if k != "instruction"} == {
+        k: v for k, v in defaults.items() if k != "instruction"
+    }
+    assert composed["instruction"] == "${data.instruction}"  # the training data's, as the benchmarks' own

@@ -124,6 +124,12 @@ def check_eval_config(cfg: DictConfig, overrides: Sequence[str] | None = None, m
         )
     _check_generated_answers(cfg)
     if cfg.mode == "benchmark" and cfg.get("suite") is not None:
+        given = [o for o in overrides or [] if o.lstrip("+~").split("=")[0].split(".")[0] == "benchmark"]
+        if given:
+            raise ConfigError(
+                f"{given[0]} with suite={cfg.suite.name}: a suite scores its own benchmarks (suite.benchmarks, read "
+                "from suite.data_dir); leave benchmark out, or drop the suite to score one benchmark."
+            )
         inputs.suite_data_dir(cfg.suite.get("data_dir"))
     elif cfg.mode == "benchmark":
         bench = cfg.benchmark
