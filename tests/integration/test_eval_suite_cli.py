@@ -84,6 +84,9 @@ def test_one_report_holds_every_benchmark_its_averages_and_what_was_skipped(suit
             for p in rows:  # made to answer at 4 tokens where the reasoning was still open there, never before
                 assert ("forced" in p) >= (p["new_tokens"] >= 4 and "</think>" not in p["output"])
                 assert ("forced" in p) <= (p["new_tokens"] >= 4)
+    for model in models:  # MMLU's subjects, one item each here
+        subjects = report["benchmarks"]["mmlu_medical"][model]["subjects"]
+        assert sorted(subjects) == sorted(SUBJECTS) and all(s["n"] == 1 for s in subjects.values())
     markdown = (out / "report.md").read_text()
     assert "Protocol: **strict**" in markdown and "skipped **gpqa_medical**" in markdown
     assert "| model | medqa | medmcqa | pubmedqa | mmlu_medical | macro | micro | n |" in markdown

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from medllm.data.chat_format import THINK_CLOSE, plain_text_encoder
@@ -51,7 +51,6 @@ class Pass:
     new_tokens: int
     batch_size: int
     prompt_tokens: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def as_row(self) -> dict[str, Any]:
         seconds = max(self.seconds, 1e-9)
@@ -64,7 +63,6 @@ class Pass:
             "new_tokens_per_s": self.new_tokens / seconds,
             "rows_per_s": self.rows / seconds,
             "batch_size": self.batch_size,
-            **self.extra,
         }
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from medllm.evaluation.results import BASE, EvalResult
 from medllm.evaluation.statistics import paired_difference
+from medllm.tasks.exams import subject_of
 from medllm.tasks.items import BenchmarkItem
 from medllm.tasks.protocols import STRICT, as_protocol_item, lenient_accuracy, lenient_answer
 from medllm.tasks.scoring import reasoning_stats, score, shared_choices
@@ -64,6 +65,12 @@ def benchmark_result(
     metrics |= reasoning_stats(outputs, tokenizer)
     metrics |= cut_off_metrics(rows, limit)
     metrics["mean_new_tokens"] = sum(r["new_tokens"] for r in rows) / len(rows)
+    subjects: dict[str, list[bool]] = {}
+    for row in rows:
+        if (subject := subject_of(str(row["id"]))) is not None:
+            subjects.setdefault(subject, []).append(row["correct"])
+    if subjects:  # an exam's subjects (MMLU's, MMLU-Pro's, GPQA's): their accuracies (strict) and sizes
+        metrics["subjects"] = {s: {"accuracy": _mean(c), "n": len(c)} for s, c in subjects.items()}
     if protocol != STRICT:
         metrics["accuracy_strict"] = metrics["accuracy"]
         by_id = {item.id: item for item in items}
