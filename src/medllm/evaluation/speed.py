@@ -1,11 +1,12 @@
 """How fast each generation pass ran, against what the card's memory bandwidth allows.
 
-Decoding one token a row is bound by memory: each step reads every weight once and each row's KV cache up to its
-position. A pass of ``new_tokens`` in slots of ``batch_size`` takes about ``new_tokens / batch_size`` steps, each
-reading the weights plus ``batch_size`` rows of cache at their mean context (the prompt and half the new tokens);
-at the card's bandwidth that is the pass's shortest possible time. The share reached is that time over the time
-measured: 100% is the limit, and the rest is host overhead, prefill, attention compute or idle slots. Where the
-card's bandwidth is not known (the CPU, an unlisted GPU) the share is None (n/a).
+Decoding one token a row is bound by memory: each step reads every weight once (the input embedding only for the
+slots' tokens) and each row's KV cache up to its position. A pass of ``new_tokens`` in slots of ``batch_size`` takes
+about ``new_tokens / batch_size`` steps, each reading the weights plus ``batch_size`` rows of cache at their mean
+context (the prompt and half the new tokens); at the card's bandwidth that is the pass's shortest possible time. The
+share reached is that time over the time measured: 100% is the limit, and the rest is host overhead, prefill,
+attention compute or idle slots. Where the card's bandwidth is not known (the CPU, an unlisted GPU) the share is
+None (n/a).
 """
 
 from __future__ import annotations
@@ -47,9 +48,26 @@ def bandwidth_share(model: Any, row: dict[str, Any], prompt_tokens: int) -> dict
     if bandwidth is None or not row["new_tokens"] or not row["seconds"]:
         return out
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    embedding, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    if embedding.data_ptr() != head.data_ptr():  # a step reads one row of the input embedding per slot, not all
+        weights -= embedding.numel() * embedding.element_size()
     kv = kv_bytes_per_token(model.config, model.dtype)
-    batch = max(1, min(row["batch_size"], row["rows"]))
-    steps = row["new_tokens"] / batch
-    context = prompt_tokens / max(row["rows"], 1) + row["new_tokens"] / max(row["rows"], 1) / 2
-    limit_seconds = steps * (weights + batch * context * kv) / bandwidth
-    return out | {"bandwidth_share": limit_seconds / row["seconds"], "bandwidth_tb_s": bandwidth / 1e12}
+    mean_prompt = prompt_tokens / max(row["rows"], 1)
+    limit = limit_seconds(weights, kv, row["batch_size"], row["rows"], row["new_tokens"], mean_prompt, bandwidth)
+    return out | {"bandwidth_share": limit / row["seconds"], "bandwidth_tb_s": bandwidth / 1e12}
+
+
+def limit_seconds(
+    weight_bytes: float,
+    kv_per_token: float,
+    batch_size: int,
+    rows: int,
+    new_tokens: int,
+    mean_prompt: float,
+    bandwidth: float,
+) -> float:
+    """The shortest time ``new_tokens`` of ``rows`` can decode in ``batch_size`` slots at ``bandwidth`` bytes/s:
+    ``new_tokens / batch`` steps, each reading the weights and ``batch`` rows of cache at their mean context."""
+    batch = max(1, min(batch_size, rows))
+    context = mean_prompt + new_tokens / max(rows, 1) / 2
+    return new_tokens / batch * (weight_bytes + batch * context * kv_per_token) / bandwidth
