@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 
 import pytest
 
-from tests.helpers.cli import eval_py
+from tests.helpers.configs import ROOT
 from tests.helpers.extras import needs_wandb
 from tests.integration.test_eval_suite_cli import write_data_dir
 from tests.integration.test_wandb import _key, read_wandb_records
@@ -15,12 +18,16 @@ from tests.integration.test_wandb import _key, read_wandb_records
 pytestmark = [pytest.mark.slow, needs_wandb]
 
 
-def test_the_suite_logs_its_table_predictions_and_budget_curve(tmp_path, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "offline")
+def test_the_suite_logs_its_table_predictions_and_budget_curve(tmp_path):
+    """In a process of its own: wandb's first import patches the sys.stdout of that moment for good, so importing it
+    here would leave a later W&B run of the test session without its console log (output.log)."""
     data = write_data_dir(tmp_path / "data")
     out = tmp_path / "eval"
-    eval_py("suite=medical", f"suite.data_dir={data}", "suite.benchmarks=[medqa,pubmedqa]", "logger=wandb",
-            "max_new_tokens=6", "budgets=[3]", f"hydra.run.dir={out}")  # fmt: skip
+    overrides = [f"suite.data_dir={data}", "suite.benchmarks=[medqa,pubmedqa]", "logger=wandb", "max_new_tokens=6"]
+    command = [sys.executable, "eval.py", "suite=medical", *overrides, "budgets=[3]", f"hydra.run.dir={out}"]
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
     (run_file,) = out.glob("wandb/offline-run-*/run-*.wandb")
     deadline = time.monotonic() + 60
     records = read_wandb_records(run_file)
