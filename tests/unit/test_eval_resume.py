@@ -72,6 +72,8 @@ def test_a_resume_with_other_settings_or_a_rerun_without_resume_is_refused(input
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     with pytest.raises(ConfigError, match=r"resume=true: .* other settings \(max_new_tokens: 12 -> 10\)"):
         run(inputs, out, "limit=2", "force_answers=false", "budgets=[]", "resume=true", "max_new_tokens=10")
+    with pytest.raises(ConfigError, match=r"other settings \(items: \{'mcq'.*\}\); run the same"):  # 3 items
+        run(inputs, out, "limit=3", "force_answers=false", "budgets=[]", "resume=true")
     with pytest.raises(RunDirError, match=r"holds an evaluation already .*the same command with resume=true"):
         run(inputs, out, "limit=2", "force_answers=false", "budgets=[]")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
@@ -86,3 +88,12 @@ def test_a_line_broken_inside_the_file_is_named_not_dropped(tmp_path):
     (tmp_path / "predictions.jsonl").write_text("\n".join([lines[0], lines[1][:10], lines[2]]) + "\n")
     with pytest.raises(ConfigError, match=r"predictions\.jsonl: line 2 is not valid JSON"):
         PredictionLog(tmp_path, {"a": 1}, resume=True)
+
+
+def test_a_long_setting_that_differs_is_named_in_short(tmp_path):
+    from medllm.evaluation.predictions import check_resume
+
+    before = {"items": {"medqa": [str(i) for i in range(500)], "pubmedqa": ["1"]}, "seed": 1}
+    now = {"items": {"medqa": [str(i) for i in range(400)], "pubmedqa": ["1"]}, "seed": 2}
+    with pytest.raises(ConfigError, match=r"other settings \(items of medqa; seed: 1 -> 2\); run the same"):
+        check_resume(before, now, tmp_path / "eval_settings.json")

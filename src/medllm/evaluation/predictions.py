@@ -90,7 +90,7 @@ class PredictionLog:
 def check_resume(before: dict[str, Any], now: dict[str, Any], where: Path) -> None:
     """ConfigError naming each setting that differs between the evaluation in the folder and this command."""
     changed = [
-        f"{key}: {before.get(key)!r} -> {now.get(key)!r}"
+        _change(key, before.get(key), now.get(key))
         for key in sorted(set(before) | set(now))
         if before.get(key) != now.get(key)
     ]
@@ -99,3 +99,14 @@ def check_resume(before: dict[str, Any], now: dict[str, Any], where: Path) -> No
             f"resume=true: the evaluation in {where.parent} was run with other settings ({'; '.join(changed)}); run "
             "the same command to resume it, or choose another hydra.run.dir for this one."
         )
+
+
+def _change(key: str, before: Any, now: Any) -> str:
+    """``key: before -> now``, or for long values (the items' ids) what differs in short."""
+    shown = f"{key}: {before!r} -> {now!r}"
+    if len(shown) <= 120:
+        return shown
+    if isinstance(before, dict) and isinstance(now, dict):
+        differ = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+        return f"{key} of {', '.join(differ)}"
+    return f"{key} (changed)"
