@@ -20,7 +20,7 @@ from medllm.data.chat_format import R1ChatFormat
 from medllm.evaluation.answers import Forcing, Question, answer_merged, answer_peft
 from medllm.evaluation.predictions import PredictionLog
 from medllm.evaluation.report import write_report
-from medllm.evaluation.results import BASE, EvalResult
+from medllm.evaluation.results import BASE, EvalResult, adapter_label
 from medllm.evaluation.run_settings import check_prompt
 from medllm.evaluation.scores import (
     ALL,
@@ -89,7 +89,7 @@ def run_benchmarks(
     benchmarks, skipped = load_benchmarks(cfg)
     benchmarks = {name: [as_protocol_item(i, cfg.protocol.name) for i in items] for name, items in benchmarks.items()}
     questions = _questions(cfg, tokenizer, benchmarks, records)
-    labels = {None: BASE} | {path: f"adapter:{path}" for path in adapters}
+    labels = {None: BASE} | {path: adapter_label(path) for path in adapters}
     if adapters and not cfg.include_base:
         labels.pop(None)
     out = Path(cfg.paths.output_dir)
