@@ -4,7 +4,8 @@ The base model is loaded once and every adapter scored on it, so a sweep of adap
 load, not one per adapter (``medllm.generation.engines``: the merged engine merges each adapter into
 the 16-bit weights in turn and decodes with the slot-refill decoder; the peft engine loads each adapter
 beside the active one and scores the base with the adapter switched off). Every model answers the same
-prompts with the same decoding settings; only the adapter differs.
+prompts with the same decoding settings; only the adapter differs. Benchmarks of generated answers (one, or a suite)
+are run by ``medllm.evaluation.benchmark_run``; held-out loss and ``mode=generate`` here.
 """
 
 from __future__ import annotations
@@ -27,11 +28,7 @@ from medllm.evaluation.held_out import held_out_metrics, val_datamodule
 from medllm.evaluation.report import write_report
 from medllm.evaluation.results import BASE, EvalResult, TrainingRun, adapter_label
 from medllm.evaluation.run_settings import check_prompt, run_records
-from medllm.generation.engines import (
-    each_peft_model,
-    peft_model_cfg,
-    to_accelerator,
-)
+from medllm.generation.engines import each_peft_model, peft_model_cfg, to_accelerator
 from medllm.generation.hf_generate import stream_answer
 from medllm.models.backends import get_backend
 from medllm.runs.jobs import read_job
@@ -98,7 +95,8 @@ def _label(adapter: str | None) -> str:
 
 
 def evaluate(cfg: DictConfig) -> list[EvalResult]:
-    """Score every model on ``cfg.benchmark``, write the report into ``cfg.paths.output_dir``; returns the results."""
+    """Score every model on ``cfg.benchmark`` (or the suite's benchmarks), write the report into
+    ``cfg.paths.output_dir``; returns the results."""
     check_eval_config(cfg)
     check_eval_dir(Path(cfg.paths.output_dir), resume=bool(cfg.get("resume")))
     L.seed_everything(cfg.seed, verbose=False)
