@@ -20,7 +20,7 @@ from typing import Any
 
 from medllm.data.chat_format import THINK_CLOSE, plain_text_encoder
 from medllm.generation.decoding import Decoder, Sampling
-from medllm.generation.hf_generate import generate, special_ids
+from medllm.generation.hf_generate import decode_completion, generate, special_ids
 from medllm.tasks.extraction import extract_answer
 from medllm.tasks.items import BenchmarkItem
 from medllm.tasks.scoring import majority_vote
@@ -132,7 +132,7 @@ def answer_merged(
         if len(finished[number]) < samples:
             return
         rows_ids = [finished.pop(number)[s] for s in range(samples)]
-        outputs = [tokenizer.decode(ids, skip_special_tokens=False) for ids in rows_ids]
+        outputs = [decode_completion(tokenizer, ids, pad) for ids in rows_ids]  # as the peft engine writes them
         row = _row(questions[number], model, outputs, rows_ids[0], limit)
         points = forcing.budgets_for(rows_ids[0])
         if points:

@@ -16,8 +16,7 @@ import torch
 from omegaconf import DictConfig, open_dict
 
 from medllm.config.schema import scores_held_out
-from medllm.generation.decoding import Decoder, Sampling, kv_bytes_per_token
-from medllm.generation.hf_generate import special_ids
+from medllm.generation.decoding import kv_bytes_per_token
 from medllm.models.backends import get_backend
 
 log = logging.getLogger(__name__)
@@ -104,15 +103,3 @@ def to_accelerator(model: Any, accelerator: str) -> Any:
     if accelerator in ("gpu", "cuda") and torch.cuda.is_available() and model.device.type == "cpu":
         return model.to("cuda")
     return model
-
-
-def decode_completions(
-    decoder: Decoder, tokenizer: Any, prompt_ids: list[list[int]], sampling: Sampling, num_samples: int, seed: int
-) -> list[list[str]]:
-    """``num_samples`` completions per prompt from the merged engine, as text up to the first EOS."""
-    eos, pad = special_ids(tokenizer)
-    ids = decoder.decode(
-        [p for p in prompt_ids for _ in range(num_samples)], eos_id=eos, pad_id=pad, sampling=sampling, seed=seed
-    )
-    texts = [tokenizer.decode(row, skip_special_tokens=False) for row in ids]
-    return [texts[i : i + num_samples] for i in range(0, len(texts), num_samples)]

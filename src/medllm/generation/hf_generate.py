@@ -47,16 +47,20 @@ def special_ids(tokenizer: Any) -> tuple[int, int]:
     return eos, eos if pad is None else pad
 
 
-def _trim(ids: list[int], eos: int, pad: int) -> list[int]:
-    """New tokens up to the first EOS, pad tokens dropped."""
-    if eos in ids:
-        ids = ids[: ids.index(eos)]
-    return [i for i in ids if i != pad]
+def _until_eos(ids: list[int], eos: int) -> list[int]:
+    """New tokens up to the first EOS: what the row generated (a row that ended is padded after its EOS)."""
+    return ids[: ids.index(eos)] if eos in ids else ids
+
+
+def decode_completion(tokenizer: Any, ids: list[int], pad: int) -> str:
+    """A completion's text: pad tokens dropped (``generate`` can't tell a generated one from padding), special
+    tokens such as ``</think>`` kept."""
+    return tokenizer.decode([i for i in ids if i != pad], skip_special_tokens=False)
 
 
 def _decode(tokenizer: Any, ids: list[int], eos: int, pad: int) -> str:
     """New tokens up to the first EOS, pad tokens dropped, special tokens such as ``</think>`` kept."""
-    return tokenizer.decode(_trim(ids, eos, pad), skip_special_tokens=False)
+    return decode_completion(tokenizer, _until_eos(ids, eos), pad)
 
 
 def _sampling_args(do_sample: bool, temperature: float, top_p: float) -> dict[str, Any]:
@@ -81,7 +85,7 @@ def generate(
     with_ids: bool = False,
 ) -> list[list[str]] | tuple[list[list[str]], list[list[list[int]]]]:
     """``num_samples`` completions per prompt (token ids of rendered prompts, BOS included); ``with_ids``: also
-    their new token ids (up to the first EOS), as ``(texts, ids)``.
+    their new token ids (up to the first EOS, any pad token the model generated kept), as ``(texts, ids)``.
 
     Prompts are batched longest first, so rows of a batch need little padding, and returned in the
     caller's order. Sampling is seeded once, so a run is repeatable on the same hardware.
@@ -110,9 +114,9 @@ def generate(
             )
             new_tokens = out[:, encoded["input_ids"].shape[1] :].tolist()
             for row, ids in enumerate(new_tokens):  # rows come grouped: a prompt's samples are adjacent
-                kept = _trim(ids, eos, pad)
-                results[batch[row // num_samples]].append(tokenizer.decode(kept, skip_special_tokens=False))
-                result_ids[batch[row // num_samples]].append(kept)
+                generated = _until_eos(ids, eos)
+                results[batch[row // num_samples]].append(decode_completion(tokenizer, generated, pad))
+                result_ids[batch[row // num_samples]].append(generated)
     return (results, result_ids) if with_ids else results
 
 
