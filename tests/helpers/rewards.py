@@ -1,0 +1,26 @@
+"""Reward functions the GRPO tests plug in through ``stage.rewards``, in TRL's signature."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Sequence
+from typing import Any
+
+from medllm.tasks.items import BenchmarkItem
+from medllm.tasks.problems import Problem, is_correct
+
+
+def random_answer_correctness(
+    completions: Sequence[str], problem: Sequence[Problem], answers: Sequence[str], trainer_state: Any, **kwargs: Any
+) -> list[float]:
+    """The control of "RL learns": 1 when a completion gives an answer drawn at random from ``answers`` for its
+    prompt at this step, so the reward says nothing about the right one. Same scorer, same reward scale."""
+    rng = random.Random(trainer_state.global_step)
+    drawn: dict[str, str] = {}
+    scores = []
+    for text, item in zip(completions, problem, strict=True):
+        answer = drawn.setdefault(item.id, str(rng.choice(list(answers))))
+        field = "gold" if isinstance(item, BenchmarkItem) else "answer"
+        scores.append(is_correct(text, dataclasses.replace(item, **{field: answer})))
+    return scores
