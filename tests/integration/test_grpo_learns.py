@@ -18,8 +18,8 @@ import random
 
 import pytest
 
-from tests.helpers.cli import train_py
 from medllm.runs.layout import RunDir
+from tests.helpers.cli import train_py
 
 ANSWERS = {"sun": "1", "sea": "2"}
 CHOICES = ["1", "2", "3", "4"]
