@@ -24,3 +24,10 @@ def random_answer_correctness(
         field = "gold" if isinstance(item, BenchmarkItem) else "answer"
         scores.append(is_correct(text, dataclasses.replace(item, **{field: answer})))
     return scores
+
+
+def mentions_answer(prompts: Sequence[str], completions: Sequence[str], answer: Sequence[str], **kwargs: Any) -> list:
+    """A reward function as written for TRL's GRPOTrainer: 1 when the completion contains the row's ``answer``
+    column; None (not applicable) where the row has no answer."""
+    assert len(prompts) == len(completions)
+    return [None if gold is None else float(str(gold) in text) for text, gold in zip(completions, answer, strict=True)]

@@ -170,7 +170,6 @@ class ProblemData:
     val_size: Union[int, float] = setting(0.1, fraction_or_count(min_count=1, whole_fraction=False))
     batch_size: int = setting(4, POSITIVE)  # prompts per optimizer step, each process
     eval_batch_size: Optional[int] = setting(None, POSITIVE)
-    on_bad_row: str = setting("error", ON_BAD_ROW)
     max_seq_length: int = setting(1024, POSITIVE)
     seed: int = setting(42, SEED)
 
