@@ -31,3 +31,9 @@ def mentions_answer(prompts: Sequence[str], completions: Sequence[str], answer: 
     column; None (not applicable) where the row has no answer."""
     assert len(prompts) == len(completions)
     return [None if gold is None else float(str(gold) in text) for text, gold in zip(completions, answer, strict=True)]
+
+
+def text_length(completions: Sequence[str], **kwargs: Any) -> list[float]:
+    """A reward that tells apart the random tiny model's completions (their length in characters), so every
+    group has advantages and every step a gradient: what the mechanics tests (resume, micro-batches) need."""
+    return [len(text) / 100 for text in completions]

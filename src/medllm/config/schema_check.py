@@ -153,8 +153,9 @@ def _unknown_key(full_key: str, object_type: type | None) -> str:
     parent, _, name = full_key.rpartition(".")
     known = [f.name for f in dataclasses.fields(object_type)] if dataclasses.is_dataclass(object_type) else []
     hint = did_you_mean(name, known, parent + "." if parent else "")
+    public = [k for k in known if not k.startswith("_")]
     if not hint and known:
-        hint = f"; {parent or 'the top level'} takes {', '.join(k for k in known if not k.startswith('_'))}"
+        hint = f"; {parent or 'the top level'} takes " + (", ".join(public) if public else "no settings")
     return f"unknown key {full_key}{hint if hint.endswith('?') else hint + '.'}"
 
 
