@@ -399,6 +399,9 @@ EVAL_METRICS = {
 SUMMARY_METRICS = {
     "val_loss": False, "val_ppl": False, "train_loss_first": False, "train_loss_last": False,
     "tokens_per_s": True, "trained_tokens_per_s": True, "peak_mem_gib": False,
+    # stage=grpo: greedy accuracy and mean reward on the validation problems, the last step's, rollout speed
+    "val_accuracy": True, "val_reward": True, "train_reward_last": True, "train_accuracy_last": True,
+    "rollout_tokens_per_s": True,
     **{f"eval_{name}": higher for name, higher in EVAL_METRICS.items()},  # with eval_after_training
 }  # fmt: skip
 
