@@ -61,6 +61,8 @@ def test_the_smoke_run_leaves_an_adapter_a_summary_metrics_and_sampled_completio
         "train/rewards/correctness/mean",
         "train/rewards/format/std",
         "perf/rollout_tokens_per_s",
+        "perf/step_s",
+        "perf/rollout_share",
         "val/accuracy",
         "val/truncated",
     ]:
