@@ -66,3 +66,15 @@ def kill_after_first_checkpoint(runs: dict[str, tuple[list[str], Path]]) -> None
                 pytest.fail(f"the run {name} ended before its first checkpoint")
         time.sleep(0.02)
     assert not processes, "no checkpoint in time"
+
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
+def torchrun(*args: str) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node 2 train.py <args>`` (gloo), one thread a process as torchrun sets it."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    env.pop("LOCAL_WORLD_SIZE", None)
+    out = subprocess.run([*TORCHRUN, "train.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    return out

@@ -13,7 +13,7 @@ from medllm.runs.layout import RunDir
 from medllm.tasks.problems import SAMPLE_PROBLEMS
 from tests.helpers.adapters import save_adapter
 from tests.helpers.cli import eval_py, train_py
-from tests.helpers.runs import kill_after_first_checkpoint
+from tests.helpers.runs import kill_after_first_checkpoint, torchrun
 
 # grpo_smoke with a reward that tells the random model's completions apart (every step has a gradient),
 # 6 steps, a checkpoint every 2.
@@ -130,3 +130,20 @@ def test_grpo_from_an_sft_adapter_with_a_kl_penalty_to_it(tmp_path):
     start, trained = load_file(adapter / "adapter_model.safetensors"), adapter_weights(run_dir)
     assert start.keys() == trained.keys()
     assert any((trained[name] - value).abs().max() > 0 for name, value in start.items())
+
+
+def test_grpo_under_ddp_on_two_processes(tmp_path):
+    """torchrun, 2 CPU processes (gloo): every process samples its own prompts' completions; the step's loss and
+    statistics are over both, the adapter is one, and rank 0 alone writes what the run leaves."""
+    run_dir = tmp_path / "ddp"
+    torchrun("hardware=ddp_cpu", *MOVING, "trainer.max_steps=2", f"hydra.run.dir={run_dir}")
+    summary = RunDir(run_dir).read_summary()
+    assert summary["world_size"] == 2 and summary["steps"] == 2
+    with (run_dir / "csv" / "metrics.csv").open() as f:
+        rows = [row for row in csv.DictReader(f) if row.get("train/reward")]
+    assert [int(row["step"]) for row in rows] == [1, 2]  # one row a step: rank 0's, over both processes
+    assert all(0 < float(row["train/completion_length"]) <= 24 for row in rows)
+    # completions.jsonl: rank 0's own completions of step 2 (2 prompts x 3), written once.
+    logged = [json.loads(line) for line in (run_dir / "completions.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in logged] == [2] * 6
+    assert len(list((run_dir / "adapter").glob("adapter_model.safetensors"))) == 1
