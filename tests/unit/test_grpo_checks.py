@@ -33,8 +33,9 @@ def test_the_grpo_smoke_config_and_its_sample_pass(tmp_path):
         (["stage.rewards.correctness.fn._target_=my_rewards.nothing"], r"stage.rewards.correctness.fn._target_"),
         (["data=sample"], r"^stage=grpo trains on problems with checkable answers: use data=problems"),
         (["data.format=medqa_v2"], r"^data.format='?medqa_v2'? must be one of"),
+        (["+optimized_metric=val_loss"], r"^optimized_metric=val_loss is not in a stage=grpo run's summary"),
     ],
-    ids=["one-generation", "loss", "scale", "no-room", "reward-import", "sft-data", "format"],
+    ids=["one-generation", "loss", "scale", "no-room", "reward-import", "sft-data", "format", "sft-metric"],
 )
 def test_config_mistakes_are_named(tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):
