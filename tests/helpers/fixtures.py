@@ -1,5 +1,6 @@
 """The fixtures every test directory uses (tests/ and bench/tests/ import them into their conftest.py): an
-offline hub, offline W&B, a prepared-data cache of the session's own, the tiny tokenizer."""
+offline hub, offline W&B, a prepared-data cache of the session's own, the tiny tokenizer; one thread a worker
+where pytest-xdist spreads the tests over processes."""
 
 from __future__ import annotations
 
@@ -8,6 +9,13 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Tests spread over pytest-xdist's workers, one a core: a worker (and the processes it starts) computes on one
+    # thread. Two workers of two OpenMP threads on two cores spin in each other's way, up to 30x slower.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 
 import pytest
 

@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 
 from tests.helpers.cli import free_port, train_py
 from tests.helpers.configs import ROOT
+from tests.helpers.runs import torchrun
 
 pytestmark = pytest.mark.slow
 
@@ -42,18 +43,6 @@ LR = "optimizer.lr=1.0"
 
 # Scored when training ends, by rank 0 alone under DDP: the validation rows' loss, every row of them.
 EVAL_AFTER = 'eval_after_training=["benchmark=medical_o1_val"]'
-
-
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-
-
-def torchrun(*args: str) -> subprocess.CompletedProcess:
-    """``torchrun --nproc_per_node 2 train.py <args>`` (gloo), one thread a process as torchrun sets it."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    env.pop("LOCAL_WORLD_SIZE", None)
-    out = subprocess.run([*TORCHRUN, "train.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-4000:]
-    return out
 
 
 def one_process(*args: str) -> None:

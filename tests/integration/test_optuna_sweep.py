@@ -8,7 +8,7 @@ import shlex
 
 import pytest
 
-from medllm.config.schema import SUMMARY_METRICS
+from medllm.config.schema import STAGE_SUMMARY_METRICS, SFTStage
 from tests.helpers.cli import train_py
 from tests.helpers.configs import compose_train
 from tests.helpers.extras import needs_optuna
@@ -42,7 +42,7 @@ def test_the_study_holds_each_trial_with_the_metric_its_job_returned(sweep_dir):
         assert f"r: {trial.params['model.lora.r']}\n" in config
         assert 1e-5 <= trial.params["optimizer.lr"] <= 1e-3
         # Every name optimized_metric accepts is a number in a run's summary.
-        assert all(isinstance(summary[name], float) for name in SUMMARY_METRICS if not name.startswith("eval_"))
+        assert all(isinstance(summary[name], float) for name in STAGE_SUMMARY_METRICS[SFTStage._target_])
 
 
 def test_summary_has_a_row_per_trial_and_best_json_the_best_by_the_metric(sweep_dir):

@@ -5,9 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,36 +12,9 @@ import pytest
 from safetensors.torch import load_file
 
 from tests.helpers.cli import snapshot, train_py
-from tests.helpers.configs import ROOT
-from tests.helpers.runs import RESUMABLE, train_steps
+from tests.helpers.runs import RESUMABLE, kill_after_first_checkpoint, train_steps
 
 pytestmark = pytest.mark.slow
-
-
-def kill_after_first_checkpoint(runs: dict[str, tuple[list[str], Path]]) -> None:
-    """``train.py <overrides>`` of each run, started together, each killed (SIGKILL) as soon as its first step
-    checkpoint is in its checkpoint folder."""
-    processes = {
-        name: subprocess.Popen(
-            [sys.executable, "train.py", *overrides],
-            cwd=ROOT,
-            env={**os.environ, "HF_HUB_OFFLINE": "1"},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for name, (overrides, _) in runs.items()
-    }
-    deadline = time.monotonic() + 300
-    while processes and time.monotonic() < deadline:
-        for name, process in list(processes.items()):
-            if list(runs[name][1].glob("step*.ckpt")):
-                process.send_signal(signal.SIGKILL)
-                assert process.wait() == -signal.SIGKILL
-                del processes[name]
-            elif process.poll() is not None:
-                pytest.fail(f"the run {name} ended before its first checkpoint")
-        time.sleep(0.02)
-    assert not processes, "no checkpoint in time"
 
 
 @pytest.fixture(scope="module")

@@ -236,3 +236,33 @@ def test_many_loggers_csv_and_wandb_both_get_every_row(tmp_path_factory):
             config[_key(item)] = json.loads(item.value_json)
     assert config["optimizer"]["lr"] == pytest.approx(1e-2)
     assert any(key.startswith("data/") for row in history for key in row)
+
+
+@pytest.mark.slow
+@needs_wandb
+def test_grpo_logs_rewards_by_function_and_a_table_of_sampled_completions(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("grpo_wandb")
+    train_without_api_key(tmp_path_factory, run_dir, "experiment=grpo_smoke", "logger=wandb", "trainer.max_steps=2")
+    (offline,) = (run_dir / "wandb").glob("offline-run-*")
+    records = read_wandb_records(next(offline.glob("*.wandb")))
+    history = [{_key(i): json.loads(i.value_json) for i in r.history.item} for r in records if r.history.item]
+    logged = set().union(*history)
+    for key in (
+        "train/reward", "train/rewards/correctness/mean", "train/rewards/format/mean", "train/accuracy",
+        "train/truncated", "train/equal_reward_groups", "perf/rollout_tokens_per_s", "val/accuracy",
+    ):  # fmt: skip
+        assert key in logged, key
+    # grpo_smoke logs its completions every 2 steps: the table of step 2, one row a completion (4 prompts x 4).
+    (table_row,) = [row for row in history if "train/completions/_type" in row]
+    table = json.loads((offline / "files" / table_row["train/completions/path"]).read_text())
+    assert table["columns"] == [
+        "step",
+        "prompt",
+        "completion",
+        "correctness",
+        "format",
+        "reward",
+        "advantage",
+        "truncated",
+    ]
+    assert len(table["data"]) == 16 and all(row[0] == 2 for row in table["data"])

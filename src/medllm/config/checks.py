@@ -25,6 +25,7 @@ from medllm.config.resolvers import configured, launcher
 from medllm.config.schema import (
     FLEX_MIN_CAPABILITY,
     GGUF_BACKENDS,
+    STAGE_SUMMARY_METRICS,
     SUMMARY_METRICS,
     EvalConfig,
     GRPOStage,
@@ -273,6 +274,13 @@ def _check_optimized_metric(cfg: DictConfig) -> None:
         raise ConfigError(
             f"optimized_metric={metric} needs validation, and trainer.limit_val_batches=0 turns it off: "
             "every trial would return nothing to the sweeper."
+        )
+    stage = cfg.stage.get("_target_")
+    if metric and not metric.startswith("eval_") and metric not in STAGE_SUMMARY_METRICS.get(stage, SUMMARY_METRICS):
+        name = "grpo" if stage == GRPOStage._target_ else "sft"
+        raise ConfigError(
+            f"optimized_metric={metric} is not in a stage={name} run's summary; choose one of "
+            f"{', '.join(STAGE_SUMMARY_METRICS[stage])} (or an eval_ score with eval_after_training)."
         )
     if cfg.get("eval_after_training"):
         _check_eval_after_training(cfg)

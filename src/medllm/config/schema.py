@@ -170,7 +170,6 @@ class ProblemData:
     val_size: Union[int, float] = setting(0.1, fraction_or_count(min_count=1, whole_fraction=False))
     batch_size: int = setting(4, POSITIVE)  # prompts per optimizer step, each process
     eval_batch_size: Optional[int] = setting(None, POSITIVE)
-    on_bad_row: str = setting("error", ON_BAD_ROW)
     max_seq_length: int = setting(1024, POSITIVE)
     seed: int = setting(42, SEED)
 
@@ -396,12 +395,22 @@ EVAL_METRICS = {
     "accuracy": True, "macro_f1": True, "precision": True, "recall": True, "parse_failures": False,
     "format_rate": True, "loss": False, "perplexity": False, "token_accuracy": True,
 }  # fmt: skip
-# The numbers in a run's summary.json: what a sweep may optimize (optimized_metric), and whether higher is better.
-SUMMARY_METRICS = {
-    "val_loss": False, "val_ppl": False, "train_loss_first": False, "train_loss_last": False,
-    "tokens_per_s": True, "trained_tokens_per_s": True, "peak_mem_gib": False,
-    **{f"eval_{name}": higher for name, higher in EVAL_METRICS.items()},  # with eval_after_training
+# The numbers in a run's summary.json, by stage (STAGES' keys): what a sweep may optimize (optimized_metric), and
+# whether higher is better.
+STAGE_SUMMARY_METRICS = {
+    SFTStage._target_: {
+        "val_loss": False, "val_ppl": False, "train_loss_first": False, "train_loss_last": False,
+        "tokens_per_s": True, "trained_tokens_per_s": True, "peak_mem_gib": False,
+    },
+    GRPOStage._target_: {  # greedy accuracy and mean reward on the validation problems, the last step's
+        "val_accuracy": True, "val_reward": True, "train_reward_last": True, "train_accuracy_last": True,
+        "train_loss_first": False, "train_loss_last": False, "rollout_tokens_per_s": True, "peak_mem_gib": False,
+    },
 }  # fmt: skip
+SUMMARY_METRICS = {
+    **{name: higher for metrics in STAGE_SUMMARY_METRICS.values() for name, higher in metrics.items()},
+    **{f"eval_{name}": higher for name, higher in EVAL_METRICS.items()},  # with eval_after_training
+}
 
 
 @dataclass

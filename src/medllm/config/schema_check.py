@@ -30,7 +30,12 @@ def typed(values: Mapping[str, Any] | DictConfig, schema: type[S], prefix: str =
     group in messages (``data.``)."""
     plain = OmegaConf.to_container(values, resolve=True) if OmegaConf.is_config(values) else dict(values)
     _Checker(plain).node(plain, schema, prefix)
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), plain))
+    base = OmegaConf.structured(schema)
+    hints = typing.get_type_hints(schema)
+    for field in dataclasses.fields(schema):
+        if field.name in plain and _dataclass_values(hints[field.name]) is not None:
+            base[field.name] = {}  # a group of groups by name is the config's own: an entry deleted stays deleted
+    return OmegaConf.to_object(OmegaConf.merge(base, plain))
 
 
 def validate(cfg: DictConfig, schema: type, deleted: Sequence[str] = ()) -> None:
@@ -148,8 +153,9 @@ def _unknown_key(full_key: str, object_type: type | None) -> str:
     parent, _, name = full_key.rpartition(".")
     known = [f.name for f in dataclasses.fields(object_type)] if dataclasses.is_dataclass(object_type) else []
     hint = did_you_mean(name, known, parent + "." if parent else "")
+    public = [k for k in known if not k.startswith("_")]
     if not hint and known:
-        hint = f"; {parent or 'the top level'} takes {', '.join(k for k in known if not k.startswith('_'))}"
+        hint = f"; {parent or 'the top level'} takes " + (", ".join(public) if public else "no settings")
     return f"unknown key {full_key}{hint if hint.endswith('?') else hint + '.'}"
 
 

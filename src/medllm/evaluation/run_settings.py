@@ -151,7 +151,14 @@ def _take(cfg: DictConfig, name: str, run_value: Any, given: list[str]) -> tuple
                 taken.append(f"{key}={show(ran.get(key))}")
         elif _under(key, MUST_MATCH) and not _same(key, ran.get(key), now.get(key)):
             contradictions.append((key, ran.get(key), now.get(key)))
-    kept = {key: value for key, value in raw.items() if _under(key, given) or _under(key, own)}
+    # This machine's own settings stay where the run's group has them too: a run of another kind of data (GRPO's
+    # problems) has no SFT row settings to take them into.
+    same_kind = ran.get(f"{name}._target_") == now.get(f"{name}._target_")
+    kept = {
+        key: value
+        for key, value in raw.items()
+        if _under(key, given) or (_under(key, own) and (same_kind or key in ran))
+    }
     with open_dict(cfg):
         cfg[name] = run_value
         for key, value in kept.items():  # unresolved: an interpolation follows what it points at

@@ -60,7 +60,9 @@ class Sampling:
     def choose(self, logits: torch.Tensor) -> torch.Tensor:
         if not self.do_sample:
             return logits.argmax(-1)
-        scores = TopPLogitsWarper(self.top_p)(None, logits.float() / self.temperature)
+        scores = logits.float() / self.temperature
+        if self.top_p < 1.0:  # 1 keeps every token: no sort of the vocabulary
+            scores = TopPLogitsWarper(self.top_p)(None, scores)
         return torch.multinomial(scores.softmax(-1), 1).squeeze(-1)
 
     def logprob(self, logits: torch.Tensor, token: torch.Tensor) -> torch.Tensor:

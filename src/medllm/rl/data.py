@@ -89,7 +89,9 @@ class ProblemDataModule(ResumableDataModule):
         if self.splits:
             return
         data = self.settings
-        problems, source, layout = read_problems(data.path, data.format, data.hub_name)
+        problems, source, layout = read_problems(
+            data.path, data.format, data.hub_name, data.subset, data.split, data.revision, data.hub_token
+        )
         prompts = self.chat_format.encode_generation_prompts(self.tokenizer, [p.prompt_text() for p in problems])
         kept = [(p, ids) for p, ids in zip(problems, prompts, strict=True) if len(ids) <= self.max_prompt_length]
         summary = ProblemSummary(source=source, format=layout, rows_read=len(problems), rows_kept=len(kept))

@@ -25,6 +25,7 @@ import contextlib
 import json
 import logging
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,7 @@ class GRPOModule(AdapterModule):
         self.last_metrics: dict[str, float] = {}
         self._val: list[torch.Tensor] = []
         self._rollout_time = (0.0, 0)  # (seconds, new tokens) over the run
+        self._step_started = 0.0
 
     # ---- setup ---------------------------------------------------------------------------------
     def on_fit_start(self) -> None:
@@ -111,6 +113,7 @@ class GRPOModule(AdapterModule):
         return (self.seed * 1_000_003 + self.global_step * 7_919 + self.global_rank) % 2**31
 
     def training_step(self, batch: PromptBatch, batch_idx: int) -> None:
+        self._step_started = time.perf_counter()
         s, group = self.settings, self.settings.num_generations
         problems = [p for p in batch.problems for _ in range(group)]
         prompt_ids = [ids for ids in batch.prompt_ids for _ in range(group)]
@@ -257,6 +260,8 @@ class GRPOModule(AdapterModule):
             "train/equal_reward_groups": equal / groups,
             "perf/rollout_tokens_per_s": length / max(seconds / self.trainer.world_size, 1e-9),
         }
+        step_s = time.perf_counter() - self._step_started  # rollout, rewards and this update
+        metrics |= {"perf/step_s": step_s, "perf/rollout_share": rollout.seconds / max(step_s, 1e-9)}
         for i, name in enumerate(self.rewards.names):
             count = max(fn[2][i], 1.0)
             mean = fn[0][i] / count

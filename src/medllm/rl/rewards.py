@@ -15,6 +15,7 @@ text, or None) and ``id``. ``trainer_state`` has ``global_step``. A function wri
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
@@ -23,7 +24,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 
 from medllm.data.chat_format import THINK_CLOSE
 from medllm.errors import MedllmError
@@ -102,7 +103,10 @@ class RewardSet:
         functions, weights = {}, {}
         for name, reward in rewards.items():
             try:
-                functions[name] = instantiate(reward.fn)
+                # A function (TRL's reward functions are) is the reward itself, its other keys bound to it; a
+                # class is built from them.
+                partial = inspect.isfunction(get_object(reward.fn["_target_"]))
+                functions[name] = instantiate(reward.fn, _partial_=partial)
             except Exception as err:
                 raise RewardError(f"stage.rewards.{name}.fn could not be built: {err}") from err
             weights[name] = float(reward.weight)

@@ -29,6 +29,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from medllm.config.schema import SUMMARY_METRICS
 from medllm.runs.atomic import write_atomically
 from medllm.runs.jobs import JobResult, load_yaml, read_job, split_override
 from medllm.sweeps.plot import plot_val_loss
@@ -93,10 +94,13 @@ class Objective:
 
 
 def objective(sweep_dir: Path, results: list[JobResult]) -> Objective:
-    """The sweep's ``optimized_metric`` and its sweeper's direction; the lowest val_loss without them."""
-    metric = _sweep_setting(sweep_dir, "optimized_metric", results) or "val_loss"
-    direction = str(_sweep_setting(sweep_dir, "hydra.sweeper.direction", results) or "minimize")
-    return Objective(str(metric), direction.endswith("maximize"))  # an Enum reads Direction.maximize
+    """The sweep's ``optimized_metric`` and its sweeper's direction (a grid sweep has none: the metric's own, e.g.
+    the highest val_accuracy); the lowest val_loss without them."""
+    metric = str(_sweep_setting(sweep_dir, "optimized_metric", results) or "val_loss")
+    direction = _sweep_setting(sweep_dir, "hydra.sweeper.direction", results)
+    if direction is None:
+        return Objective(metric, SUMMARY_METRICS.get(metric, False))
+    return Objective(metric, str(direction).endswith("maximize"))  # an Enum reads Direction.maximize
 
 
 def columns(swept: list[str], metric: str = "val_loss") -> tuple[str, ...]:

@@ -22,6 +22,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import datasets
+
 from medllm.data.records import is_blank
 from medllm.tasks.benchmarks import load_mcq, load_medmcqa, load_medqa, load_pubmedqa, read_rows_file
 from medllm.tasks.extraction import answer_section, extract_answer
@@ -126,18 +128,43 @@ def load_problems(path: str | Path, layout: str = "auto") -> list[Problem]:
 
 
 def read_problems(
-    path: str | None, layout: str = "auto", hub_name: str | None = None
+    path: str | None,
+    layout: str = "auto",
+    hub_name: str | None = None,
+    subset: str | None = None,
+    split: str = "train",
+    revision: str | None = None,
+    token: str | None = None,
 ) -> tuple[list[Problem], str, str]:
-    """The problems a data config names (``data.path``, or the packaged sample without one), their source and
-    layout; a bad row raises, naming the file, the row and the field."""
+    """The problems a data config names (``data.path``, ``data.hub_name``, or the packaged sample without either),
+    their source and layout; a bad row raises, naming the file, the row and the field."""
     if hub_name:
-        raise BenchmarkError(
-            f"data.hub_name={hub_name}: problems are read from local files; download the split once "
-            "(datasets.load_dataset(...).to_json('problems.jsonl')) and pass data.path=problems.jsonl"
-        )
-    source = Path(path).expanduser() if path else SAMPLE_PROBLEMS
+        source = hub_rows_file(hub_name, subset, split, revision, token)
+    else:
+        source = Path(path).expanduser() if path else SAMPLE_PROBLEMS
     layout = detect_format(source) if layout == "auto" else layout
     return load_problems(source, layout), str(source), layout
+
+
+def hub_rows_file(name: str, subset: str | None, split: str, revision: str | None, token: str | None) -> Path:
+    """A hub split's rows as a JSON-lines file beside datasets' cache, read and checked as a local file is (a
+    bad row is named by this file and its row); offline and not cached, a BenchmarkError saying what to do."""
+    try:
+        rows = datasets.load_dataset(name, subset, split=split, revision=revision, token=token)
+    except (ConnectionError, OSError) as err:
+        raise BenchmarkError(
+            f"Could not load the hub dataset {name!r} (subset {subset}, split {split!r}, revision {revision}) and it "
+            f"is not in the cache: {err}\nDownload it once with network access, or save it as a file and pass "
+            "data.path=<file> (datasets.load_dataset(...).to_json('problems.jsonl'))."
+        ) from err
+    folder = Path(datasets.config.HF_DATASETS_CACHE) / "medllm_problems"
+    folder.mkdir(parents=True, exist_ok=True)
+    parts = [name.replace("/", "--"), subset or "default", split, revision or "latest"]
+    target = folder / ("--".join(parts) + ".jsonl")
+    partial = target.with_name(target.name + ".partial")
+    rows.to_json(partial, lines=True, force_ascii=False)
+    partial.replace(target)  # a reader never sees half a file
+    return target
 
 
 # ---------------------------------------------------------------------------------------------- verifiers

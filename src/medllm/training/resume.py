@@ -37,6 +37,8 @@ WORLD_SIZE_KEY = "medllm_world_size"  # the processes that trained it
 SAME_ON_RESUME = (
     "seed",
     "max_seq_length",
+    "stage",
+    "init_adapter",
     "optimizer",
     "scheduler",
     "data",
@@ -55,6 +57,9 @@ FREE_ON_RESUME = (
     "data.pad_to_multiple_of",
     "data.packed_static_shape",
     "data.phi_check",
+    "stage.micro_batch_size",  # the step's loss is the same in any split (tests/integration/test_grpo.py)
+    "stage.log_completions_every",
+    "stage.contamination",
 )
 
 

@@ -30,7 +30,9 @@ def check_inputs(cfg: DictConfig) -> None:
     """The training rows or problems, the adapter GRPO starts from and the evaluation's items, read and checked
     with no tokenizer or model."""
     if is_grpo(cfg):
-        problems, _, _ = read_problems(cfg.data.get("path"), cfg.data.format, cfg.data.get("hub_name"))
+        problems, _, _ = read_problems(
+            *(cfg.data.get(key) for key in ("path", "format", "hub_name", "subset", "split", "revision", "hub_token"))
+        )
         if cfg.get("init_adapter"):
             check_init_adapter(cfg)
     else:
