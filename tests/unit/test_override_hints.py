@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from medllm.config.hints import hint
-from tests.helpers.cli import train_py
+from tests.helpers.cli import eval_py, train_py
 from tests.helpers.configs import CONF
 
 
@@ -36,3 +36,18 @@ def test_an_override_hydra_cannot_parse_ends_with_hydras_message_alone():
     out = train_py("experiment=smoke", "optimizer.lr=[", check=False)
     assert out.returncode == 1
     assert "no viable alternative at input '['" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("command", [train_py, eval_py], ids=["train.py", "eval.py"])
+@pytest.mark.parametrize(
+    "override",
+    ["data.hub_token=hf_short1234", "+model.api_key=plain-words-9", "benchmark.hub_tokn=sk-abcdefghijkl"],
+    ids=["unknown-secret-key", "appended", "typo"],
+)
+def test_hydras_own_refusal_never_echoes_a_secret(command, override):
+    """Hydra refuses the override and echoes it ("To append to your config use +data.hub_token=..."): the value
+    of a secret key, or one that looks like a secret, never reaches the console."""
+    out = command("experiment=smoke" if command is train_py else "limit=1", override, "optimizer.lrr=1", check=False)
+    value = override.partition("=")[2]
+    assert out.returncode != 0 and "Could not override" in out.stderr  # Hydra's own refusal, printed
+    assert value not in out.stdout + out.stderr

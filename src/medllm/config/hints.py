@@ -12,14 +12,16 @@ from __future__ import annotations
 import difflib
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TextIO
 
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
-from medllm.config.secrets import redact_text
+from medllm.config.secrets import redact_text, remember_secrets
 from medllm.config.sweep_check import shared_settings_error
 
 REFUSED = re.compile(r"Could not override '([^']+)'")
@@ -60,15 +62,44 @@ def run(
 ) -> None:
     """Runs a ``@hydra.main`` entry point as its command line: for a sweep (``-m``), ``check_sweep`` on the settings
     every job shares first, once (``medllm.config.sweep_check``); after Hydra's own error exit, the hint, if any."""
+    remember_secrets(sys.argv[1:])  # data.hub_token=hf_...: its value is hidden in all that follows
     if check_sweep is not None:
         shared = shared_settings_error(conf_dir, config_name, sys.argv[1:], check_sweep)
         if shared:
             sys.exit(f"error: {redact_text(shared)}\n(a setting every job of the sweep shares: no job was launched)")
     try:
-        main()
+        # Hydra prints its own refusals, echoing the override ("To append to your config use +data.hub_token=..."):
+        # what it writes to the console passes through the redaction too.
+        with _redacted(sys, "stderr"), _redacted(sys, "stdout"):
+            main()
     except SystemExit as stop:
         if stop.code == 1:  # how Hydra ends on its errors (medllm's own end with "error: ...")
             text = hint(conf_dir, config_name, sys.argv[1:])
             if text:
                 print(text, file=sys.stderr)
         raise
+
+
+class _RedactingStream:
+    """A text stream that writes ``redact_text`` of what it is given to ``stream``."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(redact_text(text))
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:  # flush, isatty, fileno, encoding, ... as the stream has them
+        return getattr(self._stream, name)
+
+
+@contextmanager
+def _redacted(module: Any, name: str) -> Iterator[None]:
+    stream = getattr(module, name)
+    setattr(module, name, _RedactingStream(stream))
+    try:
+        yield
+    finally:
+        if isinstance(getattr(module, name), _RedactingStream):  # unless something replaced it meanwhile
+            setattr(module, name, stream)
