@@ -275,6 +275,18 @@ def test_nodes_and_devices_that_disagree_with_the_launcher_are_named(tmp_path, m
     assert str(err.value).startswith(message)
 
 
+def test_several_nodes_without_a_launcher_are_refused_instead_of_waiting_forever(tmp_path, monkeypatch):
+    """Plain ``python train.py trainer.num_nodes=2`` would wait at "Initializing distributed" for a node that no
+    launcher starts; one process of several devices is Lightning's to start, and passes."""
+    for name in ("WORLD_SIZE", "LOCAL_WORLD_SIZE", "SLURM_NTASKS", "SLURM_NNODES", "SLURM_NTASKS_PER_NODE"):
+        monkeypatch.delenv(name, raising=False)
+    check(tmp_path, "hardware=ddp_cpu", "trainer.devices=2")
+    with pytest.raises(
+        ConfigError, match=r"^trainer.num_nodes=2 needs a launcher .* wait forever .* torchrun --nnodes 2"
+    ):
+        check(tmp_path, "hardware=ddp_cpu", "trainer.num_nodes=2")
+
+
 @pytest.mark.parametrize("cap", ["24GB", "-1", "inf"])
 def test_a_bad_memory_cap_fails_with_the_config_not_when_the_model_loads(tmp_path, monkeypatch, cap):
     monkeypatch.setenv("MEDLLM_MEMORY_CAP_GIB", cap)

@@ -375,6 +375,14 @@ def _check_launcher(cfg: DictConfig) -> None:
                 "a DDP run with no torchrun or srun to start its processes trains in one; start N with torchrun "
                 "--nproc_per_node N train.py ..."
             )
+        nodes = given.get("num_nodes")
+        if isinstance(nodes, int) and nodes > 1 and not _in_multirun(cfg):
+            raise ConfigError(
+                f"trainer.num_nodes={nodes} needs a launcher that starts a process on every node; run as plain python, "
+                f"this one would wait forever for the other {nodes - 1} at 'Initializing distributed'. Start it with "
+                f"torchrun --nnodes {nodes} --nproc_per_node <N> --rdzv-endpoint <host:port> train.py hardware=ddp "
+                "on each node, or with srun in an sbatch script (README: Sweeps and several GPUs)."
+            )
         if several and _in_multirun(cfg):
             raise ConfigError(
                 f"a sweep (-m) of runs with {' and '.join(several)} needs a launcher that starts the processes: "
