@@ -162,6 +162,21 @@ def test_invisible_characters_inside_real_text_are_kept(tmp_path):
     assert checked.rows["response"][0] == unicodedata.normalize("NFC", "Ménière\u200b disease\u00a0(ok)")
 
 
+@pytest.mark.parametrize("control", ["\x00", "\x1b[31m", "\x7f", "\x08"], ids=["NUL", "escape", "DEL", "backspace"])
+def test_control_characters_are_named_not_trained_on(tmp_path, control):
+    """Binary or corrupted text (a NUL in a Response) is a bad row; tabs, newlines and form feeds are text."""
+    rows = [dict(r) for r in ROWS]
+    rows[1]["Response"] = f"Metformin{control} first line."
+    path = write_jsonl(tmp_path / "rows.jsonl", rows)
+    with pytest.raises(
+        DataError,
+        match=rf"row 2: field 'Response' is holding a control character \(U\+{ord(control[0]):04X} at character 9\)",
+    ):
+        check_data({"source": "local", "path": str(path)})
+    rows[1]["Response"] = "Metformin\tfirst\r\nline\f."
+    check_data({"source": "local", "path": str(write_jsonl(tmp_path / "ok.jsonl", rows)), "val_size": 1})
+
+
 # ---- settings that leave nothing to train on -----------------------------------------------------
 def test_max_seq_length_below_every_row_names_the_setting_and_the_lengths(tokenizer, tmp_path):
     path = write_jsonl(tmp_path / "rows.jsonl", sample_rows())
