@@ -28,6 +28,8 @@ from medllm.config.rules import Listed, Rule, above, at_least, between, dispatch
 
 POSITIVE = above(0)
 COUNT = at_least(0)  # 0 allowed: none
+# A step size: above 1 every optimizer here diverges to a uniform output (1e12 for 1e-12 trained without a word).
+LEARNING_RATE = between(0, 1, low_open=True)
 SEED = between(0, 2**32 - 1)  # what torch and numpy seed generators take
 BETAS = Rule("two numbers in [0, 1)", lambda v: len(v) == 2 and all(between(0, 1, high_open=True).ok(b) for b in v))
 
@@ -185,7 +187,7 @@ DATA_MODULES = {
 class AdamW8bit:  # bitsandbytes
     _target_: str = "bitsandbytes.optim.AdamW8bit"
     _partial_: bool = True
-    lr: float = setting(1.0e-3, POSITIVE)
+    lr: float = setting(1.0e-3, LEARNING_RATE)
     weight_decay: float = setting(1.0e-2, COUNT)
     betas: list[float] = setting(factory=lambda: [0.9, 0.999], rule=BETAS)
     eps: float = setting(1e-8, POSITIVE)
