@@ -177,6 +177,30 @@ def test_control_characters_are_named_not_trained_on(tmp_path, control):
     check_data({"source": "local", "path": str(write_jsonl(tmp_path / "ok.jsonl", rows)), "val_size": 1})
 
 
+def test_validation_rows_repeating_training_questions_are_counted_and_said(tokenizer, tmp_path, caplog):
+    """Rows of one question with different answers leak it into validation: a run says how many, not silently."""
+    from medllm.data.datamodule import ReasoningDataModule
+
+    rows = [{"Question": "Dose of metformin?", "Complex_CoT": "c", "Response": f"{n} mg."} for n in range(10)]
+    rows += [{"Question": f"Other question {n}?", "Complex_CoT": "c", "Response": "r"} for n in range(10)]
+    path = write_jsonl(tmp_path / "rows.jsonl", rows)
+
+    def summary(data_path):
+        data = ReasoningDataModule(
+            tokenizer, source="local", path=str(data_path), val_size=6, cache_dir=str(tmp_path / "cache"), seed=3
+        )
+        data.setup("fit")
+        val = [tokenizer.decode(ids) for ids in data.splits["val"]["input_ids"]]
+        return data.summary, sum("metformin" in text for text in val)
+
+    leaked, metformin_in_val = summary(path)
+    assert metformin_in_val > 0 and leaked.val_prompts_in_train == metformin_in_val  # the split put some there
+    assert f"{metformin_in_val} of the 6 validation rows ask a question some training rows ask too" in caplog.text
+    assert leaked.metrics()["data/val_prompts_in_train"] == metformin_in_val
+    distinct = write_jsonl(tmp_path / "distinct.jsonl", [{**r, "Question": f"Q{i}?"} for i, r in enumerate(rows)])
+    assert summary(distinct)[0].val_prompts_in_train == 0
+
+
 # ---- settings that leave nothing to train on -----------------------------------------------------
 def test_max_seq_length_below_every_row_names_the_setting_and_the_lengths(tokenizer, tmp_path):
     path = write_jsonl(tmp_path / "rows.jsonl", sample_rows())

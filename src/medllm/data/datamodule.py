@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import datasets
 import torch
@@ -124,6 +125,16 @@ class ReasoningDataModule(ResumableDataModule):
         n_val = rows.validation_count(self.val_size, len(examples), self.summary.source, self.summary.dropped)
         split = examples.train_test_split(test_size=n_val, seed=self.seed)
         self.splits = {"train": split["train"], "val": split["test"]}
+        self.summary.val_prompts_in_train = shared_prompts(self.splits["train"], self.splits["val"])
+        if self.summary.val_prompts_in_train:
+            log.warning(
+                "%s: %d of the %d validation rows ask a question some training rows ask too (rows of one question "
+                "with different answers): val_loss on them measures recall of training answers; give each question "
+                "one row",
+                self.summary.source,
+                self.summary.val_prompts_in_train,
+                n_val,
+            )
         if len(self.sources) > 1:
             self.splits["test"] = self._prepared(self.sources[1], build)[0]
         if self.packing:
@@ -210,3 +221,17 @@ class ReasoningDataModule(ResumableDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader("test" if "test" in self.splits else "val")
+
+
+def shared_prompts(train: Any, val: Any) -> int:
+    """How many rows of ``val`` have a prompt (the tokens before the first trained one) that a row of ``train``
+    has too; rows trained from their first token have no prompt and are not counted."""
+
+    def prompt(ids: list[int], labels: list[int]) -> tuple[int, ...] | None:
+        start = next((i for i, label in enumerate(labels) if label != -100), 0)
+        return tuple(ids[:start]) or None
+
+    seen = {prompt(ids, labels) for ids, labels in zip(train["input_ids"], train["labels"], strict=True)}
+    return sum(
+        1 for ids, labels in zip(val["input_ids"], val["labels"], strict=True) if prompt(ids, labels) in seen - {None}
+    )

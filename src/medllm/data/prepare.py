@@ -43,6 +43,7 @@ class DataSummary:
     packing_efficiency: float | None = None
     phi: dict[str, int] = field(default_factory=dict)
     control_text_rows: int = 0  # kept rows whose text spells a control token (trained on as plain text)
+    val_prompts_in_train: int = 0  # validation rows whose prompt (question) some training row has too
 
     def lines(self) -> list[str]:
         dropped = ", ".join(f"{k} {v}" for k, v in sorted(self.dropped.items())) or "none"
@@ -60,6 +61,11 @@ class DataSummary:
             out.append(
                 f"  rows whose text spells a control token (<think>, <｜end▁of▁sentence｜>...), "
                 f"kept as plain text: {self.control_text_rows}"
+            )
+        if self.val_prompts_in_train:
+            out.append(
+                f"  validation rows asking a question the training rows ask too: {self.val_prompts_in_train} "
+                "(their val_loss measures recall of the training answers)"
             )
         if self.phi:
             out.append("  possible identifiers (rows): " + ", ".join(f"{k} {v}" for k, v in sorted(self.phi.items())))
