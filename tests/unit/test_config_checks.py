@@ -292,6 +292,17 @@ def test_several_nodes_without_a_launcher_are_refused_instead_of_waiting_forever
         check(tmp_path, "hardware=ddp_cpu", "trainer.num_nodes=2")
 
 
+@pytest.mark.parametrize("value", ["", "onlne", "Offline"])
+def test_a_wandb_mode_in_the_environment_that_wandb_would_refuse_is_named_first(tmp_path, monkeypatch, value):
+    """An empty WANDB_MODE= ended in wandb's pydantic traceback after the data was prepared."""
+    monkeypatch.setenv("WANDB_MODE", value)
+    with pytest.raises(ConfigError, match=rf"^WANDB_MODE='{value}' \(in the environment\) must be online"):
+        check(tmp_path, "logger=wandb")
+    check(tmp_path, "logger=csv")  # no W&B logger: W&B never reads it
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    check(tmp_path, "logger=wandb")
+
+
 @pytest.mark.parametrize("cap", ["24GB", "-1", "inf"])
 def test_a_bad_memory_cap_fails_with_the_config_not_when_the_model_loads(tmp_path, monkeypatch, cap):
     monkeypatch.setenv("MEDLLM_MEMORY_CAP_GIB", cap)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from medllm.config.schema import (
     GGUF_BACKENDS,
     STAGE_SUMMARY_METRICS,
     SUMMARY_METRICS,
+    WANDB_ENVIRONMENT_MODES,
     EvalConfig,
     GRPOStage,
     ProblemData,
@@ -56,6 +58,7 @@ def check_train_config(cfg: DictConfig, overrides: Sequence[str] | None = None) 
     _check_stage(cfg)
     _check_hardware(cfg)
     _check_launcher(cfg)
+    _check_wandb_environment(cfg)
     inputs.writable_dir(Path(cfg.paths.output_dir))
     _check_optimized_metric(cfg)
     inputs.memory_cap_gib()  # read when the model loads: a bad value fails here instead
@@ -141,6 +144,7 @@ def check_eval_config(cfg: DictConfig, overrides: Sequence[str] | None = None, m
         else:
             inputs.benchmark_path(bench.get("path"))
     _check_hardware(cfg)
+    _check_wandb_environment(cfg)
     if cfg.decode_attention == "flex" and cfg.engine != "peft":
         _check_flex_gpu(str(cfg.trainer.get("accelerator", "auto")))
     inputs.writable_dir(Path(cfg.paths.output_dir))
@@ -344,6 +348,20 @@ def _check_hardware(cfg: DictConfig) -> None:
         )
     if precision.startswith("bf16") and not torch.cuda.is_bf16_supported():
         raise ConfigError(f"trainer.precision={precision} but this GPU has no bfloat16; use trainer.precision=32-true.")
+
+
+def _check_wandb_environment(cfg: DictConfig) -> None:
+    """``WANDB_MODE`` as W&B will read it, where a W&B logger is configured: an empty or misspelt value made
+    wandb's settings raise a traceback once the data was prepared."""
+    logger = cfg.get("logger")
+    if logger is None or "wandb" not in str(OmegaConf.to_container(logger, resolve=False)).lower():
+        return
+    value = os.environ.get("WANDB_MODE")
+    if value is not None and value not in WANDB_ENVIRONMENT_MODES:
+        raise ConfigError(
+            f"WANDB_MODE={value!r} (in the environment) must be online, offline or disabled: unset it "
+            "(medllm picks online with an API key, else offline) or set logger.mode."
+        )
 
 
 def _check_flex_gpu(accelerator: str) -> None:

@@ -239,6 +239,8 @@ class CSVLogger:
 
 
 WANDB_MODE = one_of("online", "offline", "disabled")
+# What the WANDB_MODE environment variable may hold for W&B (its older names too).
+WANDB_ENVIRONMENT_MODES = ("online", "offline", "disabled", "dryrun", "run")
 
 
 @dataclass

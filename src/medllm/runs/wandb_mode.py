@@ -40,7 +40,7 @@ def resolve_mode(mode: str | None) -> tuple[str, str]:
     if mode is not None:
         WANDB_MODE.check("logger.mode", mode)
         return mode, "logger.mode"
-    env_mode = os.environ.get("WANDB_MODE")
+    env_mode = os.environ.get("WANDB_MODE")  # one of WANDB_ENVIRONMENT_MODES: the config checks saw to it
     if env_mode:
         return {"dryrun": "offline", "offline": "offline", "disabled": "disabled"}.get(env_mode, "online"), "WANDB_MODE"
     if has_api_key():
