@@ -62,3 +62,20 @@ def test_trained_further_from_a_checkpoint_the_steps_take_the_longer_runs_rates(
     further, six = learning_rates(tmp_path / "further"), learning_rates(tmp_path / "six")
     assert sorted(further) == [4, 5, 6]
     assert [further[s] for s in (4, 5, 6)] == pytest.approx([six[s] for s in (4, 5, 6)], rel=1e-6)
+
+
+def test_a_validation_interval_longer_than_an_epoch_of_the_data_validates_each_epoch_and_says_so(tmp_path):
+    """A GPU experiment's interval on a user's first small file: Lightning refused it after the model loaded."""
+    run_dir = tmp_path / "run"
+    out = train_py(
+        "experiment=smoke",
+        "trainer.check_val_every_n_epoch=1",
+        "trainer.val_check_interval=50",
+        "trainer.max_steps=12",
+        "trainer.log_every_n_steps=1",
+        f"hydra.run.dir={run_dir}",
+    )
+    assert "trainer.val_check_interval=50 optimizer steps is more than an epoch of this data (5 steps)" in out.stdout
+    with (run_dir / "csv" / "metrics.csv").open() as f:
+        validated = sorted({int(row["step"]) for row in csv.DictReader(f) if row.get("val/loss")})
+    assert validated == [5, 10, 12]  # each epoch's end, and the final validation

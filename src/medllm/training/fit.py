@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import warnings
 from pathlib import Path
 
@@ -101,6 +102,25 @@ def absolute_local_paths(cfg: DictConfig) -> None:
             OmegaConf.update(cfg, key, str(path.resolve()))
 
 
+def fit_validation_to_epoch(cfg: DictConfig, datamodule: L.LightningDataModule) -> None:
+    """A ``trainer.val_check_interval`` of more optimizer steps than an epoch of this data holds, where validation
+    counts within epochs: Lightning refuses it once the model has loaded. The run validates at the end of each
+    epoch instead, and says so (a GPU experiment's 50 steps on a user's first file of 40 rows)."""
+    settings = trainer_settings(cfg)
+    interval = settings.val_check_interval
+    if not isinstance(interval, int) or isinstance(interval, bool) or settings.check_val_every_n_epoch is None:
+        return
+    steps = math.ceil(len(datamodule.train_dataloader()) / settings.accumulate_grad_batches)
+    if interval > steps:
+        log.warning(
+            "trainer.val_check_interval=%d optimizer steps is more than an epoch of this data (%d steps): "
+            "validating at the end of each epoch instead (trainer.val_check_interval=1.0)",
+            interval,
+            steps,
+        )
+        OmegaConf.update(cfg, "trainer.val_check_interval", 1.0)
+
+
 def stage_of(cfg: DictConfig) -> Stage:
     """The training stage ``cfg.stage`` names (``stage=sft | grpo``); SFT for a config without one."""
     return instantiate(cfg.stage, _recursive_=False) if cfg.get("stage") is not None else SFT()
@@ -128,6 +148,7 @@ def train(cfg: DictConfig) -> dict:
     tokenizer = get_backend(cfg.model.backend).load_tokenizer(cfg.model)
     datamodule = stage.datamodule(cfg, tokenizer)
     datamodule.setup("fit")  # validates and tokenizes before any model weight is loaded
+    fit_validation_to_epoch(cfg, datamodule)
     # What checkpoints and the adapter folder carry: eval.py rebuilds the model, data split and prompt from it.
     record = RunRecord.of_config(cfg).with_data(datamodule.chat_format.record(), datamodule.fingerprint())
     if checkpoint is not None:
