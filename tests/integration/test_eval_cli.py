@@ -113,6 +113,11 @@ def test_pubmedqa_layout_compares_base_and_a_sweep_of_adapters(sweep_eval):
     assert outputs[models[1]] != outputs["base"]  # the trained adapter is really active
     ids = {m: [p["id"] for p in predictions if p["model"] == m] for m in models}
     assert ids[models[1]] == ids[models[2]] == ids["base"] and len(set(ids["base"])) == 20  # one subsample
+    # Reasoning lengths are the generated tokens, never more than max_new_tokens=16 (the random model's text,
+    # tokenized again, counts more: 86.9 against a limit of 64 in a report before).
+    report = json.loads((out / "0" / "report.json").read_text())["benchmarks"]["pubmedqa"]
+    assert all(0 < report[m]["mean_reasoning_tokens"] <= 16 for m in models)
+    assert all(0 < p["reasoning_tokens"] <= p["new_tokens"] <= 16 for p in predictions)
 
 
 def test_a_sweep_report_ranks_adapters_beside_their_training_run(sweep_eval, smoke_run):

@@ -123,16 +123,11 @@ def test_bad_input_is_refused(preds: list, golds: list, message: str) -> None:
         score(preds, golds, LETTERS)
 
 
-class WhitespaceTokenizer:
-    def __call__(self, texts: list[str], add_special_tokens: bool = True) -> dict:
-        return {"input_ids": [text.split() for text in texts]}
-
-
 def test_reasoning_stats() -> None:
     outputs = ["one two three\n</think>\nB", "a never ending thought", "</think>\nA"]
     stats = reasoning_stats(outputs)
     assert stats["format_rate"] == pytest.approx(2 / 3)
     assert stats["mean_reasoning_chars"] == pytest.approx((len("one two three\n") + 22 + 0) / 3)
     assert "mean_reasoning_tokens" not in stats
-    with_tokens = reasoning_stats(outputs, tokenizer=WhitespaceTokenizer())
-    assert with_tokens["mean_reasoning_tokens"] == pytest.approx((3 + 4 + 0) / 3)
+    # The generated tokens as counted by the decoder: never more than it generated.
+    assert reasoning_stats(outputs, [3, 4, 0])["mean_reasoning_tokens"] == pytest.approx((3 + 4 + 0) / 3)

@@ -82,6 +82,11 @@ class Forcing:
         width = len(self.think_close)
         return next((i + width for i in range(len(ids) - width + 1) if ids[i : i + width] == self.think_close), None)
 
+    def reasoning_tokens(self, ids: list[int]) -> int:
+        """The generated tokens before the first ``</think>`` (all of them where the reasoning never closes)."""
+        closed = self.closes_at(ids)
+        return len(ids) if closed is None else closed - len(self.think_close)
+
     def budgets_for(self, ids: list[int]) -> list[int]:
         """The budgets at which ``ids`` is made to answer: those it reached with its reasoning still open."""
         closed = self.closes_at(ids)
@@ -134,6 +139,7 @@ def answer_merged(
         rows_ids = [finished.pop(number)[s] for s in range(samples)]
         outputs = [decode_completion(tokenizer, ids, pad) for ids in rows_ids]  # as the peft engine writes them
         row = _row(questions[number], model, outputs, rows_ids[0], limit)
+        row["reasoning_tokens"] = forcing.reasoning_tokens(rows_ids[0])  # the first completion's
         points = forcing.budgets_for(rows_ids[0])
         if points:
             waiting[number] = (row, rows_ids[0], points)
@@ -219,6 +225,7 @@ def answer_peft(
         waiting = {}
         for number, (outputs, row_ids) in enumerate(zip(texts, ids, strict=True)):
             row = _row(part[number], model, outputs, row_ids[0], limit)
+            row["reasoning_tokens"] = forcing.reasoning_tokens(row_ids[0])  # the first completion's
             points = forcing.budgets_for(row_ids[0])
             if points:
                 waiting[number] = (row, row_ids[0], points)

@@ -140,7 +140,7 @@ def _report(cfg, tokenizer, benchmarks, skipped, labels, rows, runs, speed, forc
     for name, items in benchmarks.items():
         for adapter, label in labels.items():
             mine = [rows[(name, label, item.id)] for item in items]
-            result = benchmark_result(name, label, mine, items, protocol, cfg.max_new_tokens, tokenizer)
+            result = benchmark_result(name, label, mine, items, protocol, cfg.max_new_tokens)
             result.run = runs.get(adapter) if adapter else None
             results.append(result)
             rows_by[(name, label)] = mine

@@ -56,13 +56,12 @@ def benchmark_result(
     items: list[BenchmarkItem],
     protocol: str,
     limit: int,
-    tokenizer: Any = None,
 ) -> EvalResult:
     """One model's scores on one benchmark from its rows (in item order)."""
     golds = [r["gold"] for r in rows]
     metrics = score([r["parsed"] for r in rows], golds, shared_choices(items))
     outputs = [out for r in rows for out in r.get("samples", [r["output"]])]
-    metrics |= reasoning_stats(outputs, tokenizer)
+    metrics |= reasoning_stats(outputs, [r["reasoning_tokens"] for r in rows if "reasoning_tokens" in r])
     metrics |= cut_off_metrics(rows, limit)
     metrics["mean_new_tokens"] = sum(r["new_tokens"] for r in rows) / len(rows)
     subjects: dict[str, list[bool]] = {}

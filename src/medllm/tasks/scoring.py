@@ -89,11 +89,13 @@ def score(preds: list[str | None], golds: list[str], choices: tuple[str, ...]) -
     }
 
 
-def reasoning_stats(outputs: list[str], tokenizer: Any = None) -> dict[str, float]:
+def reasoning_stats(outputs: list[str], reasoning_tokens: list[int] | None = None) -> dict[str, float]:
     """How often the think block closes, and how long the reasoning runs.
 
     The reasoning is the text before the first ``</think>``, or the whole output when the block never
-    closes (a truncated reasoning still spent its length). With a tokenizer, lengths are also in tokens.
+    closes (a truncated reasoning still spent its length). ``reasoning_tokens``: the generated tokens before
+    each completion's ``</think>``, counted as generated (the decoded text tokenized again can count more
+    than were generated, and more than ``max_new_tokens``).
     """
     if not outputs:
         raise ValueError("no outputs to measure")
@@ -102,9 +104,8 @@ def reasoning_stats(outputs: list[str], tokenizer: Any = None) -> dict[str, floa
         "format_rate": sum(THINK_CLOSE in out for out in outputs) / len(outputs),
         "mean_reasoning_chars": sum(map(len, reasonings)) / len(reasonings),
     }
-    if tokenizer is not None:
-        ids = tokenizer(reasonings, add_special_tokens=False)["input_ids"]
-        stats["mean_reasoning_tokens"] = sum(map(len, ids)) / len(ids)
+    if reasoning_tokens:
+        stats["mean_reasoning_tokens"] = sum(reasoning_tokens) / len(reasoning_tokens)
     return stats
 
 
@@ -125,7 +126,7 @@ def shared_choices(items: list[BenchmarkItem]) -> tuple[str, ...]:
 
 
 def score_completions(
-    items: list[BenchmarkItem], prompts: list[str], completions: list[list[str]], tokenizer: Any = None
+    items: list[BenchmarkItem], prompts: list[str], completions: list[list[str]]
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Metrics and prediction rows from each item's completions (several: majority vote of their answers)."""
     predictions, parsed = [], []
@@ -138,5 +139,5 @@ def score_completions(
             row |= {"samples": outputs, "votes": votes}
         predictions.append(row)
     metrics = score(parsed, [item.gold for item in items], shared_choices(items))
-    metrics |= reasoning_stats([out for outputs in completions for out in outputs], tokenizer)
+    metrics |= reasoning_stats([out for outputs in completions for out in outputs])
     return metrics, predictions
