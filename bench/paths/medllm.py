@@ -8,6 +8,7 @@ the first 30% as the question, masked). medllm measures its own tokens/s after t
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import shlex
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import harness
+from medllm.data.records import CONTROL_CHARACTERS
 
 MEDICAL_PACKED_BATCH = 3  # packed sequences of `seq` tokens per step: ~6,100 tokens, like TRL's 8 rows
 
@@ -25,14 +27,21 @@ MEDICAL_PACKED_BATCH = 3  # packed sequences of `seq` tokens per step: ~6,100 to
 def _text_of_length(tokenizer, rng: random.Random, n: int) -> str:
     """Text that the tokenizer encodes to about ``n`` tokens (decode-encode can merge a few)."""
     low = len(tokenizer.all_special_ids) + 1
+    # Tokens that decode to text: a control character (a byte-level token's) makes a row bad to the data checks.
+    text_ids = _text_ids(tokenizer, low)
     ids: list[int] = []
     for _ in range(8):
         text = tokenizer.decode(ids, skip_special_tokens=True)
         missing = n - len(tokenizer(text, add_special_tokens=False)["input_ids"])
         if abs(missing) <= 2:
             break
-        ids = ids + [rng.randrange(low, len(tokenizer)) for _ in range(missing)] if missing > 0 else ids[:missing]
+        ids = ids + [rng.choice(text_ids) for _ in range(missing)] if missing > 0 else ids[:missing]
     return tokenizer.decode(ids, skip_special_tokens=True)
+
+
+@functools.cache
+def _text_ids(tokenizer, low: int) -> list[int]:
+    return [i for i in range(low, len(tokenizer)) if not CONTROL_CHARACTERS.search(tokenizer.decode([i]))]
 
 
 def write_rows(settings: harness.Settings, path: Path, gpus: int = 1) -> None:

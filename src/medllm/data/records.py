@@ -151,14 +151,14 @@ def _problem(value: object) -> str | None:
         value.encode("utf-8")
     except UnicodeEncodeError as err:  # a lone surrogate ("\ud800" in JSON): no text can hold it
         return f"not valid Unicode (U+{ord(value[err.start]):04X} at character {err.start})"
-    control = _CONTROL.search(value)
+    control = CONTROL_CHARACTERS.search(value)
     if control:  # NUL and the like: binary or corrupted text, which would be trained on as it is
         return f"holding a control character (U+{ord(control.group()):04X} at character {control.start()})"
     return None
 
 
 # Control characters no text means: C0 controls other than tab, newlines, vertical tab and form feed; DEL.
-_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")
 
 
 def clean(
