@@ -322,6 +322,28 @@ def _check_trial_counts(sweeper: DictConfig | None) -> None:
         value = sweeper.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"hydra.sweeper.{key}={value} must be a whole number >= 1.")
+    _check_search_space(sweeper.get("params") or {})
+
+
+def _check_search_space(params: DictConfig) -> None:
+    """Intervals Optuna can sample: low below high, and above 0 on a log scale (it raised its ValueError once
+    the study had started)."""
+    from hydra.core.override_parser.types import IntervalSweep
+
+    for key, text in params.items():
+        try:
+            value = OverridesParser.create().parse_override(f"{key}={text}").value()
+        except Exception:  # Hydra's own message names a syntax error when it parses the sweep
+            continue
+        if not isinstance(value, IntervalSweep):
+            continue
+        where = f"hydra.sweeper.params.{key}={text}"
+        if not value.start < value.end:
+            raise ConfigError(f"{where}: the interval's low bound must be below its high bound.")
+        if "log" in value.tags and value.start <= 0:
+            raise ConfigError(
+                f"{where}: a log-scale interval needs a low bound above 0 (e.g. interval(1e-6, {value.end:g}))."
+            )
 
 
 def _check_hardware(cfg: DictConfig) -> None:

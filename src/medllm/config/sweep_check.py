@@ -66,5 +66,7 @@ def shared_settings_error(
         check(cfg)
     except MedllmError as err:
         message = str(err)
-        return None if any(key in message for key in swept) else message
+        # A swept key's values are its jobs' to check; the sweeper's own settings (its search space) are the sweep's.
+        own = message.startswith("hydra.sweeper.")
+        return None if not own and any(key in message for key in swept) else message
     return None
