@@ -34,19 +34,20 @@ CASES = [
         "hydra.sweeper.n_trials=0 must be a whole number >= 1",
     ),
     (["-m", "experiment=smoke", "hparams_search=optuna", "hydra.sweeper.n_jobs=-1"], "hydra.sweeper.n_jobs=-1"),
-    # Search spaces Optuna can't sample: its ValueError came once the study had started.
+    # Search ranges (given as a sweep of the key: Optuna's search space on the command line) it can't sample:
+    # its ValueError came once the study had started.
     (
         [
             "-m",
             "experiment=smoke",
             "hparams_search=optuna",
-            "hydra.sweeper.params.optimizer.lr=tag(log,interval(0,1e-3))",
+            "optimizer.lr=tag(log, interval(0, 1e-3))",
         ],
-        "a log-scale interval needs a low bound above 0",
+        "optimizer.lr: a log-scale search interval needs a low bound above 0",
     ),
     (
-        ["-m", "experiment=smoke", "hparams_search=optuna", "hydra.sweeper.params.optimizer.lr=interval(1e-3,1e-5)"],
-        "the interval's low bound must be below its high bound",
+        ["-m", "experiment=smoke", "hparams_search=optuna", "optimizer.lr=interval(1e-3, 1e-5)"],
+        "optimizer.lr: the search interval's low bound must be below its high bound",
     ),
     # A swept key's values are the jobs' to check: 0.1 is a valid one.
     (["-m", "experiment=smoke", "model.lora.dropout=1.5,0.1"], None),

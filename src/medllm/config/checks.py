@@ -14,8 +14,9 @@ import dataclasses
 import importlib.util
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
@@ -322,27 +323,30 @@ def _check_trial_counts(sweeper: DictConfig | None) -> None:
         value = sweeper.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"hydra.sweeper.{key}={value} must be a whole number >= 1.")
-    _check_search_space(sweeper.get("params") or {})
+    check_search_space({f"hydra.sweeper.params.{k}": v for k, v in (sweeper.get("params") or {}).items()})
 
 
-def _check_search_space(params: DictConfig) -> None:
+def check_search_space(params: Mapping[str, Any]) -> None:
     """Intervals Optuna can sample: low below high, and above 0 on a log scale (it raised its ValueError once
-    the study had started)."""
+    the study had started). ``params``: the sweeper's (text) or the command line's sweeps (parsed)."""
     from hydra.core.override_parser.types import IntervalSweep
 
-    for key, text in params.items():
-        try:
-            value = OverridesParser.create().parse_override(f"{key}={text}").value()
-        except Exception:  # Hydra's own message names a syntax error when it parses the sweep
-            continue
+    for key, given in params.items():
+        value = given
+        if isinstance(given, str):
+            try:
+                value = OverridesParser.create().parse_override(f"{key}={given}").value()
+            except Exception:  # Hydra's own message names a syntax error when it parses the sweep
+                continue
         if not isinstance(value, IntervalSweep):
             continue
-        where = f"hydra.sweeper.params.{key}={text}"
+        where = f"{key}={given}" if isinstance(given, str) else key
         if not value.start < value.end:
-            raise ConfigError(f"{where}: the interval's low bound must be below its high bound.")
+            raise ConfigError(f"{where}: the search interval's low bound must be below its high bound.")
         if "log" in value.tags and value.start <= 0:
             raise ConfigError(
-                f"{where}: a log-scale interval needs a low bound above 0 (e.g. interval(1e-6, {value.end:g}))."
+                f"{where}: a log-scale search interval needs a low bound above 0 "
+                f"(e.g. 'tag(log, interval(1e-6, {value.end:g}))')."
             )
 
 

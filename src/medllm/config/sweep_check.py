@@ -26,6 +26,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from medllm.config.checks import check_search_space
 from medllm.errors import MedllmError
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
@@ -54,6 +55,11 @@ def shared_settings_error(
     except (HydraException, OmegaConfBaseException):
         return None
     swept = {o.key_or_group for o in parsed if o.is_sweep_override()}
+    if "optuna" in str(OmegaConf.select(cfg, "hydra.sweeper._target_", default="")).lower():
+        try:  # the command line's sweeps are the Optuna study's search space
+            check_search_space({o.key_or_group: o.value() for o in parsed if o.is_sweep_override()})
+        except MedllmError as err:
+            return str(err)
     swept |= set(OmegaConf.select(cfg, "hydra.sweeper.params", default=None) or {})
     settings = {key: value for key, value in OmegaConf.to_container(cfg, resolve=False).items() if key != "hydra"}
     if (
