@@ -16,6 +16,11 @@ from tests.helpers.configs import CONF
         ("train", ["-m", "trainer.max_stepz=3", "seed=1"], "did you mean trainer.max_steps?"),
         ("train", ["sede=3"], "did you mean seed?"),
         ("eval", ["limitt=3"], "did you mean limit?"),
+        (
+            "train",
+            ["-m", "hparams_search=optuna", "hydra.sweeper.params.optimizer.lr='tag(log, interval(1e-6, 1e-3))'"],
+            "to change a search range, sweep the key itself: 'optimizer.lr=tag(log, interval(1e-6, 1e-3))'",
+        ),
         ("train", ["experiment=smoke", "optimizer.lr=1e-4"], None),  # nothing refused
         ("train", ["optimizer.zzzzzz=1"], None),  # refused, but nothing close
         ("train", ["experiment=smoke", "optimizer.lr=["], None),  # a syntax error: Hydra's message is enough

@@ -25,11 +25,19 @@ from medllm.config.secrets import redact_text, remember_secrets
 from medllm.config.sweep_check import shared_settings_error
 
 REFUSED = re.compile(r"Could not override '([^']+)'")
+# The Optuna sweeper's search space, which takes its ranges from the command line's sweeps of the keys.
+SEARCH_SPACE = "hydra.sweeper.params."
+QUOTES = "\"'"
 
 
 def hint(conf_dir: Path, config_name: str, argv: Sequence[str]) -> str | None:
     """ "did you mean <key>?" when Hydra refused an override of ``argv`` as an unknown key; else None."""
     overrides = [arg for arg in argv if "=" in arg and not arg.startswith("-")]
+    for arg in overrides:  # Hydra: "Sweeping over Hydra's configuration is not supported"
+        key, _, value = arg.partition("=")
+        if key.lstrip("+").startswith(SEARCH_SPACE):
+            name = key.lstrip("+")[len(SEARCH_SPACE) :]
+            return f"to change a search range, sweep the key itself: '{name}={value.strip(QUOTES)}'"
     with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
         try:
             compose(config_name, overrides=overrides)
