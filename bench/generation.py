@@ -349,10 +349,13 @@ def main() -> None:
     parser.add_argument("--workdir", default="/tmp/medllm-generation-bench", help="completions of each path")
     args = parser.parse_args()
     args.modes = args.modes.split(",")
-    args.prompts, args.new_tokens, args.plain_prompts, args.plain_seconds = (
-        {k: int(v) for k, v in (i.split("=") for i in a.split(",") if i)}
-        for a in (args.prompts, args.new_tokens, args.plain_prompts, args.plain_seconds)
-    )
+    try:
+        args.prompts, args.new_tokens, args.plain_prompts, args.plain_seconds = (
+            {k: int(v) for k, v in (i.split("=") for i in a.split(",") if i)}
+            for a in (args.prompts, args.new_tokens, args.plain_prompts, args.plain_seconds)
+        )
+    except ValueError:
+        parser.error("--prompts, --new-tokens, --plain-prompts, --plain-seconds take mode=number pairs, e.g. r1=512")
     if any(seconds <= 0 for seconds in args.plain_seconds.values()):
         parser.error(f"--plain-seconds: seconds must be > 0, not {args.plain_seconds}")
     Path(args.workdir).mkdir(parents=True, exist_ok=True)

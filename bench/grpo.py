@@ -258,7 +258,10 @@ def main() -> None:
     parser.add_argument("--path-timeout", type=float, default=None, help="seconds before a path is killed")
     parser.add_argument("--run-path", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    sizes = [parse_size(size) for size in args.sizes.split(",")]
+    try:
+        sizes = [parse_size(size) for size in args.sizes.split(",")]
+    except ValueError as err:
+        parser.error(f"--sizes: {err}")
     if args.run_path:  # inside one path's process: one size
         (size,) = sizes
         print(harness.RESULT_PREFIX + json.dumps(RUNNERS[args.run_path](args, *size)), flush=True)

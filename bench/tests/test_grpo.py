@@ -52,3 +52,14 @@ def test_the_medllm_path_runs_a_config_train_py_accepts(tmp_path):
     check_train_config(cfg)
     assert list(cfg.stage.rewards) == ["length"] and cfg.stage.num_generations == 8 and cfg.data.batch_size == 4
     assert cfg.trainer.max_steps == 3 and cfg.optimizer.lr == grpo.LR
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(["--sizes", "4"], "--sizes: size '4' must be"), (["--paths", "vllm"], "--paths: unknown path 'vllm'")],
+)
+def test_a_wrong_flag_is_answered_in_one_line_not_a_traceback(monkeypatch, capsys, argv, message):
+    monkeypatch.setattr("sys.argv", ["grpo.py", "--checkpoint", "/nowhere", *argv])
+    with pytest.raises(SystemExit) as stop:
+        grpo.main()
+    assert stop.value.code == 2 and message in capsys.readouterr().err
