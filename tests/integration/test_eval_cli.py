@@ -179,6 +179,7 @@ def test_generate_mode_streams_each_models_answer(smoke_run, tmp_path):
     for answer in answers:
         assert answer["question"] == "A 60-year-old man, chest pain: next step?"  # commas survive
         assert answer["output"] and answer["output"] in out.stdout
+    assert f"answers saved to {tmp_path / 'answers.jsonl'}" in out.stdout + out.stderr  # says where they went
 
 
 def test_an_evaluation_never_writes_over_results_or_a_training_run(smoke_run, tmp_path):

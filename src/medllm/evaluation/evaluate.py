@@ -147,4 +147,5 @@ def answer_question(cfg: DictConfig, tokenizer: Any, adapters: list[str]) -> lis
     with (out / ANSWERS).open("w", encoding="utf-8") as f:
         for row in answers:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    log.info("answers saved to %s", out / ANSWERS)
     return answers
