@@ -33,6 +33,7 @@ from medllm.generation.hf_generate import stream_answer
 from medllm.models.backends import get_backend
 from medllm.runs.jobs import read_job
 from medllm.runs.layout import ANSWERS, RunDir, check_eval_dir
+from medllm.runs.library_logs import once_through_the_root
 from medllm.runs.record import RunRecord
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ def evaluate(cfg: DictConfig) -> list[EvalResult]:
     ``cfg.paths.output_dir``; returns the results."""
     check_eval_config(cfg)
     check_eval_dir(Path(cfg.paths.output_dir), resume=bool(cfg.get("resume")))
+    once_through_the_root()
     L.seed_everything(cfg.seed, verbose=False)
     adapters = find_adapters(cfg.get("adapter_path"), cfg.get("adapters"), cfg.get("sweep_dir"))
     for path in adapters:

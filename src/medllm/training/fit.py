@@ -19,6 +19,7 @@ from medllm.errors import MedllmError
 from medllm.models.backends import get_backend
 from medllm.models.export import run_exports
 from medllm.runs.layout import LAST_CHECKPOINT, RunDir, checkpoint_dir
+from medllm.runs.library_logs import once_through_the_root
 from medllm.runs.record import RunRecord
 from medllm.training.checkpoint_io import AtomicCheckpointIO
 from medllm.training.resume import (
@@ -132,6 +133,7 @@ def train(cfg: DictConfig) -> dict:
 
     ``cfg`` has passed ``check_train_config``: train.py checks it before importing the backend, once.
     """
+    once_through_the_root()
     absolute_local_paths(cfg)
     out_dir = Path(cfg.paths.output_dir)
     finished = finished_summary(cfg, out_dir)
