@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -47,7 +48,11 @@ def test_killed_run_resumed_with_ckpt_path_auto_equals_an_uninterrupted_run(kill
     assert snapshot(broken) == before
     original_config = (broken / ".hydra" / "config.yaml").read_bytes()
 
-    train_py(*RESUMABLE, f"hydra.run.dir={broken}", "ckpt_path=auto")
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        train_py(*RESUMABLE, f"hydra.run.dir={broken}", "ckpt_path=auto")
+    # The earlier rows are kept (below): Lightning's "Previous log files ... will be deleted" would mislead.
+    assert not [w for w in warned if "will be deleted" in str(w.message)]
     expected = load_file(whole / "adapter" / "adapter_model.safetensors")
     resumed = load_file(broken / "adapter" / "adapter_model.safetensors")
     assert expected.keys() == resumed.keys() and expected

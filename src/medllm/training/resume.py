@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -305,7 +306,9 @@ def continue_csv_log(logger: Logger | None, step: int) -> None:
         os.replace(path, kept)
     if not kept.is_file():
         return
-    writer = logger.experiment  # started now: no metrics.csv left for it to delete
+    with warnings.catch_warnings():  # "Previous log files ... will be deleted": this function keeps them
+        warnings.filterwarnings("ignore", message=".*Previous log files in this directory will be deleted")
+        writer = logger.experiment  # started now: no metrics.csv left for it to delete
     with kept.open(newline="") as f:
         reader = csv.DictReader(f)
         rows = [row for row in reader if row.get("step", "").isdigit() and int(row["step"]) <= step]
