@@ -374,9 +374,18 @@ def test_jsonl_strings_may_hold_unicode_line_separators(tmp_path):
     assert checked.rows["reasoning"][0] == rows[0]["Complex_CoT"]
 
 
-def test_a_pretty_printed_json_object_is_named_as_not_rows(tmp_path):
+@pytest.mark.parametrize("indent", [2, None], ids=["pretty-printed", "one-line"])
+def test_rows_wrapped_in_an_object_are_named_as_such_not_blamed_on_columns(tmp_path, indent):
     path = tmp_path / "rows.json"
-    path.write_text(json.dumps({"data": ROWS}, indent=2), "utf-8")
+    path.write_text(json.dumps({"rows": ROWS}, indent=indent), "utf-8")
+    expected = rf"{path}: the top level is an object whose 'rows' holds {len(ROWS)} rows; the top level must be"
+    with pytest.raises(DataError, match=expected):
+        check_data({"source": "local", "path": str(path)})
+
+
+def test_a_pretty_printed_json_object_of_no_rows_is_named_as_not_rows(tmp_path):
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps({"version": 2, "note": "no rows here"}, indent=2), "utf-8")
     with pytest.raises(DataError, match=rf"{path}: one JSON object, not rows"):
         check_data({"source": "local", "path": str(path)})
 

@@ -64,6 +64,13 @@ def read_json_rows(path: Path, error: type[Exception]) -> list[Any]:
     text = read_utf8(path, error)
     if text.lstrip().startswith("["):
         return _parse_json(text, path, error)
+    wrapped = _wrapped_rows(text)
+    if wrapped is not None:
+        name, count = wrapped
+        raise error(
+            f"{path}: the top level is an object whose {name!r} holds {count} rows; the top level must be the list "
+            f"of rows itself ([{{...}}, ...]) or one row per line (JSON lines)."
+        )
     rows = []
     # Lines end at "\n" only: str.splitlines() would also split at U+2028 and other characters that
     # JSON strings may hold as they are.
@@ -80,6 +87,22 @@ def read_json_rows(path: Path, error: type[Exception]) -> list[Any]:
                 ) from None
             raise error(f"{path}: line {line_no} is not valid JSON ({err}).") from err
     return rows
+
+
+def _wrapped_rows(text: str) -> tuple[str, int] | None:
+    """``("rows", n)`` where ``text`` is one JSON object holding the rows under a key (``{"rows": [{...}]}``)."""
+    if not text.lstrip().startswith("{"):
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(value, dict):
+        return None
+    for name, rows in value.items():
+        if isinstance(rows, list) and rows and all(isinstance(row, dict) for row in rows):
+            return str(name), len(rows)
+    return None
 
 
 def _is_one_object(text: str) -> bool:
