@@ -35,6 +35,13 @@ def test_train_py_prints_the_hint_after_hydras_error():
     assert out.returncode == 1
     assert "Could not override 'optimizer.lrr'" in out.stderr
     assert out.stderr.strip().splitlines()[-1] == "did you mean optimizer.lr?"
+    assert "To append to your config use" not in out.stderr  # Hydra's advice would add the typo: one hint only
+
+
+def test_a_new_key_with_nothing_close_keeps_hydras_advice_to_append_it():
+    out = train_py("experiment=smoke", "optimizer.zzzzzz=1", check=False)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1] == "To append to your config use +optimizer.zzzzzz=1"
 
 
 def test_an_override_hydra_cannot_parse_ends_with_hydras_message_alone():

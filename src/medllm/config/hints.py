@@ -28,6 +28,8 @@ REFUSED = re.compile(r"Could not override '([^']+)'")
 # The Optuna sweeper's search space, which takes its ranges from the command line's sweeps of the keys.
 SEARCH_SPACE = "hydra.sweeper.params."
 QUOTES = "\"'"
+# Hydra's advice after refusing an override of a key the config lacks.
+APPEND_ADVICE = "To append to your config use +"
 
 
 def hint(conf_dir: Path, config_name: str, argv: Sequence[str]) -> str | None:
@@ -78,23 +80,30 @@ def run(
     try:
         # Hydra prints its own refusals, echoing the override ("To append to your config use +data.hub_token=..."):
         # what it writes to the console passes through the redaction too.
-        with _redacted(sys, "stderr"), _redacted(sys, "stdout"):
+        # Its advice to append a refused key ("To append to your config use +optimizer.lrr=...") is held back: a
+        # typo gets "did you mean optimizer.lr?" instead, and only a key with nothing close gets the advice.
+        with _redacted(sys, "stderr") as held, _redacted(sys, "stdout"):
             main()
     except SystemExit as stop:
         if stop.code == 1:  # how Hydra ends on its errors (medllm's own end with "error: ...")
             text = hint(conf_dir, config_name, sys.argv[1:])
-            if text:
-                print(text, file=sys.stderr)
+            for line in [text] if text else held:
+                print(redact_text(line), file=sys.stderr)
         raise
 
 
 class _RedactingStream:
-    """A text stream that writes ``redact_text`` of what it is given to ``stream``."""
+    """A text stream that writes ``redact_text`` of what it is given to ``stream``, holding back Hydra's advice
+    to append a refused key (``held``)."""
 
-    def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
+    def __init__(self, stream: TextIO, held: list[str]) -> None:
+        self._stream, self.held = stream, held
 
     def write(self, text: str) -> int:
+        if APPEND_ADVICE in text:
+            lines = text.split("\n")
+            self.held.extend(line for line in lines if line.startswith(APPEND_ADVICE))
+            text = "\n".join(line for line in lines if not line.startswith(APPEND_ADVICE))
         self._stream.write(redact_text(text))
         return len(text)
 
@@ -103,11 +112,11 @@ class _RedactingStream:
 
 
 @contextmanager
-def _redacted(module: Any, name: str) -> Iterator[None]:
-    stream = getattr(module, name)
-    setattr(module, name, _RedactingStream(stream))
+def _redacted(module: Any, name: str) -> Iterator[list[str]]:
+    stream, held = getattr(module, name), []
+    setattr(module, name, _RedactingStream(stream, held))
     try:
-        yield
+        yield held
     finally:
         if isinstance(getattr(module, name), _RedactingStream):  # unless something replaced it meanwhile
             setattr(module, name, stream)
