@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 CONFIDENCE = 0.95
 RESAMPLES = 2000
@@ -24,6 +23,8 @@ ALPHA = 0.05
 def paired_difference(a: Sequence[bool], b: Sequence[bool], seed: int = 0) -> dict[str, Any]:
     """``a``'s accuracy minus ``b``'s on the same items (index i is one item for both): the difference, its 95%
     paired bootstrap interval, McNemar's exact p-value, and the items only ``a`` / only ``b`` got right."""
+    from scipy import stats  # here: a training run imports evaluation without comparing models
+
     if len(a) != len(b):
         raise ValueError(f"paired scores need the same items: {len(a)} and {len(b)}")
     if not a:
