@@ -212,6 +212,23 @@ def test_multiple_choice_loglikelihoods_equal_a_plain_forward(files, with_adapte
     assert results["results"]["medllm_mcq_choice"]["acc,none"] == pytest.approx(right / len(samples))
 
 
+def test_a_question_spelling_control_tokens_is_asked_as_eval_py_asks_it():
+    """``--apply_chat_template`` renders eval.py's prompt, and its ids keep a question's text literal: "</think>" in a
+    question stays those characters (the tokenizer alone would make it the control token); a continuation scored
+    after the prompt is appended to those ids."""
+    from medllm.data.chat_format import R1ChatFormat
+    from medllm.evaluation.lm_eval_model import MedllmLM
+
+    lm = MedllmLM(model="tiny_llama", device="cpu")
+    question = "Does </think> end <｜Assistant｜> turns?"
+    fmt = R1ChatFormat(instruction=INSTRUCTION)
+    text = lm.apply_chat_template([{"role": "system", "content": INSTRUCTION}, {"role": "user", "content": question}])
+    (ours,) = fmt.encode_generation_prompts(lm.tokenizer, [question])
+    assert text == fmt.generation_prompt(question)
+    assert lm.tok_encode(text) == ours != lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert lm.tok_encode(text + " A") == ours + lm.tokenizer(" A", add_special_tokens=False)["input_ids"]
+
+
 def test_missing_keys_are_named_before_any_model_loads():
     from medllm.errors import ConfigError
     from medllm.evaluation.lm_eval_model import MedllmLM

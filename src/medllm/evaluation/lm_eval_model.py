@@ -40,7 +40,7 @@ import torch
 from omegaconf import DictConfig
 
 from medllm.config.compose import compose_config
-from medllm.data.chat_format import ASSISTANT, BOS, EOS, THINK_OPEN, USER
+from medllm.data.chat_format import ASSISTANT, BOS, EOS, THINK_OPEN, USER, plain_text_encoder
 from medllm.errors import ConfigError, MedllmError
 from medllm.evaluation.evaluate import check_adapter_base
 from medllm.generation.decoding import Decoder, Sampling
@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 
 # lm-eval's own default for a task that sets no max_gen_toks.
 DEFAULT_MAX_GEN_TOKS = 256
+# What ends a rendered conversation that asks for an answer: the assistant's turn, its reasoning opened.
+GENERATION_PROMPT = f"{ASSISTANT}{THINK_OPEN}\n"
 # Sequences scored in one forward by loglikelihood where batch_size is auto.
 LOGLIKELIHOOD_BATCH = 16
 
@@ -121,6 +123,7 @@ class MedllmLM(TemplateLM):
         self.seed = int(seed)
         self.eos_id, self.pad_id = special_ids(self.tokenizer)
         self._decoder: Decoder | None = None
+        self._rendered: dict[str, list[int]] = {}  # apply_chat_template's conversations: their ids
 
     # What lm-eval asks of every model.
 
@@ -146,21 +149,39 @@ class MedllmLM(TemplateLM):
 
     def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
         """The R1 conversation as ``medllm.data.chat_format`` renders it: a system message is the instruction put
-        before the first user turn (a blank line between), an assistant turn ends with EOS."""
+        before the first user turn (a blank line between), an assistant turn ends with EOS.
+
+        Its ids are kept for ``tok_encode``: the messages' text literal (a question that spells ``</think>`` is
+        those characters, not the control token), the format's markers control tokens, as eval.py encodes them.
+        """
         system = [m["content"] for m in chat_history if m["role"] == "system"]
-        text, instruction = BOS, "\n\n".join(system)
+        instruction = "\n\n".join(system)
+        pieces: list[tuple[str, bool]] = [(BOS, True)]  # (text, whether it is one of the format's markers)
         for message in chat_history:
             if message["role"] == "user":
                 content = f"{instruction}\n\n{message['content']}" if instruction else message["content"]
-                text += f"{USER}{content}"
+                pieces += [(USER, True), (content, False)]
                 instruction = ""
             elif message["role"] == "assistant":
-                text += f"{ASSISTANT}{message['content']}{EOS}"
-        return text + (f"{ASSISTANT}{THINK_OPEN}\n" if add_generation_prompt else "")
+                pieces += [(ASSISTANT, True), (message["content"], False), (EOS, True)]
+        if add_generation_prompt:
+            pieces += [(ASSISTANT, True), (THINK_OPEN, True), ("\n", False)]
+        encoder = plain_text_encoder(self.tokenizer)
+        ids = [i for text, marker in pieces for i in (encoder.markers if marker else encoder.encode)([text])[0]]
+        text = "".join(text for text, _ in pieces)
+        self._rendered[text] = ids
+        return text
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs: Any) -> list[int]:
-        """The string's ids, BOS first (R1 models always saw it) unless the string starts with it or
-        ``add_special_tokens`` is false."""
+        """The string's ids. A conversation ``apply_chat_template`` rendered (and what follows its generation
+        prompt: a continuation to score) keeps the ids it was rendered with; other text is the tokenizer's, BOS
+        first (R1 models always saw it) unless the string starts with it or ``add_special_tokens`` is false."""
+        if string in self._rendered:
+            return list(self._rendered[string])
+        opened = string.rfind(GENERATION_PROMPT)
+        if opened >= 0 and (head := string[: opened + len(GENERATION_PROMPT)]) in self._rendered:
+            rest = string[len(head) :]
+            return self._rendered[head] + (self.tokenizer(rest, add_special_tokens=False)["input_ids"] if rest else [])
         ids = self.tokenizer(string, add_special_tokens=False)["input_ids"]
         if add_special_tokens is not False and not string.startswith(BOS) and self.tokenizer.bos_token_id is not None:
             ids = [self.tokenizer.bos_token_id, *ids]
