@@ -75,7 +75,15 @@ def write_tasks(folder: Path, questions: Path) -> Path:
         "doc_to_target": "{{['A', 'B', 'C', 'D'].index(answer)}}",
         "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
     }
-    for task in (generate, choice):
+    rolling = {
+        "task": "medllm_mcq_perplexity",
+        **dataset,
+        "output_type": "loglikelihood_rolling",
+        "doc_to_text": "",
+        "doc_to_target": "{{question}}",
+        "metric_list": [{"metric": "word_perplexity"}],
+    }
+    for task in (generate, choice, rolling):
         (folder / f"{task['task']}.yaml").write_text(json.dumps(task))  # JSON is YAML
     return folder
 
@@ -210,6 +218,22 @@ def test_multiple_choice_loglikelihoods_equal_a_plain_forward(files, with_adapte
         assert [ll for ll, _ in got] == pytest.approx([ll for ll, _ in expected], abs=1e-5)
         right += max(range(4), key=lambda i: expected[i][0]) == sample["target"]
     assert results["results"]["medllm_mcq_choice"]["acc,none"] == pytest.approx(right / len(samples))
+
+
+def test_rolling_loglikelihoods_equal_a_plain_forward(files):
+    """A perplexity task's log-likelihood of each text (after BOS, in one window: the texts are short) is what one
+    transformers forward gives it."""
+    from medllm.models.tiny import tiny_llama, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    model = tiny_llama(tokenizer, seed=0).eval()
+    samples = run_lm_eval(files["tasks"], "medllm_mcq_perplexity", {"model": "tiny_llama"})["samples"]
+    for sample in samples["medllm_mcq_perplexity"]:
+        ids = [tokenizer.bos_token_id, *tokenizer(sample["doc"]["question"], add_special_tokens=False)["input_ids"]]
+        with torch.no_grad():
+            scores = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, :-1].float(), -1)
+        expected = scores.gather(-1, torch.tensor(ids[1:])[:, None]).sum().item()
+        assert sample["resps"][0][0] == pytest.approx(expected, abs=1e-5)
 
 
 def test_a_question_spelling_control_tokens_is_asked_as_eval_py_asks_it():
