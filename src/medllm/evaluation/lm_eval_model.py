@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,7 +44,7 @@ from medllm.config.compose import compose_config
 from medllm.data.chat_format import ASSISTANT, BOS, EOS, THINK_OPEN, USER, plain_text_encoder
 from medllm.errors import ConfigError, MedllmError
 from medllm.evaluation.evaluate import check_adapter_base
-from medllm.generation.decoding import Decoder, Sampling
+from medllm.generation.decoding import KV_BLOCK, Decoder, Sampling, auto_batch_size
 from medllm.generation.hf_generate import decode_completion, special_ids
 from medllm.generation.merged import load_merged_base, merged
 from medllm.models.backends import get_backend
@@ -116,8 +117,7 @@ class MedllmLM(TemplateLM):
         self.adapter = adapter
         self.max_gen_toks = int(max_gen_toks)
         self.batch_size = None if str(batch_size).startswith("auto") else int(batch_size)
-        if max_batch_size is not None and self.batch_size is None:
-            self.batch_size = int(max_batch_size)
+        self.max_batch_size = None if max_batch_size is None else int(max_batch_size)  # caps batch_size=auto
         self.decode_attention = decode_attention
         self.think_end_token = think_end_token
         self.seed = int(seed)
@@ -195,6 +195,9 @@ class MedllmLM(TemplateLM):
         decoder = self._decoder
         if decoder is None or decoder.max_new_tokens < max_new_tokens or longest + max_new_tokens > decoder.cache_len:
             batch_size = None if self.batch_size is None else min(self.batch_size, len(prompts))
+            if batch_size is None and self.max_batch_size is not None:
+                cache_len = KV_BLOCK * math.ceil((longest + max_new_tokens) / KV_BLOCK)
+                batch_size = min(auto_batch_size(self.model, cache_len, len(prompts), longest), self.max_batch_size)
             decoder = Decoder(
                 self.model, longest, max_new_tokens, batch_size, len(prompts), attention=self.decode_attention
             )
@@ -236,7 +239,7 @@ class MedllmLM(TemplateLM):
         sequences (the last ``max_length`` tokens of context + continuation) right-padded in batches."""
         order = sorted(range(len(requests)), key=lambda i: -len(requests[i][1]) - len(requests[i][2]))
         results: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
-        step = self.batch_size or LOGLIKELIHOOD_BATCH
+        step = self.batch_size or min(LOGLIKELIHOOD_BATCH, self.max_batch_size or LOGLIKELIHOOD_BATCH)
         for first in range(0, len(order), step):
             batch = order[first : first + step]
             rows = [(list(requests[i][1]) + list(requests[i][2]))[-(self.max_length + 1) :][:-1] for i in batch]
@@ -246,11 +249,13 @@ class MedllmLM(TemplateLM):
             for row, tokens in enumerate(rows):
                 ids[row, : len(tokens)] = torch.as_tensor(tokens)
                 mask[row, : len(tokens)] = 1
-            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+            # The vocabulary's logits only where a continuation is scored (128k of them a position for R1 models).
+            out = self.model.get_decoder()(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
             for row, index in enumerate(batch):
                 continuation = torch.as_tensor(requests[index][2], device=self.device)
                 end = len(rows[row])
-                scores = torch.log_softmax(logits[row, end - len(continuation) : end].float(), -1)
+                logits = self.model.get_output_embeddings()(out.last_hidden_state[row, end - len(continuation) : end])
+                scores = torch.log_softmax(logits.float(), -1)
                 logprob = scores.gather(-1, continuation[:, None]).sum().item()
                 greedy = bool((scores.argmax(-1) == continuation).all())
                 results[index] = (logprob, greedy)
