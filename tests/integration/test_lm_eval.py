@@ -256,9 +256,13 @@ def test_a_question_spelling_control_tokens_is_asked_as_eval_py_asks_it():
     assert lm.tok_encode(text + " A") == ours + lm.tokenizer(" A", add_special_tokens=False)["input_ids"]
 
 
-def test_missing_keys_are_named_before_any_model_loads():
+def test_wrong_model_args_are_named_before_any_model_loads():
     from medllm.errors import ConfigError
     from medllm.evaluation.lm_eval_model import MedllmLM
 
     with pytest.raises(ConfigError, match=re.escape("unknown model_args ['pretrained']")):
         MedllmLM(model="tiny_llama", pretrained="gpt2")
+    with pytest.raises(ConfigError, match="adapter=/nowhere: no adapter_config.json there"):
+        MedllmLM(model="tiny_llama", adapter="/nowhere")
+    with pytest.raises(ConfigError, match="decode_attention"):
+        MedllmLM(model="tiny_llama", decode_attention="fast")

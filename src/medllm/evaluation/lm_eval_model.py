@@ -35,12 +35,15 @@ import json
 import logging
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig
 
 from medllm.config.compose import compose_config
+from medllm.config.inputs import ADAPTER_CONFIG
+from medllm.config.schema import DECODE_ATTENTION
 from medllm.data.chat_format import ASSISTANT, BOS, EOS, THINK_OPEN, USER, plain_text_encoder
 from medllm.errors import ConfigError, MedllmError
 from medllm.evaluation.evaluate import check_adapter_base
@@ -63,6 +66,8 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_GEN_TOKS = 256
 # What ends a rendered conversation that asks for an answer: the assistant's turn, its reasoning opened.
 GENERATION_PROMPT = f"{ASSISTANT}{THINK_OPEN}\n"
+# The generation_kwargs the decoder honours (besides until and max_gen_toks).
+SAMPLING_KEYS = {"do_sample", "temperature", "top_p"}
 # Sequences scored in one forward by loglikelihood where batch_size is auto.
 LOGLIKELIHOOD_BATCH = 16
 
@@ -104,8 +109,11 @@ class MedllmLM(TemplateLM):
         **model_overrides: Any,
     ) -> None:
         super().__init__()
+        DECODE_ATTENTION.check("decode_attention", decode_attention)
         self.model_cfg = model_config(model, model_overrides)
         if adapter:
+            if not (Path(str(adapter)).expanduser() / ADAPTER_CONFIG).is_file():
+                raise ConfigError(f"adapter={adapter}: no {ADAPTER_CONFIG} there; pass the folder train.py saved")
             check_adapter_base(str(adapter), self.model_cfg)
         self.tokenizer = get_backend(self.model_cfg.backend).load_tokenizer(self.model_cfg)
         accelerator = "cpu" if device is not None and str(device).startswith("cpu") else "auto"
@@ -216,6 +224,11 @@ class MedllmLM(TemplateLM):
             kwargs = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
             until = handle_stop_sequences(kwargs.pop("until", None), eos=eos_text)
             budget = int(kwargs.pop("max_gen_toks"))
+            unknown = sorted(set(kwargs) - SAMPLING_KEYS)
+            if unknown:
+                raise ConfigError(
+                    f"generation_kwargs {unknown}: medllm's decoder is greedy or samples with temperature and top_p"
+                )
             do_sample = bool(kwargs.get("do_sample")) and float(kwargs.get("temperature") or 0.0) > 0
             sampling = Sampling(do_sample, float(kwargs.get("temperature") or 1.0), float(kwargs.get("top_p", 1.0)))
             prompts = [self.tok_encode(requests[i].args[0]) for i in indices]
