@@ -121,8 +121,8 @@ def test_generated_answers_and_accuracy_agree_with_eval_py(files):
 
     The accuracies agree because every item is scored the same way by both. They are two different scorers,
     and where a completion gives an answer they can differ: lm-eval's regex reads "The answer is X" anywhere in the
-    text, the reasoning included (a task for R1 models passes ``think_end_token=</think>`` to read only after
-    it, and then a completion that never closes its reasoning is read whole, where eval.py finds no answer);
+    text, the reasoning included (with ``think_end_token=</think>`` in model_args it reads only the text after it,
+    and then a completion that never closes its reasoning is read whole, where eval.py finds no answer);
     eval.py also reads "Answer: C", a letter leading the answer's first line, an option named by its text, and
     refuses an answer that names two letters. ``test_the_two_scorers_differ_only_where_documented`` shows each
     case. The random tiny model states no answer in 24 tokens, so here both score every item wrong: the check is
