@@ -223,6 +223,34 @@ def test_multiple_choice_loglikelihoods_equal_a_plain_forward(files, with_adapte
     assert results["results"]["medllm_mcq_choice"]["acc,none"] == pytest.approx(right / len(samples))
 
 
+def test_multiple_choice_agrees_with_lm_evals_own_hf_model(files, tmp_path):
+    """lm-eval's own ``--model hf`` on the tiny model's weights saved as a transformers checkpoint (BOS added, as
+    medllm adds it) gives every option the log-likelihood and greedy flag ``--model medllm`` gives it."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from medllm.models.tiny import tiny_llama, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    tiny_llama(tokenizer, seed=0).save_pretrained(tmp_path / "tiny")
+    tokenizer.save_pretrained(tmp_path / "tiny")
+    ours = run_lm_eval(files["tasks"], "medllm_mcq_choice", {"model": "tiny_llama"})
+    theirs = lm_eval.simple_evaluate(
+        model="hf",
+        model_args={"pretrained": str(tmp_path / "tiny"), "add_bos_token": True, "dtype": "float32"},
+        tasks=["medllm_mcq_choice"],
+        task_manager=TaskManager(include_path=str(files["tasks"]), include_defaults=False),
+        device="cpu",
+        log_samples=True,
+    )
+    pairs = zip(ours["samples"]["medllm_mcq_choice"], theirs["samples"]["medllm_mcq_choice"], strict=True)
+    for mine, hf in pairs:
+        assert mine["arguments"] == hf["arguments"]
+        assert [r[0][1] for r in mine["resps"]] == [r[0][1] for r in hf["resps"]]
+        assert [r[0][0] for r in mine["resps"]] == pytest.approx([r[0][0] for r in hf["resps"]], abs=1e-5)
+    assert ours["results"]["medllm_mcq_choice"]["acc,none"] == theirs["results"]["medllm_mcq_choice"]["acc,none"]
+
+
 def test_rolling_loglikelihoods_equal_a_plain_forward(files):
     """A perplexity task's log-likelihood of each text (after BOS, in one window: the texts are short) is what one
     transformers forward gives it."""
