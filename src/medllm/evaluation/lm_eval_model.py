@@ -202,6 +202,7 @@ class MedllmLM(TemplateLM):
         longest = max(map(len, prompts))
         decoder = self._decoder
         if decoder is None or decoder.max_new_tokens < max_new_tokens or longest + max_new_tokens > decoder.cache_len:
+            self._decoder = decoder = None  # its cache freed before the larger one is allocated
             batch_size = None if self.batch_size is None else min(self.batch_size, len(prompts))
             if batch_size is None and self.max_batch_size is not None:
                 cache_len = KV_BLOCK * math.ceil((longest + max_new_tokens) / KV_BLOCK)
