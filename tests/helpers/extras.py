@@ -21,3 +21,4 @@ def _needs(module: str, extra: str) -> pytest.MarkDecorator:
 needs_optuna = _needs("hydra_plugins.hydra_optuna_sweeper", "optuna")
 needs_slurm = _needs("hydra_plugins.hydra_submitit_launcher", "slurm")
 needs_wandb = _needs("wandb", "wandb")
+needs_lmeval = _needs("lm_eval", "lmeval")
