@@ -99,7 +99,8 @@ def test_find_adapters_keeps_order_dedupes_and_sorts_sweep_jobs_numerically(tmp_
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"adapter_path": "nope"}, "not an adapter folder"),
+        ({"adapter_path": "nope"}, r"nope: no such folder \(deleted, or a typo\?\)"),
+        ({"adapter_path": "."}, "not an adapter folder"),
         ({"sweep_dir": "nope"}, "no such folder"),
         ({"sweep_dir": "."}, "no <job>/adapter folder"),
     ],
@@ -112,9 +113,18 @@ def test_find_adapters_rejects_what_is_not_an_adapter(kwargs, message, tmp_path,
 
 def test_a_run_dir_given_for_its_adapter_is_pointed_at_the_adapter(tmp_path):
     adapter = mark_adapter(tmp_path / "run" / "adapter")
-    message = rf"run: not an adapter folder .* It is a run dir: pass {re.escape(str(adapter))}\.$"
+    message = rf"run: not an adapter folder .* it is a run dir: pass {re.escape(str(adapter))}\.$"
     with pytest.raises(ConfigError, match=message):
         find_adapters(str(tmp_path / "run"))
+
+
+def test_the_adapter_of_a_run_still_training_says_so_not_what_was_passed(tmp_path):
+    """eval.py adapter_path=<run>/adapter while the run trains: it was told to pass <run dir>/adapter."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "step000006.ckpt").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"adapter: no adapter yet: .*run is a run still training.*step000006\.ckpt"):
+        find_adapters(str(run / "adapter"))
 
 
 def test_an_adapter_folder_without_weights_is_named_before_any_model_loads(tmp_path):

@@ -169,6 +169,23 @@ def memory_cap_gib() -> float | None:
     return cap
 
 
+def _why_no_adapter(given: Path, folder: Path) -> str:
+    """Why ``folder`` holds no adapter, and what to pass instead: the run dir, a run still training, nothing."""
+    if (folder / "adapter" / ADAPTER_CONFIG).is_file():
+        return f"not an adapter folder (no {ADAPTER_CONFIG}); it is a run dir: pass {given / 'adapter'}."
+    run = folder.parent if folder.name == "adapter" else folder
+    if not folder.exists() and not run.exists():
+        return "no such folder (deleted, or a typo?). Pass the <run dir>/adapter folder that train.py saved."
+    checkpoints = sorted((run / "checkpoints").glob("*.ckpt")) if (run / "checkpoints").is_dir() else []
+    if checkpoints and not (run / "summary.json").is_file():
+        return (
+            f"no adapter yet: {run} is a run still training, or stopped before its end (its newest checkpoint: "
+            f"{checkpoints[-1].name}). Evaluate it once it has finished, or resume it: python train.py "
+            f"hydra.run.dir={run} ckpt_path=auto."
+        )
+    return f"not an adapter folder (no {ADAPTER_CONFIG}). Pass the <run dir>/adapter folder that train.py saved."
+
+
 def find_adapters(
     adapter_path: str | None = None, adapters: list[str] | None = None, sweep_dir: str | None = None
 ) -> list[str]:
@@ -196,12 +213,7 @@ def find_adapters(
             continue
         seen.add(key)
         if not (key / ADAPTER_CONFIG).is_file():
-            hint = (
-                f"It is a run dir: pass {Path(path) / 'adapter'}."
-                if (key / "adapter" / ADAPTER_CONFIG).is_file()
-                else "Pass the <run dir>/adapter folder that train.py saved."
-            )
-            raise ConfigError(f"{path}: not an adapter folder (no {ADAPTER_CONFIG}). {hint}")
+            raise ConfigError(f"{path}: {_why_no_adapter(Path(path), key)}")
         if not any((key / name).is_file() for name in ADAPTER_WEIGHTS):  # found now, not after the base is scored
             raise ConfigError(f"{path}: an adapter folder without weights (no {' or '.join(ADAPTER_WEIGHTS)}).")
         _check_readable(Path(path))
