@@ -12,6 +12,8 @@ import csv
 import json
 import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -81,12 +83,22 @@ def train_without_api_key(tmp_path_factory, run_dir: Path, *overrides: str) -> s
 
 @pytest.fixture(scope="module")
 def wandb_run(tmp_path_factory):
+    """A W&B run of train.py in a process of its own: wandb captures the console (output.log) by patching the
+    sys.stdout it finds when first imported, which in a test process is whatever an earlier test left there."""
     run_dir = tmp_path_factory.mktemp("wandb_run")
-    output = train_without_api_key(
-        tmp_path_factory, run_dir, "experiment=smoke", "logger=wandb", "trainer.max_steps=10",
-        "logger.num_samples=2", "logger.sample_max_new_tokens=8", f"+data.hub_token={SECRET}",
-    )  # fmt: skip
-    return run_dir, output
+    home = tmp_path_factory.mktemp("home")  # no ~/.netrc and no W&B settings: no API key anywhere
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") and k != "NETRC"}
+    env |= {"HOME": str(home), "WANDB_BASE_URL": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "1"}
+    env.setdefault("MPLCONFIGDIR", str(Path.home() / ".config" / "matplotlib"))
+    args = [
+        "experiment=smoke", "logger=wandb", "trainer.max_steps=10", "logger.num_samples=2",
+        "logger.sample_max_new_tokens=8", f"+data.hub_token={SECRET}", f"hydra.run.dir={run_dir}",
+    ]  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "train.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return run_dir, out.stdout + out.stderr
 
 
 @pytest.mark.slow
