@@ -2,10 +2,10 @@
 # Training and generation speed of this tree beside another checkout of the project (say, before a change),
 # on one GPU, in one call: the fixed-shape medllm paths of throughput.py and generation.py, each tree its own.
 #
-#   git worktree add /tmp/before <rev> && cp -r /tmp/before .before    # a folder the device call carries
+#   git worktree add /tmp/before <rev> && cp -r /tmp/before .before    # a copy inside this tree
 #   bench/compare_trees.sh .before OUT_DIR                              # on the GPU machine
 #
-# Needs .devsite (../shared/gpu/make-devsite.sh) beside src/, and writes a random R1-shaped checkpoint to
+# Needs .devsite beside src/ (the GPU packages: Unsloth, bitsandbytes, TRL), and writes a random R1-shaped checkpoint to
 # /tmp/r1 if none is there. Each step has its own time limit, so a hang costs one step, not the call.
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -1,5 +1,5 @@
 """The suite's loaders on tiny hand-made files in each benchmark's own layout, the hub layout, skipping what the
-hub can't give offline, and the real copies of ../shared/data where they are present."""
+hub can't give offline, and the real local copies (tests/helpers/configs.SHARED_DATA) where they are present."""
 
 from __future__ import annotations
 
