@@ -93,7 +93,10 @@ class Forcing:
         return [b for b in self.points if len(ids) >= b and (closed is None or closed > b)]
 
 
-def _row(question: Question, model: str, outputs: list[str], ids: list[int], max_new_tokens: int) -> dict[str, Any]:
+def _row(
+    question: Question, model: str, outputs: list[str], ids: list[int], max_new_tokens: int, forcing: Forcing
+) -> dict[str, Any]:
+    """A prediction row; ``ids``: the first completion's tokens (its length, its reasoning's length)."""
     item = question.item
     votes = [extract_answer(out, item) for out in outputs]
     parsed = votes[0] if len(votes) == 1 else majority_vote(votes)
@@ -109,6 +112,7 @@ def _row(question: Question, model: str, outputs: list[str], ids: list[int], max
         "correct": parsed == item.gold,
         "new_tokens": new_tokens,
         "cut_off": new_tokens >= max_new_tokens,
+        "reasoning_tokens": forcing.reasoning_tokens(ids),
     }
     if len(outputs) > 1:
         row |= {"samples": outputs, "votes": votes}
@@ -138,8 +142,7 @@ def answer_merged(
             return
         rows_ids = [finished.pop(number)[s] for s in range(samples)]
         outputs = [decode_completion(tokenizer, ids, pad) for ids in rows_ids]  # as the peft engine writes them
-        row = _row(questions[number], model, outputs, rows_ids[0], limit)
-        row["reasoning_tokens"] = forcing.reasoning_tokens(rows_ids[0])  # the first completion's
+        row = _row(questions[number], model, outputs, rows_ids[0], limit, forcing)
         points = forcing.budgets_for(rows_ids[0])
         if points:
             waiting[number] = (row, rows_ids[0], points)
@@ -224,8 +227,7 @@ def answer_peft(
         done.prompt_tokens += sum(len(q.prompt_ids) for q in part)
         waiting = {}
         for number, (outputs, row_ids) in enumerate(zip(texts, ids, strict=True)):
-            row = _row(part[number], model, outputs, row_ids[0], limit)
-            row["reasoning_tokens"] = forcing.reasoning_tokens(row_ids[0])  # the first completion's
+            row = _row(part[number], model, outputs, row_ids[0], limit, forcing)
             points = forcing.budgets_for(row_ids[0])
             if points:
                 waiting[number] = (row, row_ids[0], points)

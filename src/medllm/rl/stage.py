@@ -19,7 +19,7 @@ from medllm.rl.policy import load_policy
 from medllm.rl.rewards import RewardSet
 from medllm.runs.atomic import write_atomically
 from medllm.training.callbacks import peak_memory_gib
-from medllm.training.stage import Stage, trainer_settings
+from medllm.training.stage import Stage, trainer_settings, validation_metrics
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class GRPO(Stage):
         return [TrimCompletions(Path(cfg.paths.output_dir) / COMPLETIONS, start_step)]
 
     def summary(self, module: GRPOModule, trainer: L.Trainer) -> dict[str, Any]:
-        val = {name: float(value) for name, value in trainer.callback_metrics.items() if name.startswith("val/")}
+        val = validation_metrics(trainer)
         last = module.last_metrics
         return {
             "val_accuracy": val.get("val/accuracy"),

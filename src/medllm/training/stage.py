@@ -32,6 +32,11 @@ def trainer_settings(cfg: DictConfig) -> Trainer:
     return typed(cfg.trainer, Trainer, "trainer.")
 
 
+def validation_metrics(trainer: L.Trainer) -> dict[str, float]:
+    """The last validation's numbers (``val/...``), as floats."""
+    return {name: float(value) for name, value in trainer.callback_metrics.items() if name.startswith("val/")}
+
+
 class Stage:
     """The parts of a run that differ between stages; ``train`` calls them in this order."""
 
@@ -85,7 +90,7 @@ class SFT(Stage):
         return [self.throughput, *sample_callbacks(cfg.get("logger"))]  # W&B table of generations at validation
 
     def summary(self, module: AdapterModule, trainer: L.Trainer) -> dict[str, Any]:
-        val = {name: float(value) for name, value in trainer.callback_metrics.items() if name.startswith("val/")}
+        val = validation_metrics(trainer)
         throughput = self.throughput
         return {
             "val_loss": val.get("val/loss"),
