@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import datasets
 import numpy as np
@@ -72,10 +73,14 @@ class DataSummary:
         return out
 
     def metrics(self) -> dict[str, float]:
-        """Flat numbers for a logger."""
-        flat = {k: v for k, v in asdict(self).items() if isinstance(v, (int, float)) and v is not None}
-        flat.update({f"dropped_{k}": v for k, v in self.dropped.items()})
-        return {f"data/{k}": float(v) for k, v in flat.items()}
+        return summary_metrics(self)
+
+
+def summary_metrics(summary: Any) -> dict[str, float]:
+    """A data summary's numbers for a logger (``data/<field>``, ``data/dropped_<reason>``): every stage's."""
+    flat = {k: v for k, v in asdict(summary).items() if isinstance(v, (int, float)) and v is not None}
+    flat.update({f"dropped_{k}": v for k, v in summary.dropped.items()})
+    return {f"data/{k}": float(v) for k, v in flat.items()}
 
 
 def _apply_length_policy(batch: dict, max_seq_length: int, too_long: str) -> dict:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch.utils.data import DataLoader
@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from medllm.config.schema import ProblemData
 from medllm.config.schema_check import typed
 from medllm.data.chat_format import R1ChatFormat
+from medllm.data.prepare import summary_metrics
 from medllm.data.records import DataError
 from medllm.data.rows import validation_count
 from medllm.data.sampler import ResumableBatchSampler, ResumableDataModule
@@ -62,9 +63,7 @@ class ProblemSummary:
         ]
 
     def metrics(self) -> dict[str, float]:
-        flat = {k: v for k, v in asdict(self).items() if isinstance(v, (int, float))}
-        flat.update({f"dropped_{k}": v for k, v in self.dropped.items()})
-        return {f"data/{k}": float(v) for k, v in flat.items()}
+        return summary_metrics(self)
 
 
 class ProblemDataModule(ResumableDataModule):
