@@ -24,8 +24,7 @@ from typing import Any
 
 import datasets
 
-from medllm.data.records import is_blank
-from medllm.tasks.benchmarks import load_mcq, load_medmcqa, load_medqa, load_pubmedqa, read_rows_file
+from medllm.tasks.benchmarks import _field, load_mcq, load_medmcqa, load_medqa, load_pubmedqa, read_rows_file
 from medllm.tasks.extraction import answer_section, extract_answer
 from medllm.tasks.items import BenchmarkError, BenchmarkItem
 
@@ -56,19 +55,10 @@ def load_open_ended(path: str, question: str = OPEN_QUESTION, answer: str = OPEN
     source, rows = read_rows_file(path)
     items = []
     for number, row in enumerate(rows, start=1):
-        where = f"{source}: row {number}"
         if not isinstance(row, Mapping):
-            raise BenchmarkError(f"{where}: expected an object with fields {question!r} and {answer!r}")
-        values = []
-        for name in (question, answer):
-            value = row.get(name)
-            if value is None:
-                raise BenchmarkError(f"{where}: field {name!r} is missing")
-            if not isinstance(value, str):
-                raise BenchmarkError(f"{where}: field {name!r} has type {type(value).__name__}, not text")
-            if is_blank(value):
-                raise BenchmarkError(f"{where}: field {name!r} is empty")
-            values.append(unicodedata.normalize("NFC", value).strip())
+            raise BenchmarkError(f"{source}: row {number}: expected an object with fields {question!r} and {answer!r}")
+        # Present, text, not blank, encodable, NFC: as a benchmark's fields are checked.
+        values = [_field(row, name, source, number).strip() for name in (question, answer)]
         item_id = row.get("id", number)
         items.append(OpenEndedItem(str(item_id), *values))
     return items
